@@ -1,0 +1,220 @@
+"""Datasets, transforms, samplers and loaders.
+
+The ImageFolder here also returns each sample's file path: ``(image, target, path)``. Training batches are cut
+from one global permutation so that N processes see, step by step, the same images as one process with the same
+global batch; evaluation shards the set without padding so that every image is counted exactly once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets, transforms
+
+from common.distributed import DistContext
+from common.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUT_HELP = ("expected DIR/train/<class>/<image> and DIR/val/<class>/<image> (the ImageNet layout, one folder per "
+               "class); pass --dummy to try the scripts on synthetic images")
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+class ImageFolderWithPaths(datasets.ImageFolder):
+    """torchvision ImageFolder that returns ``(image, target, path)`` and ignores hidden files and folders."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
+        if not classes:
+            raise UserError(f"{directory!r} has no class folders; {LAYOUT_HELP}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target, path
+
+
+class FakeDataWithPaths(datasets.FakeData):
+    """torchvision FakeData (``--dummy``) with the same ``(image, target, path)`` contract and class names."""
+
+    def __init__(self, size: int, image_size: int, num_classes: int, transform, random_offset: int = 0) -> None:
+        super().__init__(size=size, image_size=(3, image_size, image_size), num_classes=num_classes,
+                         transform=transform, random_offset=random_offset)
+        self.classes = [f"class{i:04d}" for i in range(num_classes)]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        image, target = super().__getitem__(index)
+        return image, int(target), f"dummy/{index}"
+
+
+def train_transform(crop_size: int) -> transforms.Compose:
+    """The standard ImageNet training transform: RandomResizedCrop + horizontal flip + normalise."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(crop_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(resize_size: int, crop_size: int) -> transforms.Compose:
+    """The standard evaluation transform: resize the shorter side, centre crop, normalise."""
+    return transforms.Compose([
+        transforms.Resize(resize_size),
+        transforms.CenterCrop(crop_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def split_dirs(root: str) -> tuple[str, str]:
+    """``(root/train, root/val)``, or a UserError that explains the expected layout."""
+    if not os.path.isdir(root):
+        raise UserError(f"dataset folder {root!r} does not exist or is not a folder; {LAYOUT_HELP}.")
+    missing = [name for name in ("train", "val") if not os.path.isdir(os.path.join(root, name))]
+    if missing:
+        raise UserError(f"dataset folder {root!r} has no {' or '.join(m + '/' for m in missing)} subfolder; "
+                        f"{LAYOUT_HELP}.")
+    return os.path.join(root, "train"), os.path.join(root, "val")
+
+
+def image_folder(directory: str, transform) -> ImageFolderWithPaths:
+    """An ImageFolderWithPaths over ``directory``, with empty or unusable folders reported as a UserError."""
+    try:
+        return ImageFolderWithPaths(directory, transform=transform)
+    except FileNotFoundError as exc:  # raised by torchvision when a class folder holds no image
+        raise UserError(f"{directory!r}: {exc}; remove empty class folders or add images to them.") from None
+
+
+def check_same_classes(train_classes: list[str], val_classes: list[str]) -> None:
+    """Classes are matched by name, never by position: refuse train/ and val/ with different class folders."""
+    if train_classes == val_classes:
+        return
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    raise UserError(f"train/ and val/ hold different class folders (only in train/: {only_train[:10]}, "
+                    f"only in val/: {only_val[:10]}); give both splits the same class folders.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to load: a folder (or synthetic data) and the input sizes."""
+
+    root: str | None
+    dummy: bool = False
+    train_crop_size: int = 224
+    val_resize_size: int = 256
+    val_crop_size: int = 224
+    dummy_train_size: int = 1280
+    dummy_val_size: int = 256
+    dummy_classes: int = 1000
+
+
+def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
+    """Training set, validation set and class names (shared by both splits)."""
+    train_tf = train_transform(cfg.train_crop_size)
+    val_tf = eval_transform(cfg.val_resize_size, cfg.val_crop_size)
+    if cfg.dummy:
+        size = max(cfg.train_crop_size, cfg.val_resize_size)
+        train = FakeDataWithPaths(cfg.dummy_train_size, size, cfg.dummy_classes, train_tf)
+        val = FakeDataWithPaths(cfg.dummy_val_size, size, cfg.dummy_classes, val_tf, random_offset=cfg.dummy_train_size)
+        return train, val, train.classes
+    train_dir, val_dir = split_dirs(cfg.root)
+    train, val = image_folder(train_dir, train_tf), image_folder(val_dir, val_tf)
+    check_same_classes(train.classes, val.classes)
+    return train, val, train.classes
+
+
+class GlobalBatchSampler(Sampler[int]):
+    """Training sampler whose k-th batches over all ranks form the one-process k-th batch.
+
+    Each epoch draws one permutation from ``seed + epoch`` (identical on every rank) and cuts it into global
+    batches of ``world_size * batch_size``; rank r takes the r-th slice of each. Incomplete global batches are
+    dropped (as timm does) unless the set is smaller than one global batch; then it is padded by repetition to a
+    multiple of ``world_size``, as DistributedSampler does.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        global_batch = self.world_size * self.batch_size
+        if self.num_samples >= global_batch:
+            return order[: self.num_samples // global_batch * global_batch]
+        total = math.ceil(self.num_samples / self.world_size) * self.world_size
+        return (order * math.ceil(total / max(1, self.num_samples)))[:total]
+
+    def __iter__(self):
+        order = self._global_order()
+        step = self.world_size * self.batch_size
+        mine: list[int] = []
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            share = len(chunk) // self.world_size
+            mine.extend(chunk[self.rank * share:(self.rank + 1) * share])
+        return iter(mine)
+
+    def __len__(self) -> int:
+        return len(self._global_order()) // self.world_size
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank r takes images r, r+W, r+2W, ...; no padding, so each image is counted once."""
+
+    def __init__(self, num_samples: int, world_size: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def default_workers(procs_per_node: int = 1) -> int:
+    """Loader workers per process: the node's cores shared by its processes, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, procs_per_node)))
+
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """The global ``-b`` split over ``world_size`` processes; it must divide evenly."""
+    if global_batch % world_size:
+        raise UserError(f"-b/--batch-size {global_batch} does not divide over {world_size} processes; "
+                        f"use a multiple of {world_size}.")
+    return global_batch // world_size
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader with pinned memory on CUDA and workers that live across epochs."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False)
+
+
+def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers: int, ctx: DistContext,
+                  seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders for this rank; ``batch_size`` is per process."""
+    train_sampler = GlobalBatchSampler(len(train_set), batch_size, ctx.world_size, ctx.rank, seed=seed)
+    val_sampler = ShardSampler(len(val_set), ctx.world_size, ctx.rank)
+    return (make_loader(train_set, train_sampler, batch_size, workers, ctx.device),
+            make_loader(val_set, val_sampler, batch_size, workers, ctx.device))

@@ -1,0 +1,231 @@
+"""The one training/evaluation engine that all four training scripts call through ``fit(args, ctx, wrap, log_name)``.
+
+A script only decides how processes start (``ctx``) and how the model is wrapped (``wrap``); everything else, from
+datasets to checkpoints, happens here. ``fit`` is the only function that reads ``args``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from common import checkpoint, data, models, schedule
+from common.distributed import DistContext, broadcast_buffers
+from common.errors import UserError
+from common.logger import CsvLog, Progress
+from common.meters import AverageMeter
+from common.metrics import topk_correct
+
+Wrap = Callable[[nn.Module, DistContext], nn.Module]
+
+
+@dataclass
+class EpochStats:
+    """Totals of one pass over a loader, already summed over all ranks."""
+
+    loss: float
+    top1: float
+    top5: float
+    images: int
+    seconds: float
+    data_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Run:
+    """Everything a training run holds: model (possibly wrapped), loaders, loss, optimizer, schedule."""
+
+    model: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    classes: list[str]
+
+
+def seed_process(seed: int | None, offset: int = 0) -> None:
+    """Seed Python, NumPy and torch with ``seed + offset`` (no-op without a seed)."""
+    if seed is None:
+        return
+    import numpy as np
+
+    random.seed(seed + offset)
+    np.random.seed((seed + offset) % 2**32)
+    torch.manual_seed(seed + offset)
+
+
+def logits_of(output) -> torch.Tensor:
+    """Main logits of a model output (GoogLeNet/Inception return a namedtuple with aux logits in training)."""
+    return getattr(output, "logits", output)
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext, prefix: str,
+              print_freq: int, optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> EpochStats:
+    """One pass over ``loader``: training when an optimizer is given, else evaluation. Totals span all ranks."""
+    training = optimizer is not None
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], prefix, print_freq, ctx.is_main)
+    start = end = time.perf_counter()
+    for i, (images, target, _paths) in enumerate(loader):
+        data_time.update(time.perf_counter() - end)
+        images = images.to(ctx.device, non_blocking=True)
+        target = target.to(ctx.device, non_blocking=True)
+        output = logits_of(model(images))
+        loss = criterion(output, target)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        n = target.size(0)
+        c1, c5 = topk_correct(output.detach(), target)
+        losses.update(loss.item(), n)
+        top1.add(100.0 * c1, n)
+        top5.add(100.0 * c5, n)
+        batch_time.update(time.perf_counter() - end)
+        progress.step(i)
+        end = time.perf_counter()
+    progress.close()
+    for meter in (losses, top1, top5):
+        meter.all_reduce(ctx)
+    return EpochStats(losses.avg, top1.avg, top5.avg, losses.count, time.perf_counter() - start, data_time.sum)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext,
+             print_freq: int = 10) -> EpochStats:
+    """Exact validation: the bare model with rank 0's buffers; each image counted once over all ranks."""
+    bare = checkpoint.unwrap(model)
+    broadcast_buffers(bare, ctx)
+    bare.eval()
+    with torch.inference_mode():
+        stats = run_epoch(bare, loader, criterion, ctx, "Test: ", print_freq)
+    if ctx.is_main:
+        print(f" * Acc@1 {stats.top1:.3f} Acc@5 {stats.top5:.3f} Loss {stats.loss:.4f} "
+              f"on {stats.images} images", flush=True)
+    return stats
+
+
+def train_one_epoch(run: Run, ctx: DistContext, epoch: int, print_freq: int) -> EpochStats:
+    """One training epoch; the sampler is told the epoch so that every rank shuffles alike."""
+    run.train_loader.sampler.set_epoch(epoch)
+    run.model.train()
+    return run_epoch(run.model, run.train_loader, run.criterion, ctx, f"Epoch: [{epoch}]", print_freq,
+                     run.optimizer, run.scheduler)
+
+
+def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
+    """Datasets, loaders, model (created with the same seed on every rank, then wrapped), loss, SGD, schedule."""
+    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size)
+    train_set, val_set, classes = data.build_datasets(cfg)
+    batch = data.per_process_batch(args.batch_size, ctx.world_size)
+    workers = data.default_workers(ctx.local_world_size) if args.workers is None else args.workers
+    train_loader, val_loader = data.build_loaders(train_set, val_set, batch, workers, ctx, seed=args.seed or 0)
+    seed_process(args.seed)
+    model = models.create_model(args.arch, len(classes), args.pretrained, args.weights, args.width_mult)
+    model = wrap(model.to(ctx.device), ctx)
+    seed_process(args.seed, offset=ctx.rank)
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    sched_cfg = schedule.ScheduleConfig(args.lr_schedule, args.epochs, len(train_loader), args.warmup_epochs,
+                                        args.lr_step_size, args.lr_gamma)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
+    return Run(model, train_loader, val_loader, criterion, optimizer,
+               schedule.build_scheduler(optimizer, sched_cfg), classes)
+
+
+def resume(path: str, run: Run, arch: str) -> tuple[int, float]:
+    """Load model, optimizer and schedule from a checkpoint; return (next epoch, best top-1)."""
+    ckpt = checkpoint.load_file(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path} is a bare state_dict, not a training checkpoint; start from it with --weights.")
+    if ckpt.get("arch", arch) != arch:
+        raise UserError(f"{path} was trained with -a {ckpt['arch']}, not {arch}; pass -a {ckpt['arch']}.")
+    if ckpt.get("classes", run.classes) != run.classes:
+        raise UserError(f"{path} was trained on other classes than this dataset's; resume on the same data.")
+    checkpoint.unwrap(run.model).load_state_dict(checkpoint.strip_prefixes(ckpt["state_dict"]))
+    if "optimizer" in ckpt:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    if "scheduler" in ckpt:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    print(f"=> resumed from {path} (epoch {ckpt.get('epoch', 0)}, best Acc@1 {ckpt.get('best_acc1', 0.0):.3f})")
+    return int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
+
+
+def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
+    """One short description of the run, printed by rank 0 before it starts."""
+    bare = checkpoint.unwrap(run.model)
+    return (f"=> {args.arch}: {models.count_params(bare) / 1e6:.2f} M params, {len(run.classes)} classes | "
+            f"data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images"
+            f"{' (synthetic)' if args.dummy else ''} | {ctx.world_size} process(es) on {ctx.device.type}"
+            f" ({type(run.model).__name__}) | batch {args.batch_size} global | lr {args.lr} {args.lr_schedule}"
+            f" schedule, warm-up {args.warmup_epochs} epochs | epochs {args.epochs} | output {args.output_dir}")
+
+
+def check_output_dir(path: str) -> None:
+    """Create the output folder and make sure it is writable, before any training starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --output-dir {path!r} ({exc.strerror}); choose a writable folder.") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"--output-dir {path!r} is not writable; choose a writable folder.")
+
+
+def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -> dict:
+    """Train (or with ``-e`` only evaluate) as the flags say; rank 0 writes the CSV log and checkpoints.
+
+    Returns a summary: best top-1, the epoch it was reached, and the last validation stats.
+    """
+    if ctx.is_main:
+        check_output_dir(args.output_dir)
+    torch.backends.cudnn.benchmark = args.seed is None
+    run = build_run(args, ctx, wrap)
+    start_epoch, best_acc1 = resume(args.resume, run, args.arch) if args.resume else (0, None)
+    start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
+    if ctx.is_main:
+        print(header(args, ctx, run), flush=True)
+    if args.evaluate:
+        val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
+        return {"best_acc1": val.top1, "best_epoch": None, "val": val}
+    return train_loop(run, ctx, args, start_epoch, best_acc1, os.path.join(args.output_dir, log_name))
+
+
+def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start_epoch: int, best_acc1: float | None,
+               log_path: str) -> dict:
+    """Epochs of train + evaluate + log + checkpoint, from ``start_epoch`` to ``args.epochs``."""
+    log, best_epoch, val, t0 = CsvLog(log_path), None, None, time.time()
+    plain = checkpoint.plain_args(args)
+    for epoch in range(start_epoch, args.epochs):
+        seed_process(args.seed, offset=1000 * (epoch + 1) + ctx.rank)
+        lr, started = run.optimizer.param_groups[0]["lr"], time.time()
+        train = train_one_epoch(run, ctx, epoch, args.print_freq)
+        val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
+        is_best = best_acc1 is None or val.top1 > best_acc1
+        if is_best:
+            best_acc1, best_epoch = val.top1, epoch
+        if ctx.is_main:
+            log.write({"epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                       "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
+                       "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss,
+                       "train_top1": train.top1, "train_top5": train.top5, "val_loss": val.loss,
+                       "val_top1": val.top1, "val_top5": val.top5, "val_images": val.images})
+            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": checkpoint.unwrap(run.model).state_dict(),
+                     "best_acc1": float(best_acc1 or 0.0), "optimizer": run.optimizer.state_dict(),
+                     "scheduler": run.scheduler.state_dict(), "args": plain, "classes": list(run.classes)}
+            checkpoint.save_checkpoint(state, args.output_dir, is_best)
+    if ctx.is_main:
+        print(f"=> done in {time.time() - t0:.1f} s: best Acc@1 {best_acc1 or 0.0:.3f}"
+              f"{f' at epoch {best_epoch}' if best_epoch is not None else ''}; checkpoints in {args.output_dir}")
+    return {"best_acc1": best_acc1, "best_epoch": best_epoch, "val": val}

@@ -1,0 +1,98 @@
+"""How training processes start: one process, N processes spawned with torch.multiprocessing, or under torchrun.
+
+Each function ends in ``engine.fit``; the scripts choose one. The spawn worker lives here because ``mp.spawn``
+needs a top-level function and two scripts use it.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from dataclasses import dataclass
+
+import torch.multiprocessing as mp
+
+from common import data, distributed, engine, models, options
+from common.errors import UserError, exit_on_user_error
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that can fail on the user's input, run once in the launching process before any worker."""
+    options.check_training_args(args, models.available_archs())
+    if not args.dummy:
+        data.split_dirs(args.data)
+    if args.resume and not os.path.isfile(args.resume):
+        raise UserError(f"--resume {args.resume!r} does not exist; check the path.")
+    engine.check_output_dir(args.output_dir)
+
+
+def ddp_wrap(sync_bn: bool) -> engine.Wrap:
+    return functools.partial(distributed.wrap_ddp, sync_bn=sync_bn)
+
+
+def run_single(args: argparse.Namespace, wrap: engine.Wrap, log_name: str) -> dict:
+    """One process on one device (``--gpu``, or the first accelerator, or the CPU)."""
+    ctx = distributed.single_process(args.gpu, args.no_accel)
+    return engine.fit(args, ctx, wrap, log_name)
+
+
+def run_torchrun(args: argparse.Namespace, log_name: str) -> dict:
+    """One DDP process of a torchrun job: rank and device from the environment, env:// rendezvous."""
+    rank, world_size, local_rank, local_world_size = distributed.torchrun_env()
+    ctx = distributed.init_process(rank, world_size, local_rank, "env://", args.dist_backend, args.no_accel,
+                                   local_world_size)
+    try:
+        return engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
+    finally:
+        distributed.cleanup(ctx)
+
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    """``nprocs`` processes on each of ``nodes`` nodes; this node is ``node_rank``."""
+
+    nprocs: int
+    nodes: int
+    node_rank: int
+    dist_url: str
+
+    @property
+    def world_size(self) -> int:
+        return self.nprocs * self.nodes
+
+
+def _spawned_worker(local_rank: int, args: argparse.Namespace, plan: SpawnPlan, log_name: str) -> None:
+    with exit_on_user_error():
+        rank = plan.node_rank * plan.nprocs + local_rank
+        ctx = distributed.init_process(rank, plan.world_size, local_rank, plan.dist_url, args.dist_backend,
+                                       args.no_accel, plan.nprocs)
+        try:
+            engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
+        finally:
+            distributed.cleanup(ctx)
+
+
+def spawn_plan(args: argparse.Namespace) -> SpawnPlan:
+    """Processes per node (``--nprocs``, default one per GPU, or 1), nodes (``--world-size``) and rendezvous."""
+    nprocs = args.nprocs or distributed.accelerator_count(args.no_accel) or 1
+    nodes, node_rank = max(1, args.world_size), max(0, args.rank)
+    if nodes > 1 and not args.dist_url:
+        raise UserError("multi-node training needs --dist-url tcp://<node 0 address>:<port>, the same on every node.")
+    if node_rank >= nodes:
+        raise UserError(f"--rank {node_rank} is not below --world-size {nodes}; number the nodes 0..{nodes - 1}.")
+    return SpawnPlan(nprocs, nodes, node_rank, args.dist_url or f"tcp://127.0.0.1:{distributed.free_port()}")
+
+
+def run_spawn(args: argparse.Namespace, log_name: str) -> None:
+    """Spawn one DDP worker per GPU (or ``--nprocs`` CPU workers with gloo) on this node and wait for them."""
+    plan = spawn_plan(args)
+    print(f"=> spawning {plan.nprocs} process(es) on node {plan.node_rank} of {plan.nodes} "
+          f"(world size {plan.world_size}, rendezvous {plan.dist_url})", flush=True)
+    try:
+        mp.spawn(_spawned_worker, args=(args, plan, log_name), nprocs=plan.nprocs, join=True)
+    except mp.ProcessExitedException as exc:
+        raise UserError(f"worker process {exc.error_index} stopped with exit code {exc.exit_code}; "
+                        "its message is above.") from None
+    except mp.ProcessRaisedException as exc:
+        print(exc, flush=True)
+        raise UserError("a worker process failed with the traceback above.") from None

@@ -1,0 +1,126 @@
+"""One ``create_model`` for every torchvision classifier and GhostNet, plus head replacement.
+
+Pretrained weights come through torchvision's weights API (GhostNet: the official release), which downloads into
+the torch hub cache; offline, the error names the file expected there and how to pass a local one.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from common import checkpoint
+from common.errors import UserError
+from ghost_net import ghost_net
+
+GHOSTNET_URL = "https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth"
+IMAGENET_CLASSES = 1000
+
+
+def available_archs() -> list[str]:
+    """Every torchvision classification model name, plus ``ghostnet``."""
+    return sorted(torchvision.models.list_models(module=torchvision.models) + ["ghostnet"])
+
+
+def weights_url(arch: str) -> str:
+    """Download URL of the default ImageNet weights of ``arch``."""
+    if arch == "ghostnet":
+        return GHOSTNET_URL
+    return torchvision.models.get_model_weights(arch).DEFAULT.url
+
+
+def cache_path(url: str) -> str:
+    """Where torch.hub keeps (or expects) the downloaded file for ``url``."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def _build(arch: str, num_classes: int, width_mult: float) -> nn.Module:
+    if arch == "ghostnet":
+        return ghost_net(width_mult=width_mult, num_classes=num_classes)
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def _build_pretrained(arch: str, width_mult: float) -> nn.Module:
+    """The ImageNet model with its published weights, downloaded into the hub cache on first use."""
+    if arch == "ghostnet" and width_mult != 1.0:
+        raise UserError("published GhostNet weights exist for --width-mult 1.0 only; drop --pretrained or the width.")
+    url = weights_url(arch)
+    try:
+        if arch == "ghostnet":
+            model = ghost_net(num_classes=IMAGENET_CLASSES)
+            model.load_state_dict(torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True))
+            return model
+        return torchvision.models.get_model(arch, weights="DEFAULT")
+    except OSError as exc:  # URLError, socket and HTTP errors: no download possible
+        raise UserError(f"could not download the pretrained {arch} weights ({exc}); copy {url} to "
+                        f"{cache_path(url)}, or pass a local file with --weights PATH.") from None
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Dotted name of the final classification layer: the last nn.Linear, or SqueezeNet's final 1x1 conv."""
+    if isinstance(model, torchvision.models.SqueezeNet):
+        return "classifier.1"
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier to replace; choose another --arch.")
+    return names[-1]
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the final layer for a freshly initialised one with ``num_classes`` outputs; return its name."""
+    name = classifier_name(model)
+    old = model.get_submodule(name)
+    if isinstance(old, nn.Conv2d):
+        new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    else:
+        new = nn.Linear(old.in_features, num_classes)
+    model.set_submodule(name, new)
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return name
+
+
+def load_weights_file(model: nn.Module, path: str) -> None:
+    """Load a state_dict or project checkpoint into ``model``; a head of another shape is dropped with a notice."""
+    state = checkpoint.state_dict_from(checkpoint.load_file(path))
+    own = model.state_dict()
+    head = classifier_name(model) + "."
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if any(not k.startswith(head) for k in mismatched):
+        raise UserError(f"{path} does not fit this architecture (shape differs for {mismatched[:3]}); "
+                        "pass the -a/--arch (and --width-mult) it was trained with.")
+    for key in mismatched:
+        del state[key]
+    if mismatched:
+        print(f"=> {path}: its classifier has another number of classes; a new head is trained ({head[:-1]})")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in mismatched]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{path} does not fit this architecture ({len(missing)} missing keys such as {missing[:2]}, "
+                        f"{len(result.unexpected_keys)} unexpected such as {result.unexpected_keys[:2]}); "
+                        "pass the -a/--arch (and --width-mult) it was trained with.")
+
+
+def create_model(arch: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None,
+                 width_mult: float = 1.0) -> nn.Module:
+    """Build ``arch`` with ``num_classes`` outputs: random init, ImageNet weights, or a local weights file.
+
+    With ImageNet weights and ``num_classes != 1000`` the classifier is replaced by a new, untrained one.
+    """
+    if weights_path:
+        model = _build(arch, num_classes, width_mult)
+        load_weights_file(model, weights_path)
+        return model
+    if pretrained:
+        model = _build_pretrained(arch, width_mult)
+        if num_classes != IMAGENET_CLASSES:
+            replace_head(model, num_classes)
+        return model
+    return _build(arch, num_classes, width_mult)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

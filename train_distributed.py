@@ -1,0 +1,42 @@
+"""Train with DistributedDataParallel under torchrun (env:// rendezvous), on one node or several.
+
+    torchrun --nproc_per_node 4 train_distributed.py --data /imagenet -a ghostnet
+    torchrun --nproc_per_node 2 train_distributed.py --dummy -a ghostnet --epochs 1 --no-accel   # CPU, gloo
+
+Two nodes (run the second with --node_rank 1):
+
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr 10.0.0.1 --master_port 29500 \
+        train_distributed.py --data /imagenet -a ghostnet
+
+The legacy ``python -m torch.distributed.launch`` also works (its --local-rank argument is accepted).
+Started with plain ``python``, it trains in one process. -b is the global batch over all processes.
+"""
+import argparse
+
+from common import distributed, launch, options
+from common.errors import exit_on_user_error
+
+LOG_NAME = "distributed.csv"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=None,
+                        help="set by torch.distributed.launch; LOCAL_RANK from the environment takes precedence")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    with exit_on_user_error():
+        launch.check_args(args)
+        if distributed.torchrun_env() is None:
+            print("=> not started by torchrun (no RANK/WORLD_SIZE in the environment): training in one process")
+            launch.run_single(args, lambda model, ctx: model, LOG_NAME)
+        else:
+            launch.run_torchrun(args, LOG_NAME)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

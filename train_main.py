@@ -1,0 +1,49 @@
+"""Train any torchvision classifier or GhostNet in every mode of the PyTorch ImageNet example.
+
+One device (CUDA, MPS or CPU), or nn.DataParallel over all GPUs (the default with several GPUs):
+
+    python train_main.py --data /imagenet -a ghostnet
+    python train_main.py --data /imagenet -a resnet50 --gpu 0
+    python train_main.py --dummy -a ghostnet --epochs 1 -b 32 --train-crop-size 64 --val-resize-size 64 --val-crop-size 64
+
+One process per GPU (mp.spawn + DDP), on one node or several (here node 0 of 2; run rank 1 on the other node):
+
+    python train_main.py --data /imagenet -a ghostnet --multiprocessing-distributed \
+        --world-size 2 --rank 0 --dist-url tcp://10.0.0.1:23456
+
+Under torchrun (each process is pinned to its LOCAL_RANK device; -b is the global batch):
+
+    torchrun --nproc_per_node 4 train_main.py --data /imagenet -a ghostnet --dist-url env://
+"""
+import argparse
+
+from common import distributed, launch, options
+from common.errors import exit_on_user_error
+
+LOG_NAME = "main.csv"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.",
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+    parser.add_argument("--multiprocessing-distributed", action="store_true",
+                        help="spawn one DDP process per GPU (or --nprocs CPU processes) on each node")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    with exit_on_user_error():
+        launch.check_args(args)
+        if distributed.torchrun_env() is not None:
+            launch.run_torchrun(args, LOG_NAME)
+        elif args.multiprocessing_distributed:
+            launch.run_spawn(args, LOG_NAME)
+        else:
+            # nn.DataParallel over all GPUs unless one is chosen with --gpu (or there is none)
+            use_dp = args.gpu is None and distributed.accelerator_count(args.no_accel) > 1
+            launch.run_single(args, distributed.wrap_dataparallel if use_dp else (lambda m, ctx: m), LOG_NAME)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
