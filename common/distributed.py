@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from common.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -65,6 +67,9 @@ def init_process(rank: int, world_size: int, local_rank: int, dist_url: str, bac
     ``backend`` defaults to nccl on CUDA and gloo otherwise. Returns the context every other function takes.
     """
     device = select_device(no_accel, local_rank)
+    if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise UserError(f"process {local_rank} on this node has no GPU of its own ({torch.cuda.device_count()} "
+                        "visible); start at most one process per GPU, or pass --no-accel for CPU processes.")
     if device.type == "mps":  # no multi-process MPS backend: DDP on a Mac runs on the CPU with gloo
         device = torch.device("cpu")
     if device.type == "cuda":

@@ -74,7 +74,11 @@ def _spawned_worker(local_rank: int, args: argparse.Namespace, plan: SpawnPlan, 
 
 def spawn_plan(args: argparse.Namespace) -> SpawnPlan:
     """Processes per node (``--nprocs``, default one per GPU, or 1), nodes (``--world-size``) and rendezvous."""
-    nprocs = args.nprocs or distributed.accelerator_count(args.no_accel) or 1
+    gpus = distributed.accelerator_count(args.no_accel)
+    nprocs = args.nprocs or gpus or 1
+    if gpus and nprocs > gpus:
+        raise UserError(f"--nprocs {nprocs} is more than the {gpus} GPU(s) here; use at most {gpus}, "
+                        "or pass --no-accel for CPU processes.")
     nodes, node_rank = max(1, args.world_size), max(0, args.rank)
     if nodes > 1 and not args.dist_url:
         raise UserError("multi-node training needs --dist-url tcp://<node 0 address>:<port>, the same on every node.")

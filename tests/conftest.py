@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny generated ImageFolders and a checkpoint trained on one, all on the CPU."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+COLORS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
+# The flags that make a 32-px GhostNet run on the tiny folders take seconds on a 2-core CPU.
+SMALL = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32", "-j", "0", "-p", "100"]
+
+
+def make_image_folder(root: str, train_per_class: int = 40, val_per_class: int = 10, classes=COLORS,
+                      size: tuple[int, int] = (40, 48), seed: int = 0, ext: str = "png") -> str:
+    """Write ``root/{train,val}/class<i>/img<j>.<ext>``: noisy images whose mean colour is the class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c, color in enumerate(classes):
+            folder = os.path.join(root, split, f"class{c}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                pixels = np.array(color)[None, None, :] + rng.normal(0, 40, (size[0], size[1], 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"img{i}.{ext}"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """4 colour classes, 40 train and 10 val PNG images each (read-only: tests must not modify it)."""
+    return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tiny_data, tmp_path_factory) -> str:
+    """``model_best.pth.tar`` of a 1-epoch GhostNet run with train_main.py on ``tiny_data`` (32 px)."""
+    out = str(tmp_path_factory.mktemp("trained"))
+    run_script("train_main.py", tiny_data, "-a", "ghostnet", "--epochs", "1", "-b", "16", "--lr", "0.02",
+               "--seed", "0", "--output-dir", out, *SMALL)
+    return os.path.join(out, "model_best.pth.tar")
+
+
+def run_script(script: str, *args: str, launcher: list[str] | None = None, env: dict | None = None,
+               check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts in a fresh interpreter (or under ``launcher``, e.g. torchrun).
+
+    The script runs in its own process group, killed whole on timeout so that no worker outlives a hung test.
+    """
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script), *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} timed out after {timeout} s:\n{stdout}\n{stderr}") from None
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

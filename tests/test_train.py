@@ -1,0 +1,113 @@
+"""The four training scripts, end to end on a tiny generated ImageFolder on the CPU."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import sys
+
+import pytest
+import torch
+
+from common import checkpoint, models
+from common.logger import CSV_FIELDS
+from conftest import SMALL, make_image_folder, run_script
+
+TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "1", "--no-accel", *SMALL]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+RESULT = re.compile(r"\* Acc@1 ([\d.]+) Acc@5 ([\d.]+) Loss ([\d.]+) on (\d+) images")
+
+# script, launcher, extra flags, CSV log name
+LAUNCHERS = {
+    "main": ("train_main.py", None, [], "main.csv"),
+    "dataparallel": ("train_dataparallel.py", None, [], "dataparallel.csv"),
+    "multiprocessing": ("train_multiprocessing.py", None, ["--nprocs", "2"], "multiprocessing_distributed.csv"),
+    "distributed": ("train_distributed.py", TORCHRUN, [], "distributed.csv"),
+}
+
+
+def results(stdout: str) -> list[tuple[float, float, float, int]]:
+    """Every ``* Acc@1 .. Acc@5 .. Loss .. on N images`` line a run printed."""
+    return [(float(a), float(b), float(c), int(n)) for a, b, c, n in RESULT.findall(stdout)]
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory) -> str:
+    """3 classes with 7 val images each: 21 images divide neither over 2 ranks nor into batches of 8."""
+    return make_image_folder(str(tmp_path_factory.mktemp("odd")), train_per_class=12, val_per_class=7,
+                             classes=((200, 30, 30), (30, 200, 30), (30, 30, 200)))
+
+
+@pytest.mark.parametrize("name", list(LAUNCHERS))
+def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_checkpoints(name, tiny_data, tmp_path):
+    script, launcher, extra, log_name = LAUNCHERS[name]
+    out = str(tmp_path)
+    proc = run_script(script, tiny_data, *TRAIN, *extra, "--epochs", "2", "--output-dir", out, launcher=launcher)
+    final = results(proc.stdout)
+    assert len(final) == 2 and final[-1][3] == 40, proc.stdout
+    assert max(r[0] for r in final) > 25.0, f"val top-1 never above chance (4 classes): {final}"
+    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == sorted(
+        ["checkpoint.pth.tar", "model_best.pth.tar", log_name])
+    ckpt = torch.load(os.path.join(out, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "ghostnet" and isinstance(ckpt["best_acc1"], float)
+    assert ckpt["classes"] == ["class0", "class1", "class2", "class3"] and isinstance(ckpt["args"], dict)
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+    models.create_model("ghostnet", 4).load_state_dict(ckpt["state_dict"], strict=True)
+    rows = read_csv(os.path.join(out, log_name))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and tuple(rows[0]) == CSV_FIELDS
+    assert float(rows[1]["val_top1"]) == pytest.approx(final[1][0], abs=1e-3) and rows[1]["val_images"] == "40"
+
+
+def test_resume_continues_from_the_checkpoint_and_evaluate_reports_it(tiny_data, tmp_path):
+    out = str(tmp_path)
+    run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "1", "--output-dir", out)
+    first = checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))
+    shutil.copy(os.path.join(out, "checkpoint.pth.tar"), os.path.join(out, "epoch1.pth.tar"))
+    proc = run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", out,
+                      "--resume", os.path.join(out, "epoch1.pth.tar"))
+    assert "resumed from" in proc.stdout and len(results(proc.stdout)) == 1  # only epoch 1 ran
+    second = checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))
+    assert second["epoch"] == 2 and second["best_acc1"] >= first["best_acc1"]
+    assert second["scheduler"]["last_epoch"] == 2 * first["scheduler"]["last_epoch"]
+    assert [r["epoch"] for r in read_csv(os.path.join(out, "main.csv"))] == ["0", "1"]
+    evaluated = run_script("train_main.py", tiny_data, *TRAIN, "-e", "--resume",
+                           os.path.join(out, "checkpoint.pth.tar"), "--output-dir", out)
+    assert results(evaluated.stdout)[0][0] == pytest.approx(results(proc.stdout)[0][0])
+
+
+def test_two_processes_count_the_same_validation_images_as_one(odd_data, tmp_path):
+    out = str(tmp_path)
+    single = run_script("train_main.py", odd_data, *TRAIN, "--epochs", "1", "-b", "8", "--output-dir", out)
+    ckpt = os.path.join(out, "checkpoint.pth.tar")
+    one = results(run_script("train_main.py", odd_data, *TRAIN, "-b", "8", "-e", "--resume", ckpt,
+                             "--output-dir", out).stdout)[0]
+    spawned = results(run_script("train_multiprocessing.py", odd_data, *TRAIN, "-b", "8", "--nprocs", "2", "-e",
+                                 "--resume", ckpt, "--output-dir", out).stdout)[0]
+    torchrun = results(run_script("train_distributed.py", odd_data, *TRAIN, "-b", "8", "-e", "--resume", ckpt,
+                                  "--output-dir", out, launcher=TORCHRUN).stdout)[0]
+    assert results(single.stdout)[0][3] == one[3] == spawned[3] == torchrun[3] == 21
+    for other in (spawned, torchrun):
+        assert other[:2] == one[:2] and other[2] == pytest.approx(one[2], rel=1e-4)
+
+
+def test_dummy_data_run_ends_with_a_checkpoint(tmp_path):
+    run_script("train_main.py", "--dummy", "-a", "ghostnet", "--epochs", "1", "-b", "32", *SMALL,
+               "--output-dir", str(tmp_path))
+    assert checkpoint.load_file(str(tmp_path / "model_best.pth.tar"))["classes"][:2] == ["class0000", "class0001"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/nonexistent/dir"], "does not exist"),
+    (["--dummy", "-a", "ghostnett"], "Did you mean ghostnet"),
+    (["--dummy", "--resume", "/nonexistent.pth.tar"], "--resume"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, message):
+    proc = run_script("train_main.py", *argv, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
