@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -135,23 +136,55 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
     return train, val, train.classes
 
 
-class GlobalBatchSampler(Sampler[int]):
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one sample's augmentation: a function of (seed, epoch, index) only, never of rank or worker."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` seeds torch and ``random`` before loading ``index``.
+
+    torchvision's random transforms draw from those generators, so each sample's augmentation is fixed by its seed,
+    whichever process or DataLoader worker loads it: runs on 1 or N processes, with any ``-j``, and resumed mid-epoch
+    see identical training images.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        torch.manual_seed(seed)
+        random.seed(seed)
+        return self.dataset[index]
+
+
+class GlobalBatchSampler(Sampler):
     """Training sampler whose k-th batches over all ranks form the one-process k-th batch.
 
     Each epoch draws one permutation from ``seed + epoch`` (identical on every rank) and cuts it into global
     batches of ``world_size * batch_size``; rank r takes the r-th slice of each. Incomplete global batches are
     dropped (as timm does) unless the set is smaller than one global batch; then it is padded by repetition to a
-    multiple of ``world_size``, as DistributedSampler does.
+    multiple of ``world_size``, as DistributedSampler does. With ``seed_samples`` it yields ``(index, seed)``
+    pairs for SeededSamples. ``set_start(step)`` skips the first ``step`` batches (mid-epoch resume).
     """
 
     def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, seed_samples: bool = False) -> None:
         self.num_samples, self.batch_size = num_samples, batch_size
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
-        self.epoch = 0
+        self.seed_samples = seed_samples
+        self.epoch = self.start_step = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, step: int) -> None:
+        """Begin the epoch at batch ``step`` (0 = from the start)."""
+        self.start_step = step
 
     def _global_order(self) -> list[int]:
         if self.shuffle:
@@ -165,7 +198,7 @@ class GlobalBatchSampler(Sampler[int]):
         total = math.ceil(self.num_samples / self.world_size) * self.world_size
         return (order * math.ceil(total / max(1, self.num_samples)))[:total]
 
-    def __iter__(self):
+    def _my_indices(self) -> list[int]:
         order = self._global_order()
         step = self.world_size * self.batch_size
         mine: list[int] = []
@@ -173,10 +206,20 @@ class GlobalBatchSampler(Sampler[int]):
             chunk = order[start:start + step]
             share = len(chunk) // self.world_size
             mine.extend(chunk[self.rank * share:(self.rank + 1) * share])
+        return mine[self.start_step * self.batch_size:]
+
+    def __iter__(self):
+        mine = self._my_indices()
+        if self.seed_samples:
+            return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in mine])
         return iter(mine)
 
     def __len__(self) -> int:
-        return len(self._global_order()) // self.world_size
+        return len(self._my_indices())
+
+    def steps_per_epoch(self) -> int:
+        """Batches in a whole epoch, whatever ``set_start`` says."""
+        return math.ceil(len(self._global_order()) // self.world_size / self.batch_size)
 
 
 class ShardSampler(Sampler[int]):
@@ -212,9 +255,15 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
 
 
 def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers: int, ctx: DistContext,
-                  seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders for this rank; ``batch_size`` is per process."""
-    train_sampler = GlobalBatchSampler(len(train_set), batch_size, ctx.world_size, ctx.rank, seed=seed)
+                  seed: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders for this rank; ``batch_size`` is per process.
+
+    With a ``seed``, each training sample's augmentation is seeded by (seed, epoch, index) (see SeededSamples).
+    """
+    seeded = seed is not None
+    train_sampler = GlobalBatchSampler(len(train_set), batch_size, ctx.world_size, ctx.rank, seed=seed or 0,
+                                       seed_samples=seeded)
+    train_set = SeededSamples(train_set) if seeded else train_set
     val_sampler = ShardSampler(len(val_set), ctx.world_size, ctx.rank)
     return (make_loader(train_set, train_sampler, batch_size, workers, ctx.device),
             make_loader(val_set, val_sampler, batch_size, workers, ctx.device))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,10 +17,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from common import checkpoint, data, models, schedule
-from common.distributed import DistContext, broadcast_buffers
+from common import checkpoint, data, faults, models, schedule
+from common.distributed import DistContext, barrier, broadcast_buffers
 from common.errors import UserError
-from common.logger import CsvLog, Progress
+from common.logger import CsvLog, Progress, epoch_row
 from common.meters import AverageMeter
 from common.metrics import topk_correct
 
@@ -36,6 +37,7 @@ class EpochStats:
     images: int
     seconds: float
     data_seconds: float
+    stopped: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -55,6 +57,35 @@ class Run:
     classes: list[str]
 
 
+@dataclass
+class StepControl:
+    """Per-step duties of a training epoch besides optimisation: seeding, and a hook after each step.
+
+    With a seed, torch's generator is re-seeded from (seed, rank, epoch, step) before every step, so dropout
+    masks are the same whether a run went straight through or was resumed mid-epoch. ``after_step`` gets the
+    index of the finished step within the epoch and returns True to stop the epoch there.
+    """
+
+    epoch: int
+    first_step: int
+    after_step: Callable[[int], bool]
+    seed: int | None = None
+    rank: int = 0
+
+    def before_step(self, i: int) -> None:
+        if self.seed is not None:
+            torch.manual_seed(data.sample_seed(self.seed + 7919 * self.rank, self.epoch, self.first_step + i))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues: epoch, step within it (0 = its start), best top-1 so far (None: no epoch yet)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_acc1: float | None = None
+
+
 def seed_process(seed: int | None, offset: int = 0) -> None:
     """Seed Python, NumPy and torch with ``seed + offset`` (no-op without a seed)."""
     if seed is None:
@@ -72,15 +103,18 @@ def logits_of(output) -> torch.Tensor:
 
 
 def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext, prefix: str,
-              print_freq: int, optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> EpochStats:
+              print_freq: int, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+              control: StepControl | None = None) -> EpochStats:
     """One pass over ``loader``: training when an optimizer is given, else evaluation. Totals span all ranks."""
-    training = optimizer is not None
+    training, stopped = optimizer is not None, False
     batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
     progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], prefix, print_freq, ctx.is_main)
     start = end = time.perf_counter()
     for i, (images, target, _paths) in enumerate(loader):
         data_time.update(time.perf_counter() - end)
+        if control is not None:
+            control.before_step(i)
         images = images.to(ctx.device, non_blocking=True)
         target = target.to(ctx.device, non_blocking=True)
         output = logits_of(model(images))
@@ -97,11 +131,15 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: D
         top5.add(100.0 * c5, n)
         batch_time.update(time.perf_counter() - end)
         progress.step(i)
+        if control is not None and control.after_step(i):
+            stopped = True
+            break
         end = time.perf_counter()
     progress.close()
     for meter in (losses, top1, top5):
         meter.all_reduce(ctx)
-    return EpochStats(losses.avg, top1.avg, top5.avg, losses.count, time.perf_counter() - start, data_time.sum)
+    return EpochStats(losses.avg, top1.avg, top5.avg, losses.count, time.perf_counter() - start, data_time.sum,
+                      stopped)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext,
@@ -118,12 +156,13 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: Di
     return stats
 
 
-def train_one_epoch(run: Run, ctx: DistContext, epoch: int, print_freq: int) -> EpochStats:
-    """One training epoch; the sampler is told the epoch so that every rank shuffles alike."""
-    run.train_loader.sampler.set_epoch(epoch)
+def train_one_epoch(run: Run, ctx: DistContext, print_freq: int, control: StepControl) -> EpochStats:
+    """One training epoch from step ``control.first_step``; every rank shuffles alike for ``control.epoch``."""
+    run.train_loader.sampler.set_epoch(control.epoch)
+    run.train_loader.sampler.set_start(control.first_step)
     run.model.train()
-    return run_epoch(run.model, run.train_loader, run.criterion, ctx, f"Epoch: [{epoch}]", print_freq,
-                     run.optimizer, run.scheduler)
+    return run_epoch(run.model, run.train_loader, run.criterion, ctx, f"Epoch: [{control.epoch}]", print_freq,
+                     run.optimizer, run.scheduler, control)
 
 
 def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
@@ -132,9 +171,9 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     train_set, val_set, classes = data.build_datasets(cfg)
     batch = data.per_process_batch(args.batch_size, ctx.world_size)
     workers = data.default_workers(ctx.local_world_size) if args.workers is None else args.workers
-    train_loader, val_loader = data.build_loaders(train_set, val_set, batch, workers, ctx, seed=args.seed or 0)
+    train_loader, val_loader = data.build_loaders(train_set, val_set, batch, workers, ctx, seed=args.seed)
     seed_process(args.seed)
-    model = models.create_model(args.arch, len(classes), args.pretrained, args.weights, args.width_mult)
+    model = models.create_model(args.arch, len(classes), args.pretrained, args.weights, args.width_mult, args.dropout)
     model = wrap(model.to(ctx.device), ctx)
     seed_process(args.seed, offset=ctx.rank)
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -145,8 +184,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
                schedule.build_scheduler(optimizer, sched_cfg), classes)
 
 
-def resume(path: str, run: Run, arch: str) -> tuple[int, float]:
-    """Load model, optimizer and schedule from a checkpoint; return (next epoch, best top-1)."""
+def restore(path: str, run: Run, arch: str) -> ResumePoint:
+    """Load model, optimizer and schedule from a checkpoint; return where the run continues."""
     ckpt = checkpoint.load_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is a bare state_dict, not a training checkpoint; start from it with --weights.")
@@ -159,8 +198,24 @@ def resume(path: str, run: Run, arch: str) -> tuple[int, float]:
         run.optimizer.load_state_dict(ckpt["optimizer"])
     if "scheduler" in ckpt:
         run.scheduler.load_state_dict(ckpt["scheduler"])
-    print(f"=> resumed from {path} (epoch {ckpt.get('epoch', 0)}, best Acc@1 {ckpt.get('best_acc1', 0.0):.3f})")
-    return int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
+    point = ResumePoint(int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0)), ckpt.get("best_acc1"))
+    where = f"epoch {point.epoch}" + (f", step {point.step}" if point.step else "")
+    print(f"=> resumed from {path} ({where}, best Acc@1 {point.best_acc1 or 0.0:.3f})", flush=True)
+    return point
+
+
+def resume(path: str, run: Run, arch: str) -> tuple[int, float | None]:
+    """``restore`` for callers that resume at epoch boundaries only: (next epoch, best top-1)."""
+    point = restore(path, run, arch)
+    return point.epoch, point.best_acc1
+
+
+def resume_path(resume_flag: str, output_dir: str) -> str | None:
+    """The checkpoint ``--resume`` points at; ``auto`` means ``output_dir/checkpoint.pth.tar`` when it exists."""
+    if resume_flag != "auto":
+        return resume_flag or None
+    path = os.path.join(output_dir, checkpoint.CHECKPOINT_NAME)
+    return path if os.path.isfile(path) else None
 
 
 def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
@@ -192,40 +247,71 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
         check_output_dir(args.output_dir)
     torch.backends.cudnn.benchmark = args.seed is None
     run = build_run(args, ctx, wrap)
-    start_epoch, best_acc1 = resume(args.resume, run, args.arch) if args.resume else (0, None)
-    start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
+    path = resume_path(args.resume, args.output_dir)
+    start = restore(path, run, args.arch) if path else ResumePoint()
+    if args.start_epoch is not None:
+        start = ResumePoint(args.start_epoch, 0, start.best_acc1)
     if ctx.is_main:
         print(header(args, ctx, run), flush=True)
     if args.evaluate:
         val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
-    return train_loop(run, ctx, args, start_epoch, best_acc1, os.path.join(args.output_dir, log_name))
+    return train_loop(run, ctx, args, start, os.path.join(args.output_dir, log_name))
 
 
-def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start_epoch: int, best_acc1: float | None,
-               log_path: str) -> dict:
-    """Epochs of train + evaluate + log + checkpoint, from ``start_epoch`` to ``args.epochs``."""
-    log, best_epoch, val, t0 = CsvLog(log_path), None, None, time.time()
-    plain = checkpoint.plain_args(args)
-    for epoch in range(start_epoch, args.epochs):
-        seed_process(args.seed, offset=1000 * (epoch + 1) + ctx.rank)
-        lr, started = run.optimizer.param_groups[0]["lr"], time.time()
-        train = train_one_epoch(run, ctx, epoch, args.print_freq)
-        val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
-        is_best = best_acc1 is None or val.top1 > best_acc1
-        if is_best:
-            best_acc1, best_epoch = val.top1, epoch
-        if ctx.is_main:
-            log.write({"epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-                       "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
-                       "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss,
-                       "train_top1": train.top1, "train_top5": train.top5, "val_loss": val.loss,
-                       "val_top1": val.top1, "val_top5": val.top5, "val_images": val.images})
-            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": checkpoint.unwrap(run.model).state_dict(),
-                     "best_acc1": float(best_acc1 or 0.0), "optimizer": run.optimizer.state_dict(),
-                     "scheduler": run.scheduler.state_dict(), "args": plain, "classes": list(run.classes)}
-            checkpoint.save_checkpoint(state, args.output_dir, is_best)
+def training_state(run: Run, args: argparse.Namespace, epoch: int, step: int, best_acc1: float | None) -> dict:
+    """The checkpoint dict; ``(epoch, step)`` is where a resumed run continues."""
+    return {"epoch": epoch, "step": step, "arch": args.arch, "state_dict": checkpoint.unwrap(run.model).state_dict(),
+            "best_acc1": float(best_acc1 or 0.0), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "args": checkpoint.plain_args(args), "classes": list(run.classes)}
+
+
+def step_hook(run: Run, ctx: DistContext, args: argparse.Namespace, epoch: int, first_step: int,
+              best_acc1: float | None, stop: faults.StopRequest, timer: faults.CheckpointTimer) -> StepControl:
+    """The per-step control of one epoch: fault injection, agreed stop on a signal, mid-epoch checkpoints."""
+
+    def after_step(i: int) -> bool:
+        faults.inject_fault(ctx.rank, run.scheduler.last_epoch)
+        signum = stop.agreed(ctx)
+        if (signum or timer.due()) and ctx.is_main:
+            checkpoint.save_checkpoint(training_state(run, args, epoch, first_step + i + 1, best_acc1),
+                                       args.output_dir, is_best=False)
+        return bool(signum)
+
+    return StepControl(epoch, first_step, after_step, args.seed, ctx.rank)
+
+
+def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: ResumePoint, log_path: str) -> dict:
+    """Epochs of train + evaluate + log + checkpoint, from ``start`` to ``args.epochs``; stops cleanly on a signal."""
+    log, best_acc1, best_epoch, val, t0 = CsvLog(log_path), start.best_acc1, None, None, time.time()
+    stop, timer = faults.StopRequest().install(), faults.CheckpointTimer(args.checkpoint_interval)
+    try:
+        for epoch in range(start.epoch, args.epochs):
+            lr, started = run.optimizer.param_groups[0]["lr"], time.time()
+            first_step = start.step if epoch == start.epoch else 0
+            control = step_hook(run, ctx, args, epoch, first_step, best_acc1, stop, timer)
+            train = train_one_epoch(run, ctx, args.print_freq, control)
+            if train.stopped:
+                raise stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
+            val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
+            is_best = best_acc1 is None or val.top1 > best_acc1
+            if is_best:
+                best_acc1, best_epoch = val.top1, epoch
+            if ctx.is_main:
+                log.write(epoch_row(epoch, started, lr, train, val))
+                checkpoint.save_checkpoint(training_state(run, args, epoch + 1, 0, best_acc1), args.output_dir,
+                                           is_best)
+    finally:
+        stop.uninstall()
     if ctx.is_main:
         print(f"=> done in {time.time() - t0:.1f} s: best Acc@1 {best_acc1 or 0.0:.3f}"
               f"{f' at epoch {best_epoch}' if best_epoch is not None else ''}; checkpoints in {args.output_dir}")
     return {"best_acc1": best_acc1, "best_epoch": best_epoch, "val": val}
+
+
+def stopped_message(ctx: DistContext, signum: int, epoch: int, output_dir: str) -> faults.Interrupted:
+    """Wait until rank 0 has written its checkpoint, then describe the stop (raised by the caller)."""
+    barrier(ctx)
+    name = signal.Signals(signum).name
+    return faults.Interrupted(signum, f"stopped by {name} during epoch {epoch}; the checkpoint in {output_dir} "
+                                      "holds the last finished step: rerun with --resume auto to continue.")

@@ -6,13 +6,18 @@ needs a top-level function and two scripts use it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import signal
+import sys
 from dataclasses import dataclass
+from typing import Iterator
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import data, distributed, engine, models, options
+from common import data, distributed, engine, faults, models, options
 from common.errors import UserError, exit_on_user_error
 
 
@@ -21,9 +26,31 @@ def check_args(args: argparse.Namespace) -> None:
     options.check_training_args(args, models.available_archs())
     if not args.dummy:
         data.split_dirs(args.data)
-    if args.resume and not os.path.isfile(args.resume):
-        raise UserError(f"--resume {args.resume!r} does not exist; check the path.")
+    if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
+        raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
+    try:
+        faults.parse_interval(args.checkpoint_interval)
+    except ValueError:
+        raise UserError(f"--checkpoint-interval {args.checkpoint_interval!r} is neither a number of steps (500) "
+                        "nor of minutes (30m).") from None
     engine.check_output_dir(args.output_dir)
+
+
+@contextlib.contextmanager
+def exit_on_stop(ctx: distributed.DistContext) -> Iterator[None]:
+    """A signal stop exits with 128 + signal number; a lost peer process exits with 1; both in one line."""
+    try:
+        yield
+    except faults.Interrupted as exc:
+        if ctx.is_main:
+            print(f"=> {exc}", file=sys.stderr, flush=True)
+        distributed.cleanup(ctx)
+        sys.exit(128 + exc.signum)
+    except dist.DistError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        print(f"error: rank {ctx.rank} lost contact with another process, which died or stopped answering "
+              f"within --dist-timeout ({first}); its own output says why.", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def ddp_wrap(sync_bn: bool) -> engine.Wrap:
@@ -33,18 +60,24 @@ def ddp_wrap(sync_bn: bool) -> engine.Wrap:
 def run_single(args: argparse.Namespace, wrap: engine.Wrap, log_name: str) -> dict:
     """One process on one device (``--gpu``, or the first accelerator, or the CPU)."""
     ctx = distributed.single_process(args.gpu, args.no_accel)
-    return engine.fit(args, ctx, wrap, log_name)
+    with exit_on_stop(ctx):
+        return engine.fit(args, ctx, wrap, log_name)
 
 
 def run_torchrun(args: argparse.Namespace, log_name: str) -> dict:
-    """One DDP process of a torchrun job: rank and device from the environment, env:// rendezvous."""
+    """One DDP process of a torchrun job: rank and device from the environment, env:// rendezvous.
+
+    ``--resume`` defaults to ``auto`` here, so that an elastic restart continues from the last checkpoint.
+    """
     rank, world_size, local_rank, local_world_size = distributed.torchrun_env()
+    args.resume = args.resume or "auto"
     ctx = distributed.init_process(rank, world_size, local_rank, "env://", args.dist_backend, args.no_accel,
-                                   local_world_size)
-    try:
-        return engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
-    finally:
-        distributed.cleanup(ctx)
+                                   local_world_size, args.dist_timeout)
+    with exit_on_stop(ctx):
+        try:
+            return engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
+        finally:
+            distributed.cleanup(ctx)
 
 
 @dataclass(frozen=True)
@@ -65,11 +98,12 @@ def _spawned_worker(local_rank: int, args: argparse.Namespace, plan: SpawnPlan, 
     with exit_on_user_error():
         rank = plan.node_rank * plan.nprocs + local_rank
         ctx = distributed.init_process(rank, plan.world_size, local_rank, plan.dist_url, args.dist_backend,
-                                       args.no_accel, plan.nprocs)
-        try:
-            engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
-        finally:
-            distributed.cleanup(ctx)
+                                       args.no_accel, plan.nprocs, args.dist_timeout)
+        with exit_on_stop(ctx):
+            try:
+                engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
+            finally:
+                distributed.cleanup(ctx)
 
 
 def spawn_plan(args: argparse.Namespace) -> SpawnPlan:
@@ -88,15 +122,33 @@ def spawn_plan(args: argparse.Namespace) -> SpawnPlan:
 
 
 def run_spawn(args: argparse.Namespace, log_name: str) -> None:
-    """Spawn one DDP worker per GPU (or ``--nprocs`` CPU workers with gloo) on this node and wait for them."""
+    """Spawn one DDP worker per GPU (or ``--nprocs`` CPU workers with gloo) on this node and wait for them.
+
+    SIGTERM or SIGINT sent to this parent process is passed on to the workers as SIGTERM, so they stop at the
+    same step, checkpoint and exit; the parent then exits with their status.
+    """
     plan = spawn_plan(args)
     print(f"=> spawning {plan.nprocs} process(es) on node {plan.node_rank} of {plan.nodes} "
           f"(world size {plan.world_size}, rendezvous {plan.dist_url})", flush=True)
+    context = mp.spawn(_spawned_worker, args=(args, plan, log_name), nprocs=plan.nprocs, join=False)
+
+    def forward(_signum, _frame) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in faults.STOP_SIGNALS}
     try:
-        mp.spawn(_spawned_worker, args=(args, plan, log_name), nprocs=plan.nprocs, join=True)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as exc:
+        if exc.exit_code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            sys.exit(exc.exit_code)
         raise UserError(f"worker process {exc.error_index} stopped with exit code {exc.exit_code}; "
                         "its message is above.") from None
     except mp.ProcessRaisedException as exc:
         print(exc, flush=True)
         raise UserError("a worker process failed with the traceback above.") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

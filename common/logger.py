@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -55,3 +56,12 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def epoch_row(epoch: int, started: float, lr: float, train, val) -> dict:
+    """The CSV_FIELDS row of one epoch; ``train`` and ``val`` are engine.EpochStats, ``started`` a time.time()."""
+    return {"epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
+            "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
+            "train_top5": train.top5, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
+            "val_images": val.images}

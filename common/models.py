@@ -37,23 +37,30 @@ def cache_path(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
-def _build(arch: str, num_classes: int, width_mult: float) -> nn.Module:
+def _build(arch: str, num_classes: int, width_mult: float, dropout: float | None = None) -> nn.Module:
+    extra = {} if dropout is None else {"dropout": dropout}
     if arch == "ghostnet":
-        return ghost_net(width_mult=width_mult, num_classes=num_classes)
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return ghost_net(width_mult=width_mult, num_classes=num_classes, **extra)
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    except TypeError as exc:
+        if "dropout" in str(exc):
+            raise UserError(f"{arch} has no dropout setting; drop --dropout for this architecture.") from None
+        raise
 
 
-def _build_pretrained(arch: str, width_mult: float) -> nn.Module:
+def _build_pretrained(arch: str, width_mult: float, dropout: float | None = None) -> nn.Module:
     """The ImageNet model with its published weights, downloaded into the hub cache on first use."""
     if arch == "ghostnet" and width_mult != 1.0:
         raise UserError("published GhostNet weights exist for --width-mult 1.0 only; drop --pretrained or the width.")
     url = weights_url(arch)
     try:
         if arch == "ghostnet":
-            model = ghost_net(num_classes=IMAGENET_CLASSES)
+            model = _build(arch, IMAGENET_CLASSES, 1.0, dropout)
             model.load_state_dict(torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True))
             return model
-        return torchvision.models.get_model(arch, weights="DEFAULT")
+        extra = {} if dropout is None else {"dropout": dropout}
+        return torchvision.models.get_model(arch, weights="DEFAULT", **extra)
     except OSError as exc:  # URLError, socket and HTTP errors: no download possible
         raise UserError(f"could not download the pretrained {arch} weights ({exc}); copy {url} to "
                         f"{cache_path(url)}, or pass a local file with --weights PATH.") from None
@@ -105,21 +112,22 @@ def load_weights_file(model: nn.Module, path: str) -> None:
 
 
 def create_model(arch: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None,
-                 width_mult: float = 1.0) -> nn.Module:
+                 width_mult: float = 1.0, dropout: float | None = None) -> nn.Module:
     """Build ``arch`` with ``num_classes`` outputs: random init, ImageNet weights, or a local weights file.
 
     With ImageNet weights and ``num_classes != 1000`` the classifier is replaced by a new, untrained one.
+    ``dropout`` (None: the model's default) is passed to models that take one.
     """
     if weights_path:
-        model = _build(arch, num_classes, width_mult)
+        model = _build(arch, num_classes, width_mult, dropout)
         load_weights_file(model, weights_path)
         return model
     if pretrained:
-        model = _build_pretrained(arch, width_mult)
+        model = _build_pretrained(arch, width_mult, dropout)
         if num_classes != IMAGENET_CLASSES:
             replace_head(model, num_classes)
         return model
-    return _build(arch, num_classes, width_mult)
+    return _build(arch, num_classes, width_mult, dropout)
 
 
 def count_params(model: nn.Module) -> int:

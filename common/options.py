@@ -52,6 +52,8 @@ def model_parser(default_arch: str = "resnet18") -> argparse.ArgumentParser:
     g.add_argument("--weights", default=None, metavar="PATH",
                    help="start from a local state_dict or checkpoint file instead of downloading")
     g.add_argument("--width-mult", type=float, default=1.0, help="GhostNet width multiplier (default: 1.0)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the classifier, for models that have one (default: the model's own)")
     return parser
 
 
@@ -74,7 +76,11 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs (default: 0)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0)")
     g.add_argument("-p", "--print-freq", type=int, default=10, metavar="N", help="print every N steps (default: 10)")
-    g.add_argument("--resume", default="", metavar="PATH", help="checkpoint to resume from (default: none)")
+    g.add_argument("--resume", default="", metavar="PATH",
+                   help="checkpoint to resume from, or 'auto' for --output-dir/checkpoint.pth.tar if it exists "
+                        "(default: none; 'auto' under torchrun)")
+    g.add_argument("--checkpoint-interval", default=None, metavar="N|Nm",
+                   help="also checkpoint mid-epoch every N steps, or every N minutes with a trailing m (default: off)")
     g.add_argument("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     g.add_argument("--output-dir", default=".", metavar="DIR",
@@ -95,7 +101,9 @@ def dist_parser() -> argparse.ArgumentParser:
                    help="processes per node for spawn-based launchers (default: number of GPUs, or 1 on CPU)")
     g.add_argument("--gpu", type=int, default=None, help="GPU id to use in single-process mode")
     g.add_argument("--no-accel", action="store_true", help="run on the CPU even when an accelerator is present")
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (GPUs only)")
+    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
+                   help="seconds to wait for another process before giving up (default: 1800)")
     return parser
 
 
@@ -149,6 +157,46 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}.")
     if args.warmup_epochs < 0 or args.lr < 0:
         raise UserError("--lr and --warmup-epochs must not be negative.")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}.")
+    if args.sync_bn and args.no_accel:
+        raise UserError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU); drop --sync-bn or --no-accel.")
+    check_positive(args, ["dist_timeout"])
     if not args.data and not args.dummy:
         raise UserError("no dataset given: pass DIR (or --data DIR) holding train/<class>/* and val/<class>/*, "
                         "or --dummy for synthetic images.")
+
+
+# Evaluation batch per process: large batches keep a GPU busy, but on the CPU they run slower per image than batches
+# of about 16 (activations stop fitting in cache).
+INFER_BATCH_SIZE_GPU = 64
+INFER_BATCH_SIZE_CPU = 16
+
+
+def inference_parser() -> argparse.ArgumentParser:
+    """The model file and batch size of the evaluation scripts (test.py, classify_test_data.py)."""
+    parser, g = _group("inference")
+    g.add_argument("--ckpt", default=None, metavar="PATH",
+                   help="checkpoint written by this project (train_*.py, network.py), or a state_dict saved with "
+                        "torch.save (then give -a); 'module.' prefixes of DataParallel/DDP are stripped")
+    g.add_argument("--unsafe-load", action="store_true",
+                   help="also accept files holding pickled Python objects, such as whole models saved with "
+                        "torch.save(model); loading them can run arbitrary code, so use it only for trusted files")
+    g.add_argument("-b", "--batch-size", type=int, default=None, metavar="N",
+                   help=f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
+                        f"{INFER_BATCH_SIZE_CPU} on the CPU)")
+    return parser
+
+
+def check_inference_args(args: argparse.Namespace) -> None:
+    """Validate the flags test.py and classify_test_data.py share (data, model and inference groups)."""
+    resolve_data_dir(args)
+    if args.dummy:
+        raise UserError("--dummy has no files to evaluate or sort; pass real images (or --data DIR).")
+    if args.weights and args.ckpt:
+        raise UserError("--weights and --ckpt both name the model file; give one of them.")
+    if args.dropout is not None:
+        raise UserError("--dropout has no effect on a model in eval mode; drop it.")
+    check_positive(args, ["batch_size", "val_resize_size", "val_crop_size", "width_mult"])
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"-j/--workers must be 0 or more, got {args.workers}.")

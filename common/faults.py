@@ -1,0 +1,110 @@
+"""Surviving faults: stop requests from signals, mid-epoch checkpoint timing, and an injected fault for tests.
+
+A signal (SIGTERM from a scheduler's preemption, SIGINT from Ctrl+C) only sets a flag; the training loop finishes
+the current step, and all ranks agree on stopping at the same step (one tiny all-reduce per step), so no rank is
+left waiting in a collective that the others never join.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from common.distributed import DistContext
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FAULT_ENV = "TRAIN_INJECT_FAULT"  # "RANK:STEP:exit|hang", read only by tests of fault tolerance
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; ``signum`` is the signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopRequest:
+    """Remembers the first SIGTERM/SIGINT; a second SIGINT stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+    def agreed(self, ctx: DistContext) -> int:
+        """The signal any rank received (0 if none); every rank gets the same answer at the same step."""
+        if not ctx.distributed:
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+class CheckpointTimer:
+    """When to write a mid-epoch checkpoint: every N steps (``"500"``) or every N minutes (``"30m"``)."""
+
+    def __init__(self, interval: str | None) -> None:
+        self.steps = self.seconds = 0.0
+        if interval:
+            text = interval.strip().lower()
+            if text.endswith("m"):
+                self.seconds = float(text[:-1]) * 60
+            else:
+                self.steps = int(text)
+        self.last_time, self.count = time.monotonic(), 0
+
+    def due(self) -> bool:
+        """Call once per finished step; True when a checkpoint should be written now."""
+        self.count += 1
+        if self.steps and self.count % self.steps == 0:
+            return True
+        if self.seconds and time.monotonic() - self.last_time >= self.seconds:
+            self.last_time = time.monotonic()
+            return True
+        return False
+
+
+def parse_interval(text: str | None) -> None:
+    """Raise ValueError unless ``text`` is None, a positive integer, or a positive number followed by m."""
+    if text is None:
+        return
+    value = float(text[:-1]) if text.lower().endswith("m") else int(text)
+    if value <= 0:
+        raise ValueError(text)
+
+
+def inject_fault(rank: int, global_step: int) -> None:
+    """Exit or hang at a given step on a given rank when TRAIN_INJECT_FAULT asks for it (first attempt only).
+
+    Tests use it to check elastic restarts and timeouts; torchrun counts attempts in TORCHELASTIC_RESTART_COUNT.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    fault_rank, fault_step, kind = spec.split(":")
+    if rank == int(fault_rank) and global_step == int(fault_step):
+        print(f"=> injected fault on rank {rank} at step {global_step}: {kind}", flush=True)
+        if kind == "hang":
+            while True:
+                time.sleep(60)
+        os._exit(17)
