@@ -1,0 +1,184 @@
+"""Benchmark: classify_test_data.py (batched, DataLoader workers) against the original one-image-at-a-time loop.
+
+The original loop opens each image with PIL, applies the eval transform, runs the model on a batch of one in fp32,
+takes the argmax and copies the file into <true class>/right|wrong. classify_test_data.py is timed end to end
+(model loading, inference, placing files, manifest and summary) in-process, once with -b 1 -j 0 (the same work as
+the loop) and once with its defaults. Same images, same model, same device; one warm-up run of each on a few images.
+
+    python benchmarks/bench_classify.py                          # 512 generated 500x375 JPEGs, GhostNet, 224 px
+    python benchmarks/bench_classify.py --images 2000 -a resnet50
+    python benchmarks/bench_classify.py /data/flowers --ckpt runs/probe/model_best.pth.tar    # your folder and model
+
+Prints one table and writes benchmarks/results/bench_classify_<arch>_<device>.csv.
+"""
+import argparse
+import contextlib
+import csv
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
+from common import data, distributed, inference, models, options  # noqa: E402
+from common.errors import exit_on_user_error  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PHOTO_SIZE = (500, 375)
+WARMUP_IMAGES = 16
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Images/s of classify_test_data.py versus the original one-image-at-a-time loop.",
+        parents=[options.data_parser(), options.model_parser("ghostnet"), options.inference_parser(),
+                 options.dist_parser()])
+    parser.add_argument("--images", type=int, default=512, help="generated photos (default: 512)")
+    parser.add_argument("--classes", type=int, default=8, help="classes of the generated photos (default: 8)")
+    return parser
+
+
+def make_photos(root: str, count: int, classes: int, seed: int = 0) -> None:
+    """JPEG 'photos': smooth random colour fields with a class tint and sensor noise, 500x375, quality 90."""
+    rng = np.random.default_rng(seed)
+    w, h = PHOTO_SIZE
+    for i in range(count):
+        folder = os.path.join(root, f"class{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+        field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
+        tint = np.array([(i % classes) * 255 / classes, 128, 255 - (i % classes) * 255 / classes])
+        pixels = 0.7 * field + 0.3 * tint + rng.normal(0, 12, (h, w, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"photo{i}.jpg"),
+                                                                        quality=90)
+
+
+def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: float) -> None:
+    """A checkpoint in this project's format with random weights (the speed does not depend on them)."""
+    torch.manual_seed(0)
+    model = models.create_model(arch, len(classes), width_mult=width_mult)
+    torch.save({"epoch": 0, "arch": arch, "state_dict": model.state_dict(), "best_acc1": 0.0, "classes": classes,
+                "args": {"val_resize_size": options.VAL_RESIZE_SIZE, "val_crop_size": options.VAL_CROP_SIZE,
+                         "width_mult": width_mult}}, path)
+
+
+def original_loop(ckpt: str, folder: str, out: str, device: torch.device) -> tuple[int, int, int]:
+    """The original script: one image at a time, PIL + transform + model(batch of 1) + argmax + shutil.copy."""
+    loaded = inference.load_model(inference.ModelSource(ckpt))
+    model = loaded.model.to(device).eval()
+    resize, crop = inference.eval_sizes(loaded.train_args, None, None)
+    transform = data.eval_transform(resize, crop)
+    dataset = data.image_folder(folder, None)
+    with torch.no_grad():
+        for path, target in dataset.samples:
+            image = transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
+            pred = int(model(image).argmax(dim=1).item())
+            verdict = "right" if pred == target else "wrong"
+            dest = os.path.join(out, dataset.classes[target], verdict)
+            os.makedirs(dest, exist_ok=True)
+            shutil.copy(path, dest)
+    return len(dataset.samples), 1, 0
+
+
+def classify(ckpt: str, folder: str, out: str, flags: list[str]) -> tuple[int, int, int]:
+    """classify_test_data.py's main(), in this process, its output discarded: (images, batch size, workers)."""
+    args = classify_test_data.get_args_parser().parse_args(["--ckpt", ckpt, "--data", folder, "--out", out, *flags])
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        result = classify_test_data.main(args)
+    return result["placed"], result["batch_size"], result["workers"]
+
+
+def timed(method, ckpt: str, folder: str, warmup_folder: str, work: str, *extra) -> tuple[tuple, float]:
+    """What one run returns and its seconds, after an untimed run on a few images (CUDA context, cuDNN, caches)."""
+    method(ckpt, warmup_folder, tempfile.mkdtemp(dir=work), *extra)
+    t0 = time.perf_counter()
+    returned = method(ckpt, folder, tempfile.mkdtemp(dir=work), *extra)
+    return returned, time.perf_counter() - t0
+
+
+def device_tag(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def warmup_folder(folder: str, work: str) -> str:
+    """A few images of each class of ``folder``, symlinked, for the untimed warm-up runs."""
+    dataset, warmup = data.image_folder(folder, None), os.path.join(work, "warmup")
+    per_class = max(1, WARMUP_IMAGES // len(dataset.classes))
+    for c, name in enumerate(dataset.classes):
+        os.makedirs(os.path.join(warmup, name))
+        for path in [p for p, t in dataset.samples if t == c][:per_class]:
+            os.symlink(os.path.abspath(path), os.path.join(warmup, name, os.path.basename(path)))
+    return warmup
+
+
+def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
+    """(checkpoint, image folder, warm-up folder): the user's, or generated ones."""
+    folder = inference.labelled_dir(args.data) if args.data else os.path.join(work, "photos")
+    if not args.data:
+        make_photos(folder, args.images, args.classes)
+    ckpt = args.ckpt or os.path.join(work, "random.pth.tar")
+    if not args.ckpt:
+        random_checkpoint(ckpt, args.arch, data.image_folder(folder, None).classes, args.width_mult)
+    return ckpt, folder, warmup_folder(folder, work)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Time the original loop and classify_test_data.py (batch 1, then its defaults) on the same images."""
+    device = distributed.single_process(args.gpu, args.no_accel).device
+    on = (["--no-accel"] if args.no_accel else []) + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
+    batching = ((["-b", str(args.batch_size)] if args.batch_size else [])
+                + (["-j", str(args.workers)] if args.workers is not None else []))
+    methods = [("original loop: PIL, batch 1, fp32, shutil.copy", original_loop, (device,)),
+               ("classify_test_data.py -b 1 -j 0 --mode copy", classify,
+                ([*on, "-b", "1", "-j", "0", "--mode", "copy"],)),
+               ("classify_test_data.py, default batching, --mode copy", classify,
+                ([*on, *batching, "--mode", "copy"],)),
+               ("classify_test_data.py, all defaults (hard links)", classify, ([*on, *batching],))]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_classify_") as work:
+        ckpt, folder, warmup = prepare_inputs(args, work)
+        arch = inference.load_model(inference.ModelSource(ckpt)).arch
+        for name, method, extra in methods:
+            (images, batch, workers), seconds = timed(method, ckpt, folder, warmup, work, *extra)
+            rows.append({"method": name, "arch": arch, "device": device_tag(device), "batch": batch,
+                         "workers": workers, "images": images, "seconds": round(seconds, 3),
+                         "images_per_s": round(images / seconds, 1)})
+    for row in rows:
+        row["speedup"] = round(row["images_per_s"] / rows[0]["images_per_s"], 2)
+    return rows
+
+
+def report(rows: list[dict], path: str) -> None:
+    width = max(len(r["method"]) for r in rows)
+    print(f"{'method':<{width}} {'batch':>5} {'-j':>3} {'images':>6} {'seconds':>8} {'images/s':>9} {'speedup':>8}")
+    for r in rows:
+        print(f"{r['method']:<{width}} {r['batch']:>5} {r['workers']:>3} {r['images']:>6} {r['seconds']:>8.2f} "
+              f"{r['images_per_s']:>9.1f} {r['speedup']:>7.2f}x")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"=> {rows[0]['arch']} on {rows[0]['device']}: the default is {rows[-1]['speedup']:.1f}x the original "
+          f"loop's images/s; written to {path}")
+
+
+def main(args: argparse.Namespace) -> None:
+    with exit_on_user_error():
+        options.resolve_data_dir(args)
+        options.check_positive(args, ["images", "classes", "batch_size"])  # -b/-j: override the defaults
+        rows = run(args)
+        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{rows[0]['device']}.csv"))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

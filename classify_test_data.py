@@ -1,0 +1,311 @@
+"""Sort a labelled image folder by a model's verdict: DIR_OUT/<true class>/right/ or DIR_OUT/<true class>/wrong/.
+
+    python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data /data/flowers --out runs/sorted
+    python classify_test_data.py --ckpt model_best.pth.tar --data /data/flowers/val --out sorted --mode symlink
+    torchrun --nproc_per_node 4 classify_test_data.py --ckpt model_best.pth.tar --data /imagenet --out sorted
+
+DIR is a dataset root (its val/ is used) or a folder of class folders. A wrong image keeps its name with the
+predicted class added (``img7__pred-tulip.jpg``); images of nested folders are named ``sub__img7.jpg``. The source
+images are only read: the default --mode hard-links them (copies where the filesystem cannot link). DIR_OUT also
+gets manifest.csv (one row per image), summary.csv / summary.txt (right and wrong per class) and mistakes.png, the
+most confident mistakes. Running again into the same DIR_OUT updates it in place; --overwrite starts afresh.
+"""
+import argparse
+import csv
+import io
+import os
+import shutil
+import time
+
+from common import distributed, figures, inference, metrics, options
+from common.distributed import DistContext
+from common.errors import UserError, exit_on_user_error
+
+MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
+MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.png"
+VERDICTS = ("right", "wrong")
+MODES = ("auto", "hardlink", "copy", "symlink")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Place every image of a labelled folder under OUT/<true class>/right/ or .../wrong/.",
+        parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
+                 options.dist_parser()])
+    parser.add_argument("--out", required=True, metavar="DIR_OUT", help="folder that receives the sorted images")
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="how images get into DIR_OUT: auto = hard link where the filesystem allows, else copy "
+                             "(default: auto)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty DIR_OUT (written by an earlier run) before sorting")
+    parser.add_argument("--sheet-size", type=int, default=64, metavar="N",
+                        help="most confident mistakes shown in mistakes.png (default: 64; 0: no sheet)")
+    return parser
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    options.check_inference_args(args)
+    if not args.data:
+        raise UserError("no images to sort: pass --data DIR (a dataset root with val/, or a folder of class folders).")
+    if args.sheet_size < 0:
+        raise UserError(f"--sheet-size must be 0 or more, got {args.sheet_size}.")
+    if _inside(args.out, args.data) or _inside(args.data, args.out):
+        raise UserError(f"--out {args.out!r} and --data {args.data!r} overlap; choose an output folder outside the "
+                        "dataset (the source images must stay untouched).")
+    args.out = os.path.normpath(args.out)  # destinations are compared as strings when stale files are removed
+    check_output(args.out)  # on every rank, so that none waits for a rank 0 that gave up
+
+
+def check_output(out: str) -> None:
+    """Refuse a DIR_OUT that is a file, or a non-empty folder that an earlier run of this script did not write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out!r} is a file; choose a folder.")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
+        raise UserError(f"--out {out!r} holds files that classify_test_data.py did not write; choose a new or "
+                        "empty folder.")
+
+
+def claim_output(out: str, overwrite: bool) -> None:
+    """Create DIR_OUT with its marker (rank 0); with ``overwrite``, first delete what an earlier run wrote."""
+    if overwrite and os.path.isdir(out):
+        shutil.rmtree(out)  # check_output made sure that it is ours: links and copies only, never sources
+    try:
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, MARKER), "a").close()
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out!r} ({exc.strerror}); choose a writable folder.") from None
+
+
+def file_names(samples: list[tuple[str, int]], folder: str, classes: list[str]) -> list[str]:
+    """A name for each image, unique within its class: its path below the class folder, '/' written as '__'.
+
+    Names that would clash (case-insensitively, for macOS and Windows filesystems) get ``~2``, ``~3``...
+    """
+    names, used = [], set()
+    for path, target in samples:
+        name = os.path.relpath(path, os.path.join(folder, classes[target])).replace(os.sep, "__")
+        stem, ext = os.path.splitext(name)
+        n = 1
+        while (target, name.lower()) in used:
+            n += 1
+            name = f"{stem}~{n}{ext}"
+        used.add((target, name.lower()))
+        names.append(name)
+    return names
+
+
+def safe(name: str) -> str:
+    return name.replace(os.sep, "_")
+
+
+def destination(name: str, true: str, pred: str) -> str:
+    """Path below DIR_OUT: ``<true>/right/<name>``, or ``<true>/wrong/<stem>__pred-<pred><ext>``."""
+    if true == pred:
+        return os.path.join(safe(true), "right", name)
+    stem, ext = os.path.splitext(name)
+    return os.path.join(safe(true), "wrong", f"{stem}__pred-{safe(pred)}{ext}")
+
+
+def up_to_date(src: str, dest: str, mode: str) -> bool:
+    """Whether ``dest`` already is what ``mode`` would make of ``src`` (a link to it, or an identical copy)."""
+    if not os.path.lexists(dest):
+        return False
+    if mode == "symlink" or os.path.islink(dest):
+        return mode == "symlink" and os.path.islink(dest) and os.readlink(dest) == os.path.abspath(src)
+    same = os.path.samefile(src, dest)
+    s, d = os.stat(src), os.stat(dest)
+    copied = not same and s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns
+    return {"hardlink": same, "copy": copied}.get(mode, same or copied)
+
+
+def place(src: str, dest: str, mode: str) -> str:
+    """Put ``src`` at ``dest`` (via a temporary name, never writing into an existing file); say how."""
+    if up_to_date(src, dest, mode):
+        return "kept"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    how = mode
+    if mode == "symlink":
+        os.symlink(os.path.abspath(src), tmp)
+    elif mode in ("hardlink", "auto"):
+        try:
+            os.link(src, tmp)
+            how = "hardlink"
+        except OSError as exc:
+            if mode == "hardlink":
+                raise UserError(f"cannot hard-link {src} into --out ({exc.strerror}); use --mode copy.") from None
+            how = "copy"
+    if how == "copy":
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dest)
+    return how
+
+
+def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str) -> dict[str, int]:
+    """Place this rank's readable images; count how each got there."""
+    counts = dict.fromkeys(("hardlink", "copy", "symlink", "kept"), 0)
+    for index, src in zip(preds.indices.tolist(), preds.paths):
+        if index in dests:
+            counts[place(src, dests[index], mode)] += 1
+    return counts
+
+
+def plan(preds: inference.Predictions, names: list[str], classes: list[str], out: str) -> dict[int, str]:
+    """Dataset index -> absolute destination of every readable image."""
+    return {i: os.path.join(out, destination(names[i], classes[t], classes[p]))
+            for i, t, p, ok in zip(preds.indices.tolist(), preds.targets.tolist(), preds.top_idx[:, 0].tolist(),
+                                   preds.readable.tolist()) if ok}
+
+
+def remove_stale(out: str, keep: set[str]) -> int:
+    """Delete files under DIR_OUT/<class>/{right,wrong}/ that this run did not place (earlier verdicts)."""
+    removed = 0
+    for entry in os.scandir(out):
+        for verdict in VERDICTS if entry.is_dir(follow_symlinks=False) else ():
+            top = os.path.join(entry.path, verdict)
+            for root, _dirs, files in os.walk(top, topdown=False):
+                for f in files:
+                    if os.path.join(root, f) not in keep:
+                        os.remove(os.path.join(root, f))
+                        removed += 1
+                if not os.listdir(root):
+                    os.rmdir(root)
+        if entry.is_dir(follow_symlinks=False) and not os.listdir(entry.path):
+            os.rmdir(entry.path)
+    return removed
+
+
+def save_if_changed(path: str, content: bytes) -> None:
+    """Replace ``path`` atomically, and only when its content differs, so that a re-run leaves DIR_OUT as it was."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read() == content:
+                return
+    with open(path + ".tmp", "wb") as f:
+        f.write(content)
+    os.replace(path + ".tmp", path)
+
+
+def csv_bytes(header: list[str], rows) -> bytes:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def manifest(preds: inference.Predictions, dests: dict[int, str], classes: list[str], out: str) -> bytes:
+    """One row per sorted image: source, destination (below DIR_OUT), true, predicted, confidence, correct."""
+    rows = []
+    for row, index in enumerate(preds.indices.tolist()):
+        true, pred = int(preds.targets[row]), int(preds.top_idx[row, 0])
+        rows.append([preds.paths[row], os.path.relpath(dests[index], out), classes[true], classes[pred],
+                     f"{float(preds.top_prob[row, 0]):.6f}", int(true == pred)])
+    return csv_bytes(["source", "destination", "true", "predicted", "confidence", "correct"], rows)
+
+
+def summary_rows(preds: inference.Predictions, classes: list[str]) -> list[dict]:
+    """Right, wrong and accuracy (percent) per true class, and over all images."""
+    cm = metrics.confusion_matrix(preds.targets, preds.top_idx[:, 0], len(classes))
+    scores = metrics.class_scores(cm)
+    rows = [{"class": c, "right": int(r), "wrong": int(n - r), "images": int(n)}
+            for c, r, n in zip(classes, scores.correct.tolist(), scores.support.tolist()) if n > 0]
+    total, right = sum(r["images"] for r in rows), sum(r["right"] for r in rows)
+    rows.append({"class": "all", "right": right, "wrong": total - right, "images": total})
+    for r in rows:
+        r["accuracy"] = round(100.0 * r["right"] / max(1, r["images"]), 3)
+    return rows
+
+
+def write_summary(out: str, rows: list[dict]) -> str:
+    """summary.csv and summary.txt (the printed table); return the table."""
+    width = max(len(r["class"]) for r in rows)
+    lines = [f"{'class':<{width}} {'right':>7} {'wrong':>7} {'accuracy':>9}"]
+    lines += [f"{r['class']:<{width}} {r['right']:>7} {r['wrong']:>7} {r['accuracy']:>8.3f}%" for r in rows]
+    fields = ["class", "right", "wrong", "images", "accuracy"]
+    save_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), csv_bytes(fields, ([r[k] for k in fields] for r in rows)))
+    save_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), ("\n".join(lines) + "\n").encode())
+    return "\n".join(lines)
+
+
+def mistakes_sheet(preds: inference.Predictions, names: list[str], path: str, size: int) -> int:
+    """mistakes.png: the ``size`` wrong images the model was most sure of, captioned 'true>predicted confidence'.
+
+    An earlier sheet is removed when there is no mistake left to show.
+    """
+    wrong = (preds.top_idx[:, 0] != preds.targets).nonzero().flatten()
+    order = wrong[preds.top_prob[wrong, 0].argsort(descending=True)][:size].tolist()
+    items = [(preds.paths[i], f"{names[int(preds.targets[i])][:9]}>{names[int(preds.top_idx[i, 0])][:9]} "
+                              f"{100 * float(preds.top_prob[i, 0]):.0f}%") for i in order]
+    png = io.BytesIO()
+    if figures.contact_sheet(items, png):
+        save_if_changed(path, png.getvalue())
+    elif os.path.exists(path):
+        os.remove(path)
+    return len(items)
+
+
+def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.Predictions, dests: dict[int, str],
+           counts: list[float]) -> dict:
+    """Rank 0: drop earlier verdicts, write manifest, summary and contact sheet, print what happened."""
+    out, ok = args.out, preds.ok
+    stale = remove_stale(out, set(dests.values()))
+    save_if_changed(os.path.join(out, MANIFEST_NAME), manifest(ok, dests, prep.classes, out))
+    rows = summary_rows(ok, prep.classes)
+    print(write_summary(out, rows))
+    sheet = mistakes_sheet(ok, prep.names, os.path.join(out, SHEET_NAME), args.sheet_size) if args.sheet_size else 0
+    unreadable = [p for p, r in zip(preds.paths, preds.readable.tolist()) if not r]
+    hard, copy, sym, kept = (int(c) for c in counts)
+    print(f"=> {len(dests)} images sorted into {out}: {hard} hard links, {copy} copies, {sym} symlinks, {kept} "
+          f"already in place; {stale} stale files removed"
+          + (f"; {len(unreadable)} unreadable images skipped, e.g. {unreadable[0]}" if unreadable else ""))
+    print(f"=> wrote {MANIFEST_NAME}, {SUMMARY_NAME}.csv, {SUMMARY_NAME}.txt"
+          + (f" and {SHEET_NAME} ({sheet} mistakes)" if sheet else " (no mistakes: no contact sheet)"))
+    return {"summary": rows, "placed": len(dests), "unreadable": len(unreadable), "stale_removed": stale}
+
+
+def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
+    t0 = time.perf_counter()
+    source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
+                                   args.unsafe_load)
+    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
+    prep = inference.prepare(source, cfg, ctx, root=args.data)
+    if ctx.is_main:
+        print(inference.header(prep, source, ctx), flush=True)
+        claim_output(args.out, args.overwrite)
+    distributed.barrier(ctx)  # nobody places a file before DIR_OUT is claimed (and emptied)
+    local = inference.predict(prep, ctx, k=1)
+    names = file_names(prep.dataset.base.samples, prep.source_dir, prep.classes)
+    counts = place_share(local, plan(local, names, prep.classes, args.out), args.mode)
+    counts = distributed.all_reduce_sum([counts[k] for k in ("hardlink", "copy", "symlink", "kept")], ctx)
+    preds = inference.gather(local, ctx)
+    if not ctx.is_main:
+        return None
+    result = finish(args, prep, preds, plan(preds, names, prep.classes, args.out), counts)
+    print(inference.timing_line(preds, prep, ctx.device))
+    seconds = time.perf_counter() - t0
+    print(f"=> done in {seconds:.2f} s, {len(preds) / seconds:.1f} images/s overall (model loading, inference and "
+          "placing files)")
+    return {**result, "seconds": seconds, "batch_size": prep.batch_size, "workers": prep.workers}
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
+    with exit_on_user_error():
+        check_args(args)
+        ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
+        try:
+            return run(args, ctx)
+        finally:
+            distributed.cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

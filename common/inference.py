@@ -1,0 +1,423 @@
+"""Inference shared by test.py and classify_test_data.py: load a model from any file, predict over a loader.
+
+``load_model`` accepts a checkpoint written by this project (the architecture, class names and eval sizes come with
+it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``) or,
+only when asked, a whole pickled model. ``prepare`` turns that model plus a labelled folder or a list of image files
+into a loader whose targets use the model's class indices; ``predict`` runs it (sharded under torchrun) and
+``gather`` puts every rank's rows together in dataset order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from common import checkpoint, data, distributed, models, options
+from common.distributed import DistContext
+from common.engine import logits_of
+from common.errors import UserError
+from common.logger import Progress
+from common.meters import AverageMeter
+
+WNID = re.compile(r"n\d{8}")
+# Parts of torchvision models that only exist in training (GoogLeNet aux1/aux2, Inception AuxLogits); checkpoints
+# of models built from pretrained weights have none, so their absence is not a mismatch.
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+# What PIL raises for a file it cannot decode: unknown format (OSError), truncated data, bogus headers, huge images.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: a file (``--ckpt``), or ImageNet weights (``--pretrained`` with ``-a``)."""
+
+    path: str | None = None
+    arch: str | None = None
+    pretrained: bool = False
+    width_mult: float = 1.0
+    unsafe: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """A bare model in eval mode on the CPU, with what its file says about it."""
+
+    model: nn.Module
+    arch: str
+    num_classes: int
+    classes: list[str] | None  # class names stored with the weights; None when the file has none
+    train_args: dict[str, Any]  # the checkpoint's args ({} for a bare state_dict)
+    note: str = ""  # e.g. "epoch 3, best Acc@1 87.500", for the header
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 human-readable ImageNet names in class-index order (that is, sorted wnid order); no download."""
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def display_names(classes: list[str]) -> list[str]:
+    """Human-readable names: the 1000 sorted ImageNet wnids become 'tench', 'goldfish', ...; others stay as they are."""
+    imagenet = len(classes) == models.IMAGENET_CLASSES and classes == sorted(classes)
+    if imagenet and all(WNID.fullmatch(c) for c in classes):
+        return imagenet_categories()
+    return list(classes)
+
+
+def _build(arch: str, num_classes: int, width_mult: float) -> nn.Module:
+    options.check_arch(arch, models.available_archs())
+    return models.create_model(arch, num_classes, width_mult=width_mult)
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: str, arch: str) -> None:
+    """Load every weight; only training-only auxiliary heads may be absent on either side."""
+    own = model.state_dict()
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(AUX_PREFIXES)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(AUX_PREFIXES)]
+    if wrong or missing or unexpected:
+        raise UserError(f"{path} does not fit -a {arch} ({len(wrong)} shapes differ, e.g. {wrong[:2]}; "
+                        f"{len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. "
+                        f"{unexpected[:2]}); pass the -a/--arch (and --width-mult) it was trained with.")
+
+
+def _from_state_dict(state: dict[str, torch.Tensor], path: str, arch: str, width_mult: float) -> nn.Module:
+    """Build ``arch`` with as many outputs as the file's classifier has, and load the file into it."""
+    model = _build(arch, models.IMAGENET_CLASSES, width_mult)
+    head = state.get(models.classifier_name(model) + ".weight")
+    if head is not None and head.shape[0] != models.IMAGENET_CLASSES:
+        models.replace_head(model, head.shape[0])
+    _load_exact(model, state, path, arch)
+    return model
+
+
+def _num_outputs(model: nn.Module) -> int:
+    head = model.get_submodule(models.classifier_name(model))
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
+
+
+def _from_pickled_model(obj: nn.Module, path: str) -> LoadedModel:
+    model = checkpoint.unwrap(obj).cpu()
+    return LoadedModel(model, type(model).__name__.lower(), _num_outputs(model), None, {},
+                       "whole pickled model, loaded with --unsafe-load")
+
+
+def _from_file(source: ModelSource) -> LoadedModel:
+    """A checkpoint of this project, a bare or wrapped state_dict, or (with --unsafe-load) a pickled model."""
+    path = source.path
+    try:
+        obj = checkpoint.load_file(path, unsafe=source.unsafe)
+    except (AttributeError, ImportError) as exc:  # a pickled model whose class cannot be imported here
+        raise UserError(f"{path} is a pickled model whose code is not importable here ({exc}); save its "
+                        "state_dict instead and pass it with -a.") from None
+    if isinstance(obj, nn.Module):
+        return _from_pickled_model(obj, path)
+    state = checkpoint.state_dict_from(obj)
+    meta = obj if isinstance(obj, dict) and "state_dict" in obj else {}
+    train_args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    arch = meta.get("arch") if isinstance(meta.get("arch"), str) else None
+    if arch and source.arch and arch != source.arch:
+        raise UserError(f"{path} holds a {arch}, but -a {source.arch} was given; drop -a or pass -a {arch}.")
+    arch = arch or source.arch
+    if not arch:
+        raise UserError(f"{path} is a state_dict that does not record its architecture; pass -a/--arch "
+                        "(and --width-mult for a GhostNet of another width).")
+    model = _from_state_dict(state, path, arch, float(train_args.get("width_mult", source.width_mult)))
+    classes = meta.get("classes")
+    classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
+    best = float(meta.get("best_acc1", 0.0))
+    note = f"after {meta['epoch']} epochs, best Acc@1 {best:.3f}" if "epoch" in meta else ""
+    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note)
+
+
+def load_model(source: ModelSource) -> LoadedModel:
+    """The model ``source`` names, in eval mode on the CPU; every user mistake becomes a one-sentence UserError."""
+    if source.path and source.pretrained:
+        raise UserError("--ckpt and --pretrained both name the weights; give one of them.")
+    if source.path:
+        loaded = _from_file(source)
+    elif source.pretrained:
+        if not source.arch:
+            raise UserError("--pretrained needs -a/--arch to say which ImageNet model to load.")
+        options.check_arch(source.arch, models.available_archs())
+        model = models.create_model(source.arch, models.IMAGENET_CLASSES, pretrained=True,
+                                    width_mult=source.width_mult)
+        loaded = LoadedModel(model, source.arch, models.IMAGENET_CLASSES, None, {}, "ImageNet weights")
+    else:
+        raise UserError("no model given: pass --ckpt PATH (a checkpoint or state_dict) or --pretrained -a ARCH.")
+    loaded.model.eval()
+    if loaded.classes is not None and len(loaded.classes) != loaded.num_classes:
+        raise UserError(f"{source.path} names {len(loaded.classes)} classes but its classifier has "
+                        f"{loaded.num_classes} outputs; the file is inconsistent, re-save it.")
+    return loaded
+
+
+def eval_sizes(train_args: dict[str, Any], resize: int | None, crop: int | None) -> tuple[int, int]:
+    """Resize and crop sizes: the flags if given, else the checkpoint's, else the ImageNet defaults."""
+    resize = resize or int(train_args.get("val_resize_size") or options.VAL_RESIZE_SIZE)
+    crop = crop or int(train_args.get("val_crop_size") or options.VAL_CROP_SIZE)
+    if crop > resize:
+        raise UserError(f"the centre crop ({crop} px) is larger than the resize size ({resize} px); make "
+                        "--val-crop-size at most --val-resize-size.")
+    return resize, crop
+
+
+def labelled_dir(root: str) -> str:
+    """The folder whose subfolders are the classes: ``root/val`` when there is one, else ``root`` itself."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root!r} is not a folder; pass a dataset root holding val/<class>/* or a folder of "
+                        "class folders.")
+    val = os.path.join(root, "val")
+    return val if os.path.isdir(val) else root
+
+
+def align_classes(dataset: data.ImageFolderWithPaths, loaded: LoadedModel) -> list[str]:
+    """Renumber the folder's targets to the model's class indices (matched by name); return the model's classes.
+
+    A model without class names takes the folder's, by position, when the counts agree.
+    """
+    classes = loaded.classes
+    if classes is None:
+        if len(dataset.classes) != loaded.num_classes:
+            raise UserError(f"the model has {loaded.num_classes} outputs but no class names, and {dataset.root!r} "
+                            f"has {len(dataset.classes)} class folders; evaluate on the folders it was trained on.")
+        return list(dataset.classes)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [c for c in dataset.classes if c not in index]
+    if unknown:
+        raise UserError(f"{dataset.root!r} has class folders the model does not know ({unknown[:5]}); its classes "
+                        f"are {classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on folders named after them.")
+    remap = [index[c] for c in dataset.classes]
+    dataset.samples = [(path, remap[t]) for path, t in dataset.samples]
+    dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
+    dataset.classes, dataset.class_to_idx = list(classes), index
+    return list(classes)
+
+
+class ImageFiles(Dataset):
+    """Loose image files, without labels: ``(image, -1, path)`` like ImageFolderWithPaths."""
+
+    def __init__(self, paths: list[str], transform) -> None:
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"image {missing[0]!r} does not exist{more}; check the path.")
+        self.samples, self.transform = [(p, -1) for p in paths], transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path, target = self.samples[index]
+        with open(path, "rb") as f:
+            image = Image.open(f).convert("RGB")
+        return self.transform(image), target, path
+
+
+class Readable(Dataset):
+    """``(image, target, path, ok)``: an unreadable file yields a blank image and ``ok=False`` instead of a crash.
+
+    ``limit`` keeps only the first images, in the dataset's order.
+    """
+
+    def __init__(self, base: Dataset, crop_size: int, limit: int | None = None) -> None:
+        self.base, self.crop_size = base, crop_size
+        self.length = len(base) if limit is None else min(limit, len(base))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str, bool]:
+        try:
+            image, target, path = self.base[index]
+            return image, target, path, True
+        except UNREADABLE:
+            path, target = self.base.samples[index]
+            return torch.zeros(3, self.crop_size, self.crop_size), target, path, False
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Eval transform sizes (None: the checkpoint's) and batching."""
+
+    resize: int | None = None
+    crop: int | None = None
+    batch_size: int | None = None  # None: options.INFER_BATCH_SIZE_GPU, or _CPU on the CPU
+    workers: int | None = None
+    limit: int | None = None
+
+
+@dataclass
+class Prepared:
+    """A loaded model on its device, the data to run it on, and the names of its classes."""
+
+    loaded: LoadedModel
+    dataset: Readable
+    loader: DataLoader
+    classes: list[str]
+    names: list[str]
+    resize: int
+    crop: int
+    batch_size: int
+    workers: int
+    source_dir: str | None  # the labelled folder, or None for loose image files
+
+
+def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
+            images: list[str] | None = None) -> Prepared:
+    """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files."""
+    loaded = load_model(source)
+    resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
+    transform = data.eval_transform(resize, crop)
+    folder = labelled_dir(root) if root else None
+    if folder:
+        base = data.image_folder(folder, transform)
+        classes = align_classes(base, loaded)
+    else:
+        base = ImageFiles(images or [], transform)
+        classes = loaded.classes or (imagenet_categories() if loaded.num_classes == models.IMAGENET_CLASSES
+                                     else [str(i) for i in range(loaded.num_classes)])
+    dataset = Readable(base, crop, cfg.limit)
+    cpu = ctx.device.type == "cpu"
+    batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
+    workers = data.default_workers(ctx.local_world_size) if cfg.workers is None else cfg.workers
+    workers = min(workers, math.ceil(len(dataset) / (batch * ctx.world_size)))  # no idle workers to start
+    sampler = data.ShardSampler(len(dataset), ctx.world_size, ctx.rank)
+    loader = data.make_loader(dataset, sampler, batch, workers, ctx.device)
+    # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (3x per image on a 2-core CPU for
+    # GhostNet); logits differ from the default layout by ~1e-6, as they do between batch sizes
+    loaded.model.to(ctx.device, memory_format=torch.channels_last)
+    return Prepared(loaded, dataset, loader, classes, display_names(classes), resize, crop, batch, workers, folder)
+
+
+def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
+    """One line saying which model runs on what, at which size, with which batching."""
+    what = source.path or f"ImageNet weights of {prep.loaded.arch}"
+    note = f" ({prep.loaded.note})" if prep.loaded.note else ""
+    data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir}" if prep.source_dir else "")
+    return (f"=> {prep.loaded.arch} from {what}{note}: {models.count_params(prep.loaded.model) / 1e6:.2f} M params, "
+            f"{len(prep.classes)} classes | {data_desc} | resize {prep.resize} px, crop {prep.crop} px | "
+            f"batch {prep.batch_size}, {prep.workers} workers | {ctx.world_size} process(es) on {ctx.device.type}")
+
+
+@dataclass
+class Predictions:
+    """One row per image, in dataset order once gathered; ``targets`` are -1 for images without a label."""
+
+    indices: torch.Tensor  # (N,) position in the dataset
+    paths: list[str]
+    targets: torch.Tensor  # (N,) int64
+    top_idx: torch.Tensor  # (N, k) class indices, most probable first
+    top_prob: torch.Tensor  # (N, k) softmax probabilities
+    loss: torch.Tensor  # (N,) cross-entropy of each labelled image (nan without label or when unreadable)
+    readable: torch.Tensor  # (N,) bool
+    seconds: float  # wall time of the pass, data loading included (slowest rank)
+    model_seconds: float  # time in the forward pass only (slowest rank)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def ok(self) -> "Predictions":
+        """Only the readable images."""
+        keep = self.readable.nonzero().flatten().tolist()
+        return replace(self, indices=self.indices[keep], paths=[self.paths[i] for i in keep],
+                       targets=self.targets[keep], top_idx=self.top_idx[keep], top_prob=self.top_prob[keep],
+                       loss=self.loss[keep], readable=self.readable[keep])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int, device: torch.device):
+    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    logits = logits_of(model(images)).float()
+    top_idx = logits.topk(k, dim=1).indices
+    top_prob = logits.softmax(dim=1).gather(1, top_idx)
+    targets = targets.to(device)
+    loss = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
+    loss = torch.where(targets >= 0, loss, torch.full_like(loss, float("nan")))
+    return top_idx.cpu(), top_prob.cpu(), loss.cpu()
+
+
+def _cat(chunks: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    return torch.cat(chunks) if chunks else empty
+
+
+def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
+            show_progress: bool = True) -> Predictions:
+    """Run the model over this rank's share, ``k`` classes per image; unreadable images keep a row (not readable)."""
+    model, order, k = prep.loaded.model.eval(), list(prep.loader.sampler), min(k, len(prep.classes))
+    top1 = AverageMeter("Acc@1", ":6.2f")
+    progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
+    paths: list[str] = []
+    chunks: tuple[list, ...] = ([], [], [], [], [])  # targets, top_idx, top_prob, loss, ok
+    model_seconds, start = 0.0, time.perf_counter()
+    with torch.inference_mode():
+        for i, (images, targets, batch_paths, ok) in enumerate(prep.loader):
+            _sync(ctx.device)
+            t0 = time.perf_counter()
+            top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device)
+            model_seconds += time.perf_counter() - t0
+            labelled = ok & (targets >= 0)
+            top1.add(100.0 * int((labelled & (top_idx[:, 0] == targets)).sum()), int(labelled.sum()))
+            paths.extend(batch_paths)
+            for chunk, value in zip(chunks, (targets, top_idx, top_prob, loss, ok)):
+                chunk.append(value)
+            progress.step(i)
+    progress.close()
+    targets, top_idx, top_prob, loss, ok = (
+        _cat(c, e) for c, e in zip(chunks, (torch.zeros(0, dtype=torch.long), torch.zeros(0, k, dtype=torch.long),
+                                            torch.zeros(0, k), torch.zeros(0), torch.zeros(0, dtype=torch.bool))))
+    return Predictions(torch.tensor(order, dtype=torch.long), paths, targets, top_idx, top_prob, loss, ok,
+                       time.perf_counter() - start, model_seconds)
+
+
+def gather(preds: Predictions, ctx: DistContext) -> Predictions:
+    """Every rank's rows on every rank, in dataset order (each image appears once: the shards do not overlap)."""
+    if not ctx.distributed:
+        return preds
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, preds)
+    indices = torch.cat([p.indices for p in parts])
+    order = indices.argsort().tolist()
+    paths = sum((p.paths for p in parts), [])
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])[order]
+
+    return Predictions(indices[order], [paths[i] for i in order], cat("targets"), cat("top_idx"), cat("top_prob"),
+                       cat("loss"), cat("readable"), max(p.seconds for p in parts),
+                       max(p.model_seconds for p in parts))
+
+
+def process_context(gpu: int | None, no_accel: bool, backend: str | None, timeout_s: float) -> DistContext:
+    """One process (``--gpu`` or the first accelerator or the CPU), or one rank of a torchrun job."""
+    env = distributed.torchrun_env()
+    if env is None:
+        return distributed.single_process(gpu, no_accel)
+    rank, world_size, local_rank, local_world_size = env
+    return distributed.init_process(rank, world_size, local_rank, "env://", backend, no_accel, local_world_size,
+                                    timeout_s)
+
+
+def timing_line(preds: Predictions, prep: Prepared, device: torch.device) -> str:
+    """Per-image time and throughput of a whole pass, data loading included, and of the model alone."""
+    n = max(1, len(preds))
+    return (f"=> {len(preds)} images in {preds.seconds:.2f} s: {1000 * preds.seconds / n:.2f} ms/image, "
+            f"{len(preds) / max(preds.seconds, 1e-9):.1f} images/s (model alone {1000 * preds.model_seconds / n:.2f} "
+            f"ms/image) | batch {prep.batch_size}, {prep.workers} workers, {device.type}")

@@ -1,0 +1,211 @@
+"""Predict the classes of images, or evaluate a model on a labelled folder, from any checkpoint of this project.
+
+The top-5 classes of a few images (ImageNet wnid folders such as n01440764 are shown with their names):
+
+    python test.py --ckpt runs/probe/model_best.pth.tar photo1.jpg photo2.jpg
+    python test.py --ckpt runs/probe/model_best.pth.tar --topk 3 --json photo1.jpg
+    python test.py --pretrained -a resnet50 photo1.jpg
+
+Accuracy and loss over a labelled folder (DIR/val, or DIR itself when it holds the class folders), with
+predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png written to --output-dir:
+
+    python test.py --ckpt runs/probe/model_best.pth.tar --data /data/flowers --output-dir runs/eval
+    python test.py --ckpt model_best.pth.tar --data /imagenet/val --limit 1000 -b 128 -j 8
+    python test.py --ckpt state_dict.pth -a resnet18 --data /data/flowers --val-resize-size 64 --val-crop-size 56
+    torchrun --nproc_per_node 4 test.py --ckpt model_best.pth.tar --data /imagenet --output-dir runs/eval
+
+The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
+unless --unsafe-load is given, because loading them runs arbitrary code.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import torch
+
+from common import distributed, engine, figures, inference, metrics, options
+from common.errors import UserError, exit_on_user_error
+
+TOP5 = 5
+PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
+CONFUSION_CSV_NAME, CONFUSION_PNG_NAME = "confusion_matrix.csv", "confusion_matrix.png"
+MAX_PRINTED_CLASSES = 30  # above this, only the classes with the lowest recall are printed (all are in the CSV)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
+        parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
+                 options.dist_parser()])
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
+    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print the predictions of IMAGE... as JSON")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N images of the folder (default: all)")
+    parser.add_argument("--output-dir", default=".", metavar="DIR",
+                        help="where the CSV files and the confusion matrix PNG go (default: current directory)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check the flags, and sort the positional arguments into a folder (``--data``) or image files."""
+    positional = ([args.data_dir] if args.data_dir else []) + args.images
+    args.data_dir = None
+    options.check_inference_args(args)
+    if not args.data and len(positional) == 1 and os.path.isdir(positional[0]):
+        args.data, positional = positional[0], []
+    if args.data and positional:
+        raise UserError("give either image files or a folder (--data DIR), not both.")
+    if not args.data and not positional:
+        raise UserError("nothing to classify: pass image files, or --data DIR for a labelled folder.")
+    args.images = positional
+    if args.data and args.json:
+        raise UserError("--json is for the predictions of IMAGE...; a folder's results are in the CSV files that "
+                        "--output-dir receives.")
+    options.check_positive(args, ["topk", "limit"])
+    if args.data:
+        engine.check_output_dir(args.output_dir)
+
+
+def class_label(cls: str, name: str) -> str:
+    return cls if name == cls else f"{name} ({cls})"
+
+
+def image_results(preds: inference.Predictions, prep: inference.Prepared, k: int) -> list[dict]:
+    """One dict per image: its path and the top-k classes with names and probabilities (or why it failed)."""
+    results = []
+    for row, path in enumerate(preds.paths):
+        if not preds.readable[row]:
+            results.append({"path": path, "error": "unreadable image"})
+            continue
+        top = [{"class": prep.classes[c], "name": prep.names[c], "probability": float(p)}
+               for c, p in zip(preds.top_idx[row, :k].tolist(), preds.top_prob[row, :k].tolist())]
+        results.append({"path": path, "top": top})
+    return results
+
+
+def print_images(results: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for result in results:
+        print(result["path"])
+        if "error" in result:
+            print(f"    {result['error']}, skipped")
+        for rank, top in enumerate(result.get("top", []), 1):
+            print(f"  {rank}. {100 * top['probability']:6.2f}%  {class_label(top['class'], top['name'])}")
+
+
+def summary(preds: inference.Predictions) -> dict:
+    """Top-1 / top-5 accuracy (percent) and mean loss over the readable labelled images."""
+    n = len(preds)
+    hits = preds.top_idx[:, :TOP5] == preds.targets[:, None]
+    return {"images": n, "top1": 100.0 * float(hits[:, 0].sum()) / max(1, n),
+            "top5": 100.0 * float(hits.any(dim=1).sum()) / max(1, n),
+            "loss": float(preds.loss.mean()) if n else float("nan")}
+
+
+def write_predictions(path: str, preds: inference.Predictions, classes: list[str]) -> None:
+    """One row per image: path, true and predicted class, confidence, correct, loss, top-5 as class:probability."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "predicted", "confidence", "correct", "loss", "top5"])
+        for row, file in enumerate(preds.paths):
+            idx, prob = preds.top_idx[row].tolist(), preds.top_prob[row].tolist()
+            true = int(preds.targets[row])
+            top5 = ";".join(f"{classes[c]}:{p:.6f}" for c, p in zip(idx[:TOP5], prob[:TOP5]))
+            writer.writerow([file, classes[true], classes[idx[0]], f"{prob[0]:.6f}", int(idx[0] == true),
+                             f"{float(preds.loss[row]):.6f}", top5])
+
+
+def confused_with(cm: torch.Tensor, c: int, classes: list[str], n: int = 3) -> str:
+    """The classes that images of class ``c`` are most often taken for, as 'name:count' (most first)."""
+    row = cm[c].clone()
+    row[c] = 0
+    counts, idx = row.sort(descending=True)
+    return " ".join(f"{classes[j]}:{int(k)}" for k, j in zip(counts[:n].tolist(), idx[:n].tolist()) if k > 0)
+
+
+def class_rows(cm: torch.Tensor, classes: list[str], names: list[str]) -> list[dict]:
+    """Per-class support, correct count, precision, recall, F1 and most frequent confusions."""
+    s = metrics.class_scores(cm)
+    return [{"class": classes[c], "name": names[c], "support": int(s.support[c]), "correct": int(s.correct[c]),
+             "precision": float(s.precision[c]), "recall": float(s.recall[c]), "f1": float(s.f1[c]),
+             "confused_with": confused_with(cm, c, classes)} for c in range(len(classes))]
+
+
+def write_class_reports(out: str, cm: torch.Tensor, rows: list[dict], prep: inference.Prepared) -> None:
+    """per_class.csv, the confusion matrix as CSV (rows: true, columns: predicted) and as a PNG heatmap."""
+    with open(os.path.join(out, PER_CLASS_NAME), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, **{k: f"{r[k]:.6f}" for k in ("precision", "recall", "f1")}} for r in rows)
+    with open(os.path.join(out, CONFUSION_CSV_NAME), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\predicted", *prep.classes])
+        writer.writerows([cls, *cm[i].tolist()] for i, cls in enumerate(prep.classes))
+    figures.confusion_png(cm, prep.names, os.path.join(out, CONFUSION_PNG_NAME))
+
+
+def print_class_table(rows: list[dict]) -> None:
+    shown = rows if len(rows) <= MAX_PRINTED_CLASSES else sorted(rows, key=lambda r: r["recall"])[:10]
+    if len(shown) < len(rows):
+        print(f"the {len(shown)} classes with the lowest recall (all {len(rows)} are in {PER_CLASS_NAME}):")
+    width = max(len(class_label(r["class"], r["name"])) for r in shown)
+    print(f"{'class':<{width}} {'support':>7} {'precision':>9} {'recall':>7} {'F1':>6}  most confused with")
+    for r in shown:
+        print(f"{class_label(r['class'], r['name']):<{width}} {r['support']:>7} {r['precision']:>9.3f} "
+              f"{r['recall']:>7.3f} {r['f1']:>6.3f}  {r['confused_with']}")
+
+
+def report_folder(preds: inference.Predictions, prep: inference.Prepared, out: str) -> dict:
+    """Print accuracy, loss and the per-class table; write the CSV files and the confusion matrix PNG."""
+    ok = preds.ok
+    unreadable = [p for p, r in zip(preds.paths, preds.readable.tolist()) if not r]
+    stats = summary(ok)
+    print(f" * Acc@1 {stats['top1']:.3f} Acc@5 {stats['top5']:.3f} Loss {stats['loss']:.4f} on {stats['images']} "
+          f"images" + (f" ({len(unreadable)} unreadable skipped, e.g. {unreadable[0]})" if unreadable else ""))
+    cm = metrics.confusion_matrix(ok.targets, ok.top_idx[:, 0], len(prep.classes))
+    rows = class_rows(cm, prep.classes, prep.names)
+    print_class_table(rows)
+    write_predictions(os.path.join(out, PREDICTIONS_NAME), ok, prep.classes)
+    write_class_reports(out, cm, rows, prep)
+    print(f"=> wrote {PREDICTIONS_NAME}, {PER_CLASS_NAME}, {CONFUSION_CSV_NAME} and {CONFUSION_PNG_NAME} to {out}")
+    return {**stats, "unreadable": len(unreadable), "confusion": cm}
+
+
+def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list | None:
+    source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
+                                   args.unsafe_load)
+    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
+    prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images)
+    log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
+    if ctx.is_main:
+        print(inference.header(prep, source, ctx), file=log, flush=True)
+    k = min(args.topk, len(prep.classes))
+    local = inference.predict(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
+    preds = inference.gather(local, ctx)
+    if not ctx.is_main:
+        return None
+    result = report_folder(preds, prep, args.output_dir) if args.data else image_results(preds, prep, k)
+    if not args.data:
+        print_images(result, args.json)
+    print(inference.timing_line(preds, prep, ctx.device), file=log, flush=True)
+    return result
+
+
+def main(args: argparse.Namespace) -> dict | list | None:
+    """Classify IMAGE... or evaluate --data; returns the printed results (rank 0) for callers such as tests."""
+    with exit_on_user_error():
+        check_args(args)
+        ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
+        try:
+            return run(args, ctx)
+        finally:
+            distributed.cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
