@@ -47,7 +47,12 @@ def accelerator_count(no_accel: bool = False) -> int:
 
 
 def limit_cpu_threads(procs_per_node: int) -> None:
-    """Share the CPU cores between the processes of a node so that they do not oversubscribe them."""
+    """Share the CPU cores between the processes of a node so that they do not oversubscribe them.
+
+    An explicit OMP_NUM_THREADS (set by the user, or by torchrun for several processes per node) is left alone.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
     cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // max(1, procs_per_node)))
 
@@ -77,8 +82,17 @@ def init_process(rank: int, world_size: int, local_rank: int, dist_url: str, bac
     else:
         limit_cpu_threads(local_world_size)
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if dist_url == "env://" and restart is not None:
+        # Under torchrun, give each restart attempt its own key space: without it, a restarted gloo group was seen
+        # to dial the listening port of the worker that had died in the previous attempt.
+        store, _, _ = next(dist.rendezvous(dist_url, rank, world_size, timeout=timeout))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt{restart}", store),
+                                world_size=world_size, rank=rank, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
+                                timeout=timeout)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True,
                        local_world_size=local_world_size)
 

@@ -46,11 +46,21 @@ def exit_on_stop(ctx: distributed.DistContext) -> Iterator[None]:
             print(f"=> {exc}", file=sys.stderr, flush=True)
         distributed.cleanup(ctx)
         sys.exit(128 + exc.signum)
-    except dist.DistError as exc:
+    except (dist.DistError, RuntimeError) as exc:
+        if not (ctx.distributed and _is_peer_failure(exc)):
+            raise
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         print(f"error: rank {ctx.rank} lost contact with another process, which died or stopped answering "
               f"within --dist-timeout ({first}); its own output says why.", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    """Whether an error raised inside a collective means that another process died or stopped answering."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed", "timed out"))
 
 
 def ddp_wrap(sync_bn: bool) -> engine.Wrap:
