@@ -8,7 +8,11 @@ Two nodes (run the second with --node_rank 1):
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr 10.0.0.1 --master_port 29500 \
         train_distributed.py --data /imagenet -a ghostnet
 
-The legacy ``python -m torch.distributed.launch`` also works (its --local-rank argument is accepted).
+The legacy ``python -m torch.distributed.launch`` also works (its --local-rank argument is accepted). Under SLURM
+without torchrun, each srun task is one process (ranks from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; set
+MASTER_ADDR and MASTER_PORT, or pass --dist-url):
+
+    srun --nodes 2 --ntasks-per-node 8 python train_distributed.py --data /imagenet -a ghostnet
 Started with plain ``python``, it trains in one process. -b is the global batch over all processes.
 """
 import argparse
@@ -31,8 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         launch.check_args(args)
-        if distributed.torchrun_env() is None:
-            print("=> not started by torchrun (no RANK/WORLD_SIZE in the environment): training in one process")
+        if distributed.torchrun_env() is None and distributed.slurm_env() is None:
+            print("=> not started by torchrun or srun (no RANK/WORLD_SIZE or SLURM_PROCID): training in one process")
             launch.run_single(args, lambda model, ctx: model, LOG_NAME)
         else:
             launch.run_torchrun(args, LOG_NAME)

@@ -14,6 +14,11 @@ One process per GPU (mp.spawn + DDP), on one node or several (here node 0 of 2; 
 Under torchrun (each process is pinned to its LOCAL_RANK device; -b is the global batch):
 
     torchrun --nproc_per_node 4 train_main.py --data /imagenet -a ghostnet --dist-url env://
+
+Under SLURM, one srun task per GPU (ranks from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, rendezvous from
+MASTER_ADDR/MASTER_PORT):
+
+    srun --ntasks-per-node 4 python train_main.py --data /imagenet -a ghostnet
 """
 import argparse
 
@@ -37,8 +42,10 @@ def main(args: argparse.Namespace) -> None:
         launch.check_args(args)
         if distributed.torchrun_env() is not None:
             launch.run_torchrun(args, LOG_NAME)
-        elif args.multiprocessing_distributed:
+        elif args.multiprocessing_distributed:  # also under srun with one task per node, as the ImageNet example
             launch.run_spawn(args, LOG_NAME)
+        elif distributed.slurm_env() is not None:
+            launch.run_torchrun(args, LOG_NAME)
         else:
             # nn.DataParallel over all GPUs unless one is chosen with --gpu (or there is none)
             use_dp = args.gpu is None and distributed.accelerator_count(args.no_accel) > 1

@@ -106,6 +106,20 @@ def torchrun_env() -> tuple[int, int, int, int] | None:
     return None
 
 
+def slurm_env() -> tuple[int, int, int, int] | None:
+    """(rank, world_size, local_rank, local_world_size) of a task started by ``srun``, else None.
+
+    Used only where torchrun is not (``srun python train_distributed.py ...``); the rendezvous then needs
+    MASTER_ADDR and MASTER_PORT (env://) or --dist-url.
+    """
+    env = os.environ
+    if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return None
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
+    local_world = int(per_node.split("(")[0].split(",")[0])  # "4(x2)" -> 4
+    return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, for a single-node rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

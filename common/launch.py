@@ -75,13 +75,21 @@ def run_single(args: argparse.Namespace, wrap: engine.Wrap, log_name: str) -> di
 
 
 def run_torchrun(args: argparse.Namespace, log_name: str) -> dict:
-    """One DDP process of a torchrun job: rank and device from the environment, env:// rendezvous.
+    """One DDP process of a torchrun job (or of an ``srun`` job step): rank and device from the environment.
 
-    ``--resume`` defaults to ``auto`` here, so that an elastic restart continues from the last checkpoint.
+    Under torchrun the rendezvous is env:// and ``--resume`` defaults to ``auto``, so that an elastic restart
+    continues from the last checkpoint. Under srun without torchrun, SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID give
+    the ranks and ``--dist-url`` (default env://, with MASTER_ADDR and MASTER_PORT) the rendezvous.
     """
-    rank, world_size, local_rank, local_world_size = distributed.torchrun_env()
-    args.resume = args.resume or "auto"
-    ctx = distributed.init_process(rank, world_size, local_rank, "env://", args.dist_backend, args.no_accel,
+    from_torchrun = distributed.torchrun_env()
+    rank, world_size, local_rank, local_world_size = from_torchrun or distributed.slurm_env()
+    dist_url = "env://" if from_torchrun else (args.dist_url or "env://")
+    if dist_url == "env://" and not {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
+        raise UserError("srun without torchrun needs MASTER_ADDR and MASTER_PORT in the environment (node 0's "
+                        "address and a free port), or --dist-url tcp://<node 0>:<port>.")
+    if from_torchrun:
+        args.resume = args.resume or "auto"
+    ctx = distributed.init_process(rank, world_size, local_rank, dist_url, args.dist_backend, args.no_accel,
                                    local_world_size, args.dist_timeout)
     with exit_on_stop(ctx):
         try:

@@ -53,7 +53,7 @@ def test_one_and_two_processes_train_the_same_model(tiny_data, tmp_path):
     assert_same_weights(weights(str(tmp_path / "spawn")), weights(str(tmp_path / "torchrun")), exact=True)
 
 
-def test_two_nodes_on_one_machine_match_one_node_and_only_global_rank_0_writes(tiny_data, tmp_path):
+def test_two_nodes_and_srun_tasks_match_one_node_and_only_global_rank_0_writes(tiny_data, tmp_path):
     # Two "nodes" share this machine's cores: one thread per process everywhere, as on the single node, because
     # another thread count changes float summation order, which 20 steps of a BatchNorm net amplify.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,6 +82,18 @@ def test_two_nodes_on_one_machine_match_one_node_and_only_global_rank_0_writes(t
     assert [m.returncode for m in mains] == [0, 0], outputs
     assert_same_weights(weights(str(tmp_path / "single")), weights(str(tmp_path / "main0")), exact=True)
     assert not os.listdir(tmp_path / "main1")
+
+    port = str(free_port())  # as srun starts tasks: no torchrun, ranks from SLURM_* variables
+    tasks = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train_distributed.py"), *flags,
+                               "--output-dir", str(tmp_path / f"task{r}")], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**env, "SLURM_PROCID": str(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(r),
+                                   "SLURM_TASKS_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for r in (0, 1)]
+    outputs = [t.communicate(timeout=180)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs
+    assert_same_weights(weights(str(tmp_path / "single")), weights(str(tmp_path / "task0")), exact=True)
+    assert not os.listdir(tmp_path / "task1")
 
 
 def test_killed_worker_is_restarted_by_torchrun_and_ends_with_the_fault_free_weights(tiny_data, tmp_path):
