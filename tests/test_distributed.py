@@ -37,6 +37,9 @@ def test_one_and_two_processes_train_the_same_model(tiny_data, tmp_path):
     # on the CPU, where SyncBatchNorm does not run (README, "Comparable runs").
     flags = [tiny_data, "-a", "squeezenet1_1", "--dropout", "0", "--lr", "0.01", *BASE, "--epochs", "1"]
     run_script("train_main.py", *flags, "--output-dir", str(tmp_path / "one"))
+    dp = run_script("train_dataparallel.py", *flags, "--output-dir", str(tmp_path / "dp"))
+    assert "DataParallel is skipped" in dp.stdout  # on the CPU it degrades to one process ...
+    assert_same_weights(weights(str(tmp_path / "one")), weights(str(tmp_path / "dp")), exact=True)  # ... exactly
     run_script("train_multiprocessing.py", *flags, "--nprocs", "2", "--output-dir", str(tmp_path / "spawn"))
     run_script("train_distributed.py", *flags, "--output-dir", str(tmp_path / "torchrun"),
                launcher=TORCHRUN + ["--standalone", "--nproc_per_node", "2"])
