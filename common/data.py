@@ -17,6 +17,7 @@ from torchvision import datasets, transforms
 
 from common.distributed import DistContext
 from common.errors import UserError
+from common.images import load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +30,14 @@ def _is_hidden(name: str) -> bool:
 
 
 class ImageFolderWithPaths(datasets.ImageFolder):
-    """torchvision ImageFolder that returns ``(image, target, path)`` and ignores hidden files and folders."""
+    """torchvision ImageFolder that returns ``(image, target, path)`` and ignores hidden files and folders.
+
+    Images are decoded by ``images.load_rgb``: EXIF orientation, CMYK, 16-bit and transparency are handled, and an
+    unreadable file raises ``images.BadImage`` naming it and why.
+    """
+
+    def __init__(self, root: str, transform=None) -> None:
+        super().__init__(root, transform=transform, loader=load_rgb)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))

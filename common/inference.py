@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from common import checkpoint, data, distributed, models, options
 from common.distributed import DistContext
 from common.engine import logits_of
+from common.images import BadImage, load_rgb
 from common.errors import UserError
 from common.logger import Progress
 from common.meters import AverageMeter
@@ -35,7 +36,7 @@ WNID = re.compile(r"n\d{8}")
 # of models built from pretrained weights have none, so their absence is not a mismatch.
 AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 # What PIL raises for a file it cannot decode: unknown format (OSError), truncated data, bogus headers, huge images.
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+UNREADABLE = (BadImage, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -220,9 +221,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         path, target = self.samples[index]
-        with open(path, "rb") as f:
-            image = Image.open(f).convert("RGB")
-        return self.transform(image), target, path
+        return self.transform(load_rgb(path)), target, path
 
 
 class Readable(Dataset):

@@ -286,3 +286,22 @@ def test_weights_file_with_other_head_drops_only_the_head(tmp_path, capsys):
     assert "new head" in capsys.readouterr().out
     with pytest.raises(UserError, match="does not fit"):
         models.create_model("resnet18", 4, weights_path=str(path))
+
+
+def test_image_folder_decodes_cmyk_and_16_bit_and_names_a_bad_file(tmp_path):
+    from PIL import Image
+
+    from common.images import BadImage
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "a_cmyk.jpg")
+    Image.new("I;16", (8, 8), 65535).save(folder / "b_16bit.png")
+    (folder / "c_empty.png").write_bytes(b"")
+    ds = data.image_folder(str(tmp_path), data.eval_transform(8, 8))
+    red, white = ds[0][0], ds[1][0]  # normalised: invert Normalize to read the pixel values back
+    mean, std = torch.tensor(data.IMAGENET_MEAN)[:, None, None], torch.tensor(data.IMAGENET_STD)[:, None, None]
+    assert torch.allclose((red * std + mean)[:, 4, 4], torch.tensor([1.0, 0.0, 0.0]), atol=0.05)
+    assert torch.allclose((white * std + mean)[:, 4, 4], torch.ones(3), atol=0.01)  # not clipped garbage
+    with pytest.raises(BadImage, match="c_empty.png: empty file"):
+        ds[2]
