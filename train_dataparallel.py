@@ -7,6 +7,7 @@ Without a GPU it trains in one CPU process, with a notice. DistributedDataParall
 train_distributed.py) is faster on several GPUs; DataParallel is the simplest to start.
 """
 import argparse
+import sys
 import functools
 
 from common import distributed, launch, options
@@ -18,7 +19,8 @@ LOG_NAME = "dataparallel.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with nn.DataParallel over the visible GPUs.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
+                 options.dist_parser()])
     parser.add_argument("--gpus", default=None, metavar="IDS", help="comma-separated GPU ids (default: all)")
     return parser
 
@@ -39,6 +41,8 @@ def parse_gpus(text: str | None, available: int) -> list[int] | None:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         launch.check_args(args)
+        if args.check_data:
+            sys.exit(launch.check_data(args))
         gpus = parse_gpus(args.gpus, distributed.accelerator_count(args.no_accel))
         args.gpu = gpus[0] if gpus else args.gpu
         wrap = functools.partial(distributed.wrap_dataparallel, device_ids=gpus)

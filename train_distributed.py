@@ -16,6 +16,7 @@ MASTER_ADDR and MASTER_PORT, or pass --dist-url):
 Started with plain ``python``, it trains in one process. -b is the global batch over all processes.
 """
 import argparse
+import sys
 
 from common import distributed, launch, options
 from common.errors import exit_on_user_error
@@ -26,7 +27,8 @@ LOG_NAME = "distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
+                 options.dist_parser()])
     parser.add_argument("--local-rank", "--local_rank", type=int, default=None,
                         help="set by torch.distributed.launch; LOCAL_RANK from the environment takes precedence")
     return parser
@@ -35,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         launch.check_args(args)
+        if args.check_data:
+            sys.exit(launch.check_data(args))
         if distributed.torchrun_env() is None and distributed.slurm_env() is None:
             print("=> not started by torchrun or srun (no RANK/WORLD_SIZE or SLURM_PROCID): training in one process")
             launch.run_single(args, lambda model, ctx: model, LOG_NAME)

@@ -21,6 +21,7 @@ MASTER_ADDR/MASTER_PORT):
     srun --ntasks-per-node 4 python train_main.py --data /imagenet -a ghostnet
 """
 import argparse
+import sys
 
 from common import distributed, launch, options
 from common.errors import exit_on_user_error
@@ -31,7 +32,8 @@ LOG_NAME = "main.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
+                 options.dist_parser()])
     parser.add_argument("--multiprocessing-distributed", action="store_true",
                         help="spawn one DDP process per GPU (or --nprocs CPU processes) on each node")
     return parser
@@ -40,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         launch.check_args(args)
+        if args.check_data:
+            sys.exit(launch.check_data(args))
         if distributed.torchrun_env() is not None:
             launch.run_torchrun(args, LOG_NAME)
         elif args.multiprocessing_distributed:  # also under srun with one task per node, as the ImageNet example

@@ -11,6 +11,7 @@ Several nodes: the same command on each, with its --rank, the node count and nod
 -b is the global batch, split evenly over all processes. Rendezvous defaults to tcp://127.0.0.1:<free port>.
 """
 import argparse
+import sys
 
 from common import launch, options
 from common.errors import exit_on_user_error
@@ -21,12 +22,15 @@ LOG_NAME = "multiprocessing_distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description="Train on ImageNet-style folders with mp.spawn + DistributedDataParallel.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.dist_parser()])
+        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
+                 options.dist_parser()])
 
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         launch.check_args(args)
+        if args.check_data:
+            sys.exit(launch.check_data(args))
         launch.run_spawn(args, LOG_NAME)
 
 

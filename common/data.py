@@ -7,7 +7,9 @@ global batch; evaluation shards the set without padding so that every image is c
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import queue
 import random
 from dataclasses import dataclass
 
@@ -17,10 +19,11 @@ from torchvision import datasets, transforms
 
 from common.distributed import DistContext
 from common.errors import UserError
-from common.images import load_rgb
+from common.images import BadImage, load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SUBSTITUTES = 50
 LAYOUT_HELP = ("expected DIR/train/<class>/<image> and DIR/val/<class>/<image> (the ImageNet layout, one folder per "
                "class); pass --dummy to try the scripts on synthetic images")
 
@@ -29,15 +32,42 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+class BadImageLog:
+    """Where loading code, in DataLoader workers too, reports unreadable files; the main process drains it.
+
+    ``policy`` is ``skip`` (report and go on) or ``fail`` (stop at the first one). A multiprocessing queue is used
+    because workers are separate processes; its feeder thread means reporting never blocks a worker.
+    """
+
+    def __init__(self, policy: str = "skip") -> None:
+        self.policy = policy
+        self.queue: multiprocessing.Queue = multiprocessing.Queue()
+
+    def report(self, exc: BadImage) -> None:
+        self.queue.put((exc.path, exc.reason))
+
+    def drain(self) -> list[tuple[str, str]]:
+        """Every (path, reason) reported since the last call, in arrival order."""
+        items = []
+        while True:
+            try:
+                items.append(self.queue.get(timeout=0.05))
+            except queue.Empty:
+                return items
+
+
 class ImageFolderWithPaths(datasets.ImageFolder):
     """torchvision ImageFolder that returns ``(image, target, path)`` and ignores hidden files and folders.
 
     Images are decoded by ``images.load_rgb``: EXIF orientation, CMYK, 16-bit and transparency are handled, and an
-    unreadable file raises ``images.BadImage`` naming it and why.
+    unreadable file raises ``images.BadImage`` naming it and why. With a ``bad_log`` under policy ``skip``, an
+    unreadable file is reported and replaced by the next readable one (``substitute``: training keeps batches
+    full) or by None (evaluation, where ``skip_none_collate`` drops it so that no image is counted twice).
     """
 
-    def __init__(self, root: str, transform=None) -> None:
+    def __init__(self, root: str, transform=None, bad_log: BadImageLog | None = None, substitute: bool = True) -> None:
         super().__init__(root, transform=transform, loader=load_rgb)
+        self.bad_log, self.substitute = bad_log, substitute
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
@@ -45,12 +75,30 @@ class ImageFolderWithPaths(datasets.ImageFolder):
             raise UserError(f"{directory!r} has no class folders; {LAYOUT_HELP}.")
         return classes, {name: i for i, name in enumerate(classes)}
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        path, target = self.samples[index]
-        image = self.loader(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, target, path
+    def __getitem__(self, index: int):
+        for attempt in range(MAX_SUBSTITUTES):
+            path, target = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = self.loader(path)
+            except BadImage as exc:
+                if self.bad_log is None:
+                    raise
+                if self.bad_log.policy == "fail":
+                    raise UserError(f"unreadable image {exc}; remove or replace it, "
+                                    "or pass --bad-images skip.") from None
+                self.bad_log.report(exc)
+                if not self.substitute:
+                    return None
+                continue
+            return (self.transform(image) if self.transform is not None else image), target, path
+        raise UserError(f"{MAX_SUBSTITUTES} images in a row are unreadable from {self.samples[index][0]} on; "
+                        "list them with --check-data.")
+
+
+def skip_none_collate(batch: list):
+    """default_collate without the samples that were dropped as unreadable (None); None if none is left."""
+    kept = [sample for sample in batch if sample is not None]
+    return torch.utils.data.default_collate(kept) if kept else None
 
 
 class FakeDataWithPaths(datasets.FakeData):
@@ -97,10 +145,11 @@ def split_dirs(root: str) -> tuple[str, str]:
     return os.path.join(root, "train"), os.path.join(root, "val")
 
 
-def image_folder(directory: str, transform) -> ImageFolderWithPaths:
+def image_folder(directory: str, transform, bad_log: BadImageLog | None = None,
+                 substitute: bool = True) -> ImageFolderWithPaths:
     """An ImageFolderWithPaths over ``directory``, with empty or unusable folders reported as a UserError."""
     try:
-        return ImageFolderWithPaths(directory, transform=transform)
+        return ImageFolderWithPaths(directory, transform=transform, bad_log=bad_log, substitute=substitute)
     except FileNotFoundError as exc:  # raised by torchvision when a class folder holds no image
         raise UserError(f"{directory!r}: {exc}; remove empty class folders or add images to them.") from None
 
@@ -127,6 +176,7 @@ class DataConfig:
     dummy_train_size: int = 1280
     dummy_val_size: int = 256
     dummy_classes: int = 1000
+    bad_log: BadImageLog | None = None
 
 
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
@@ -139,7 +189,8 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
         val = FakeDataWithPaths(cfg.dummy_val_size, size, cfg.dummy_classes, val_tf, random_offset=cfg.dummy_train_size)
         return train, val, train.classes
     train_dir, val_dir = split_dirs(cfg.root)
-    train, val = image_folder(train_dir, train_tf), image_folder(val_dir, val_tf)
+    train = image_folder(train_dir, train_tf, cfg.bad_log, substitute=True)
+    val = image_folder(val_dir, val_tf, cfg.bad_log, substitute=False)
     check_same_classes(train.classes, val.classes)
     return train, val, train.classes
 
@@ -256,10 +307,12 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device,
+                collate_fn=None) -> DataLoader:
     """A DataLoader with pinned memory on CUDA and workers that live across epochs."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False)
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False,
+                      collate_fn=collate_fn)
 
 
 def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers: int, ctx: DistContext,
@@ -274,4 +327,4 @@ def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers
     train_set = SeededSamples(train_set) if seeded else train_set
     val_sampler = ShardSampler(len(val_set), ctx.world_size, ctx.rank)
     return (make_loader(train_set, train_sampler, batch_size, workers, ctx.device),
-            make_loader(val_set, val_sampler, batch_size, workers, ctx.device))
+            make_loader(val_set, val_sampler, batch_size, workers, ctx.device, collate_fn=skip_none_collate))

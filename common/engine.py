@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from common import checkpoint, data, faults, models, schedule
-from common.distributed import DistContext, barrier, broadcast_buffers
+from common.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers
 from common.errors import UserError
 from common.logger import CsvLog, Progress, epoch_row
 from common.meters import AverageMeter
@@ -55,6 +55,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     classes: list[str]
+    bad_log: data.BadImageLog | None = None
 
 
 @dataclass
@@ -111,8 +112,12 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: D
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
     progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], prefix, print_freq, ctx.is_main)
     start = end = time.perf_counter()
-    for i, (images, target, _paths) in enumerate(loader):
+    for i, batch in enumerate(loader):
         data_time.update(time.perf_counter() - end)
+        if batch is None:  # every image of this evaluation batch was unreadable and skipped
+            progress.step(i)
+            continue
+        images, target, _paths = batch
         if control is not None:
             control.before_step(i)
         images = images.to(ctx.device, non_blocking=True)
@@ -167,7 +172,9 @@ def train_one_epoch(run: Run, ctx: DistContext, print_freq: int, control: StepCo
 
 def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     """Datasets, loaders, model (created with the same seed on every rank, then wrapped), loss, SGD, schedule."""
-    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size)
+    bad_log = data.BadImageLog(args.bad_images)
+    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size,
+                          bad_log=bad_log)
     train_set, val_set, classes = data.build_datasets(cfg)
     batch = data.per_process_batch(args.batch_size, ctx.world_size)
     workers = data.default_workers(ctx.local_world_size) if args.workers is None else args.workers
@@ -181,7 +188,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
                                         args.lr_step_size, args.lr_gamma)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
     return Run(model, train_loader, val_loader, criterion, optimizer,
-               schedule.build_scheduler(optimizer, sched_cfg), classes)
+               schedule.build_scheduler(optimizer, sched_cfg), classes, bad_log)
 
 
 def restore(path: str, run: Run, arch: str) -> ResumePoint:
@@ -285,6 +292,7 @@ def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: Resu
     """Epochs of train + evaluate + log + checkpoint, from ``start`` to ``args.epochs``; stops cleanly on a signal."""
     log, best_acc1, best_epoch, val, t0 = CsvLog(log_path), start.best_acc1, None, None, time.time()
     stop, timer = faults.StopRequest().install(), faults.CheckpointTimer(args.checkpoint_interval)
+    seen: set[str] = set()
     try:
         for epoch in range(start.epoch, args.epochs):
             lr, started = run.optimizer.param_groups[0]["lr"], time.time()
@@ -294,11 +302,12 @@ def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: Resu
             if train.stopped:
                 raise stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
             val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
+            bad = count_bad_images(run.bad_log, ctx, seen)
             is_best = best_acc1 is None or val.top1 > best_acc1
             if is_best:
                 best_acc1, best_epoch = val.top1, epoch
             if ctx.is_main:
-                log.write(epoch_row(epoch, started, lr, train, val))
+                log.write(epoch_row(epoch, started, lr, train, val, bad))
                 checkpoint.save_checkpoint(training_state(run, args, epoch + 1, 0, best_acc1), args.output_dir,
                                            is_best)
     finally:
@@ -307,6 +316,19 @@ def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: Resu
         print(f"=> done in {time.time() - t0:.1f} s: best Acc@1 {best_acc1 or 0.0:.3f}"
               f"{f' at epoch {best_epoch}' if best_epoch is not None else ''}; checkpoints in {args.output_dir}")
     return {"best_acc1": best_acc1, "best_epoch": best_epoch, "val": val}
+
+
+def count_bad_images(bad_log: data.BadImageLog | None, ctx: DistContext, seen: set[str]) -> int:
+    """Unreadable images met this epoch on all ranks; each file is named once per run, when first met."""
+    reports = bad_log.drain() if bad_log is not None else []
+    for path, reason in reports:
+        if path not in seen:
+            seen.add(path)
+            print(f"=> skipped unreadable image {path}: {reason}", flush=True)
+    total = int(all_reduce_sum([float(len(reports))], ctx)[0])
+    if total and ctx.is_main:
+        print(f"=> {total} unreadable image(s) skipped this epoch ({len(seen)} distinct on rank {ctx.rank})")
+    return total
 
 
 def stopped_message(ctx: DistContext, signum: int, epoch: int, output_dir: str) -> faults.Interrupted:

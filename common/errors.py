@@ -16,5 +16,8 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        message = str(exc)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's own sentence
+            message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)

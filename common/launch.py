@@ -17,7 +17,7 @@ from typing import Iterator
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import data, distributed, engine, faults, models, options
+from common import data, distributed, engine, faults, images, models, options
 from common.errors import UserError, exit_on_user_error
 
 
@@ -53,6 +53,20 @@ def exit_on_stop(ctx: distributed.DistContext) -> Iterator[None]:
         print(f"error: rank {ctx.rank} lost contact with another process, which died or stopped answering "
               f"within --dist-timeout ({first}); its own output says why.", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def check_data(args: argparse.Namespace) -> int:
+    """``--check-data``: decode every image of train/ and val/ and list the unreadable ones; 1 if there are any."""
+    if args.dummy:
+        raise UserError("--check-data scans a dataset folder; give DIR instead of --dummy.")
+    paths = [path for split in data.split_dirs(args.data) for path, _ in data.image_folder(split, None).samples]
+    workers = data.default_workers() if args.workers is None else args.workers
+    bad = images.check_images(paths, workers)
+    for exc in bad:
+        print(f"unreadable: {exc}")
+    print(f"=> checked {len(paths)} images under {args.data}: {len(bad)} unreadable"
+          + (" (training skips them with --bad-images skip, the default)" if bad else ""))
+    return 1 if bad else 0
 
 
 def _is_peer_failure(exc: BaseException) -> bool:

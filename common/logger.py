@@ -11,7 +11,8 @@ from tqdm import tqdm
 from common.meters import AverageMeter, ProgressMeter
 
 CSV_FIELDS = ("epoch", "start_time", "epoch_seconds", "images_per_s", "data_seconds", "lr",
-              "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "val_images")
+              "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "val_images",
+              "bad_images")
 
 
 class CsvLog:
@@ -58,10 +59,13 @@ class Progress:
             self.bar.close()
 
 
-def epoch_row(epoch: int, started: float, lr: float, train, val) -> dict:
-    """The CSV_FIELDS row of one epoch; ``train`` and ``val`` are engine.EpochStats, ``started`` a time.time()."""
+def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int = 0) -> dict:
+    """The CSV_FIELDS row of one epoch; ``train`` and ``val`` are engine.EpochStats, ``started`` a time.time().
+
+    ``bad_images`` counts the unreadable files met (and skipped) during the epoch, over all ranks.
+    """
     return {"epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
             "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
             "train_top5": train.top5, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-            "val_images": val.images}
+            "val_images": val.images, "bad_images": bad_images}

@@ -79,12 +79,23 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for --output-dir/checkpoint.pth.tar if it exists "
                         "(default: none; 'auto' under torchrun)")
+    g.add_argument("--bad-images", choices=("skip", "fail"), default="skip",
+                   help="unreadable image files: skip them (named once, counted per epoch in the CSV; training "
+                        "batches stay full) or stop at the first (default: skip)")
     g.add_argument("--checkpoint-interval", default=None, metavar="N|Nm",
                    help="also checkpoint mid-epoch every N steps, or every N minutes with a trailing m (default: off)")
     g.add_argument("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     g.add_argument("--output-dir", default=".", metavar="DIR",
                    help="where checkpoints and the CSV log go (default: current directory)")
+    return parser
+
+
+def check_data_parser() -> argparse.ArgumentParser:
+    """``--check-data``: scan the dataset for unreadable files instead of training."""
+    parser, g = _group("data check")
+    g.add_argument("--check-data", action="store_true",
+                   help="decode every image of train/ and val/, list the unreadable ones, and exit (1 if any)")
     return parser
 
 
@@ -129,7 +140,8 @@ def check_arch(arch: str, choices: list[str]) -> None:
     if arch in choices:
         return
     close = difflib.get_close_matches(arch, choices, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else " `python -c 'import common.models as m; print(m.available_archs())'` lists them."
+    hint = (f" Did you mean {', '.join(close)}?" if close
+            else " `python -c 'import common.models as m; print(m.available_archs())'` lists them.")
     raise UserError(f"unknown architecture {arch!r}: use a torchvision classification model or ghostnet.{hint}")
 
 

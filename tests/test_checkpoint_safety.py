@@ -1,0 +1,58 @@
+"""Checkpoints survive a kill mid-write, and a resumed run is bit-identical to one that went straight through."""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import checkpoint
+from conftest import ROOT, SMALL, run_script
+
+TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL[:6], "-j", "1",
+         "-p", "100"]
+
+
+def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tiny_data, tmp_path):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", straight)
+    run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "1", "--output-dir", split)
+    run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", split, "--resume", "auto")
+    a = checkpoint.load_file(os.path.join(straight, "checkpoint.pth.tar"))
+    b = checkpoint.load_file(os.path.join(split, "checkpoint.pth.tar"))
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:  # weights and BatchNorm buffers
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    assert all(torch.equal(x, s["momentum_buffer"]) for x, s in zip(momentum, b["optimizer"]["state"].values()))
+
+
+WRITER = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from common import checkpoint
+state = {{"epoch": 99, "state_dict": {{"w": torch.randn(96_000_000)}}}}  # ~380 MB, long enough to be caught
+checkpoint.save_checkpoint(state, {out!r}, is_best=True)
+"""
+
+
+def test_kill_during_a_large_save_keeps_the_previous_checkpoint_and_resume_works(tiny_data, tmp_path):
+    out = str(tmp_path)
+    run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "1", "--output-dir", out)
+    before = checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT, out=out)])
+    deadline = time.monotonic() + 60
+    while not any(os.path.getsize(p) > 1_000_000 for p in glob.glob(os.path.join(out, ".tmp-*.part"))):
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer finished before it was killed"
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    after = checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))
+    assert after["epoch"] == before["epoch"] == 1
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    resumed = run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", out, "--resume", "auto")
+    assert "resumed from" in resumed.stdout and checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 2
