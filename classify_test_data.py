@@ -198,7 +198,7 @@ def csv_bytes(header: list[str], rows) -> bytes:
     writer = csv.writer(text)
     writer.writerow(header)
     writer.writerows(rows)
-    return text.getvalue().encode()
+    return text.getvalue().encode("utf-8", "surrogateescape")  # non-UTF-8 file names keep their original bytes
 
 
 def manifest(preds: inference.Predictions, dests: dict[int, str], classes: list[str], out: str) -> bytes:

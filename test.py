@@ -109,7 +109,8 @@ def summary(preds: inference.Predictions) -> dict:
 
 def write_predictions(path: str, preds: inference.Predictions, classes: list[str]) -> None:
     """One row per image: path, true and predicted class, confidence, correct, loss, top-5 as class:probability."""
-    with open(path, "w", newline="") as f:
+    # surrogateescape writes non-UTF-8 file names back as their original bytes, so each path stays usable
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "predicted", "confidence", "correct", "loss", "top5"])
         for row, file in enumerate(preds.paths):

@@ -26,6 +26,11 @@ def check_args(args: argparse.Namespace) -> None:
     options.check_training_args(args, models.available_archs())
     if not args.dummy:
         data.split_dirs(args.data)
+    gpus = distributed.accelerator_count(args.no_accel)
+    if args.gpu is not None and not 0 <= args.gpu < gpus:
+        note = " (--no-accel was given)" if args.no_accel else ""
+        raise UserError(f"--gpu {args.gpu} does not exist: {gpus} GPU(s) can be used here{note}; "
+                        "choose one below that, or drop --gpu.")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
     try:

@@ -58,3 +58,36 @@ def test_check_data_lists_every_unreadable_file_without_training(dirty_data, tin
     assert not os.path.exists(tmp_path / "checkpoint.pth.tar")
     clean = run_script("train_main.py", tiny_data, "--check-data", "--output-dir", str(tmp_path))
     assert "checked 200 images" in clean.stdout and "0 unreadable" in clean.stdout
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"train/a": 2, "train/b": 0, "val/a": 1, "val/b": 1}, "no valid file for the classes b"),
+    ({"train/a": 0, "val/a": 0}, "no valid file for the classes a"),
+])
+def test_empty_class_folders_and_image_less_datasets_are_refused_in_one_line(layout, message, tmp_path):
+    for folder, count in layout.items():
+        os.makedirs(tmp_path / folder)
+        for i in range(count):
+            Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / folder / f"{i}.png")
+    proc = run_script("train_main.py", str(tmp_path), *TRAIN, "--epochs", "1", "--output-dir", str(tmp_path / "o"),
+                      check=False)
+    assert proc.returncode == 2 and message in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+def test_non_utf8_file_names_train_evaluate_and_sort(tmp_path):
+    root = make_image_folder(str(tmp_path / "data"), train_per_class=6, val_per_class=2)
+    odd = os.path.join(os.fsencode(root), b"val", b"class1", b"caf\xe9.png")
+    Image.new("RGB", (40, 48), (30, 200, 30)).save(odd)
+    run_script("train_main.py", root, *TRAIN, "--epochs", "1", "--output-dir", str(tmp_path / "run"))
+    ckpt = str(tmp_path / "run" / "model_best.pth.tar")
+    run_script("test.py", "--ckpt", ckpt, "--data", root, "--output-dir", str(tmp_path / "eval"))
+    with open(tmp_path / "eval" / "predictions.csv", "rb") as f:
+        assert b"caf\xe9.png" in f.read()  # the original bytes, so the path can be opened again
+    run_script("classify_test_data.py", "--ckpt", ckpt, "--data", root, "--out", str(tmp_path / "sorted"))
+    placed = [name for _, _, files in os.walk(os.fsencode(tmp_path / "sorted" / "class1")) for name in files]
+    assert any(b"caf\xe9" in name for name in placed)
+
+
+def test_gpu_beyond_the_device_count_is_refused():
+    proc = run_script("train_main.py", "--dummy", "--gpu", "7", "--no-accel", check=False)
+    assert proc.returncode == 2 and "--gpu 7 does not exist" in proc.stderr
