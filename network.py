@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from common import checkpoint, data, distributed, engine, models, options, schedule
+from common import data, distributed, engine, models, options, schedule
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
 from common.logger import CsvLog, Progress, epoch_row
@@ -70,7 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str]]:
     """train/ and val/ with the same class folders; train/ uses the eval transform unless --train-augment."""
-    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size)
+    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size,
+                          bad_log=data.BadImageLog(args.bad_images))
     train_set, val_set, classes = data.build_datasets(cfg)
     if not args.train_augment:
         train_set.transform = val_set.transform  # deterministic: an image's features are the same every epoch
@@ -117,7 +118,11 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
     model.eval()
     try:
         with torch.no_grad():  # not inference_mode: the cached tensors are later used in autograd
-            for i, (images, target, _paths) in enumerate(loader):
+            for i, batch in enumerate(loader):
+                if batch is None:  # every image of this batch was unreadable and skipped
+                    progress.step(i)
+                    continue
+                images, target, _paths = batch
                 out = engine.logits_of(model(images.to(ctx.device, non_blocking=True)))
                 if out is not seen["y"] and not torch.equal(out, seen["y"]):
                     return None
@@ -130,7 +135,9 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
     finally:
         hook.remove()
         progress.close()
-    return FeatureSet(features, targets)
+    if features is None:
+        return None
+    return FeatureSet(features[:pos], targets[:pos])  # fewer rows than images when unreadable ones were dropped
 
 
 def cache_loaders(args: argparse.Namespace, run: engine.Run, head: nn.Module, train_set: Dataset, ctx: DistContext,
@@ -165,7 +172,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
                                         args.lr_step_size, args.lr_gamma)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
     run = engine.Run(model, train_loader, val_loader, criterion, optimizer,
-                     schedule.build_scheduler(optimizer, sched_cfg), classes)
+                     schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None))
     return run, head_name, train_set
 
 
@@ -206,21 +213,16 @@ def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_nam
 def train_loop(args: argparse.Namespace, run: engine.Run, head: nn.Module, ctx: DistContext, start_epoch: int,
                best_acc1: float | None) -> dict:
     """Epochs of head training + validation + CSV log + checkpoints holding the whole model."""
-    log, best_epoch, val, t0 = CsvLog(os.path.join(args.output_dir, LOG_NAME)), None, None, time.time()
+    record, val, seen = engine.EpochRecorder(CsvLog(os.path.join(args.output_dir, LOG_NAME)), args.output_dir,
+                                             best_acc1), None, set()
     for epoch in range(start_epoch, args.epochs):
         engine.seed_process(args.seed, offset=1000 * (epoch + 1))
         lr, started = run.optimizer.param_groups[0]["lr"], time.time()
         train = train_one_epoch(run, head, ctx, epoch, args.print_freq)
         val = validate(run, head, ctx, args.print_freq)
-        is_best = best_acc1 is None or val.top1 > best_acc1
-        if is_best:
-            best_acc1, best_epoch = val.top1, epoch
-        log.write(epoch_row(epoch, started, lr, train, val))
-        checkpoint.save_checkpoint(engine.training_state(run, args, epoch + 1, 0, best_acc1), args.output_dir,
-                                   is_best)
-    print(f"=> done in {time.time() - t0:.1f} s: best Acc@1 {best_acc1 or 0.0:.3f}"
-          f"{f' at epoch {best_epoch}' if best_epoch is not None else ''}; checkpoints in {args.output_dir}")
-    return {"best_acc1": best_acc1, "best_epoch": best_epoch, "val": val}
+        bad = engine.count_bad_images(run.bad_log, ctx, seen)  # with the feature cache: met while caching
+        record.end_epoch(run, ctx, args, epoch, epoch_row(epoch, started, lr, train, val, bad), val)
+    return record.finish(ctx, val)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -6,6 +6,7 @@ datasets to checkpoints, happens here. ``fit`` is the only function that reads `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -91,8 +93,6 @@ def seed_process(seed: int | None, offset: int = 0) -> None:
     """Seed Python, NumPy and torch with ``seed + offset`` (no-op without a seed)."""
     if seed is None:
         return
-    import numpy as np
-
     random.seed(seed + offset)
     np.random.seed((seed + offset) % 2**32)
     torch.manual_seed(seed + offset)
@@ -288,34 +288,54 @@ def step_hook(run: Run, ctx: DistContext, args: argparse.Namespace, epoch: int, 
     return StepControl(epoch, first_step, after_step, args.seed, ctx.rank)
 
 
+@dataclass
+class EpochRecorder:
+    """What every training loop does after an epoch's validation: track the best top-1, and on rank 0 write the
+    CSV row and the checkpoint (``model_best.pth.tar`` too when top-1 improved); ``finish`` prints the footer."""
+
+    log: CsvLog
+    output_dir: str
+    best_acc1: float | None = None
+    best_epoch: int | None = None
+    started: float = dataclasses.field(default_factory=time.time)
+
+    def end_epoch(self, run: Run, ctx: DistContext, args: argparse.Namespace, epoch: int, row: dict,
+                  val: EpochStats) -> None:
+        is_best = self.best_acc1 is None or val.top1 > self.best_acc1
+        if is_best:
+            self.best_acc1, self.best_epoch = val.top1, epoch
+        if ctx.is_main:
+            self.log.write(row)
+            checkpoint.save_checkpoint(training_state(run, args, epoch + 1, 0, self.best_acc1), self.output_dir,
+                                       is_best)
+
+    def finish(self, ctx: DistContext, val: EpochStats | None) -> dict:
+        if ctx.is_main:
+            where = f" at epoch {self.best_epoch}" if self.best_epoch is not None else ""
+            print(f"=> done in {time.time() - self.started:.1f} s: best Acc@1 {self.best_acc1 or 0.0:.3f}{where}; "
+                  f"checkpoints in {self.output_dir}")
+        return {"best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "val": val}
+
+
 def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: ResumePoint, log_path: str) -> dict:
     """Epochs of train + evaluate + log + checkpoint, from ``start`` to ``args.epochs``; stops cleanly on a signal."""
-    log, best_acc1, best_epoch, val, t0 = CsvLog(log_path), start.best_acc1, None, None, time.time()
+    record, val = EpochRecorder(CsvLog(log_path), args.output_dir, start.best_acc1), None
     stop, timer = faults.StopRequest().install(), faults.CheckpointTimer(args.checkpoint_interval)
     seen: set[str] = set()
     try:
         for epoch in range(start.epoch, args.epochs):
             lr, started = run.optimizer.param_groups[0]["lr"], time.time()
             first_step = start.step if epoch == start.epoch else 0
-            control = step_hook(run, ctx, args, epoch, first_step, best_acc1, stop, timer)
+            control = step_hook(run, ctx, args, epoch, first_step, record.best_acc1, stop, timer)
             train = train_one_epoch(run, ctx, args.print_freq, control)
             if train.stopped:
                 raise stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
             val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq)
             bad = count_bad_images(run.bad_log, ctx, seen)
-            is_best = best_acc1 is None or val.top1 > best_acc1
-            if is_best:
-                best_acc1, best_epoch = val.top1, epoch
-            if ctx.is_main:
-                log.write(epoch_row(epoch, started, lr, train, val, bad))
-                checkpoint.save_checkpoint(training_state(run, args, epoch + 1, 0, best_acc1), args.output_dir,
-                                           is_best)
+            record.end_epoch(run, ctx, args, epoch, epoch_row(epoch, started, lr, train, val, bad), val)
     finally:
         stop.uninstall()
-    if ctx.is_main:
-        print(f"=> done in {time.time() - t0:.1f} s: best Acc@1 {best_acc1 or 0.0:.3f}"
-              f"{f' at epoch {best_epoch}' if best_epoch is not None else ''}; checkpoints in {args.output_dir}")
-    return {"best_acc1": best_acc1, "best_epoch": best_epoch, "val": val}
+    return record.finish(ctx, val)
 
 
 def count_bad_images(bad_log: data.BadImageLog | None, ctx: DistContext, seen: set[str]) -> int:

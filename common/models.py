@@ -37,8 +37,13 @@ def cache_path(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
+def _dropout_kwargs(dropout: float | None) -> dict:
+    """``dropout=`` for builders only when set, so each model keeps its own default otherwise."""
+    return {} if dropout is None else {"dropout": dropout}
+
+
 def _build(arch: str, num_classes: int, width_mult: float, dropout: float | None = None) -> nn.Module:
-    extra = {} if dropout is None else {"dropout": dropout}
+    extra = _dropout_kwargs(dropout)
     if arch == "ghostnet":
         return ghost_net(width_mult=width_mult, num_classes=num_classes, **extra)
     try:
@@ -59,8 +64,7 @@ def _build_pretrained(arch: str, width_mult: float, dropout: float | None = None
             model = _build(arch, IMAGENET_CLASSES, 1.0, dropout)
             model.load_state_dict(torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True))
             return model
-        extra = {} if dropout is None else {"dropout": dropout}
-        return torchvision.models.get_model(arch, weights="DEFAULT", **extra)
+        return torchvision.models.get_model(arch, weights="DEFAULT", **_dropout_kwargs(dropout))
     except OSError as exc:  # URLError, socket and HTTP errors: no download possible
         raise UserError(f"could not download the pretrained {arch} weights ({exc}); copy {url} to "
                         f"{cache_path(url)}, or pass a local file with --weights PATH.") from None

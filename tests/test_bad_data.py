@@ -91,3 +91,13 @@ def test_non_utf8_file_names_train_evaluate_and_sort(tmp_path):
 def test_gpu_beyond_the_device_count_is_refused():
     proc = run_script("train_main.py", "--dummy", "--gpu", "7", "--no-accel", check=False)
     assert proc.returncode == 2 and "--gpu 7 does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("cache", ["--cache-features", "--no-cache-features"])
+def test_network_py_skips_bad_images_too(cache, dirty_data, trained_ckpt, tmp_path):
+    root, _bad = dirty_data
+    run_script("network.py", root, "-a", "ghostnet", "--weights", trained_ckpt, "-b", "12", "--epochs", "1",
+               "--seed", "0", "--no-accel", cache, *SMALL, "--output-dir", str(tmp_path))
+    with open(tmp_path / "network.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["bad_images"] == "6" and row["val_images"] == "12"
