@@ -5,7 +5,7 @@ takes the argmax and copies the file into <true class>/right|wrong. classify_tes
 (model loading, inference, placing files, manifest and summary) in-process, once with -b 1 -j 0 (the same work as
 the loop) and once with its defaults. Same images, same model, same device; one warm-up run of each on a few images.
 
-    python benchmarks/bench_classify.py                          # 512 generated 500x375 JPEGs, GhostNet, 224 px
+    python benchmarks/bench_classify.py                          # 512 generated photo-like JPEGs, GhostNet, 224 px
     python benchmarks/bench_classify.py --images 2000 -a resnet50
     python benchmarks/bench_classify.py /data/flowers --ckpt runs/probe/model_best.pth.tar    # your folder and model
 
@@ -21,18 +21,17 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
+from benchmarks.benchlib import make_class_folder  # noqa: E402
 from common import data, distributed, inference, models, options  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-PHOTO_SIZE = (500, 375)
 WARMUP_IMAGES = 16
 
 
@@ -44,21 +43,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=512, help="generated photos (default: 512)")
     parser.add_argument("--classes", type=int, default=8, help="classes of the generated photos (default: 8)")
     return parser
-
-
-def make_photos(root: str, count: int, classes: int, seed: int = 0) -> None:
-    """JPEG 'photos': smooth random colour fields with a class tint and sensor noise, 500x375, quality 90."""
-    rng = np.random.default_rng(seed)
-    w, h = PHOTO_SIZE
-    for i in range(count):
-        folder = os.path.join(root, f"class{i % classes}")
-        os.makedirs(folder, exist_ok=True)
-        coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
-        field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
-        tint = np.array([(i % classes) * 255 / classes, 128, 255 - (i % classes) * 255 / classes])
-        pixels = 0.7 * field + 0.3 * tint + rng.normal(0, 12, (h, w, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"photo{i}.jpg"),
-                                                                        quality=90)
 
 
 def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: float) -> None:
@@ -124,7 +108,7 @@ def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
     """(checkpoint, image folder, warm-up folder): the user's, or generated ones."""
     folder = inference.labelled_dir(args.data) if args.data else os.path.join(work, "photos")
     if not args.data:
-        make_photos(folder, args.images, args.classes)
+        make_class_folder(folder, args.images, args.classes)
     ckpt = args.ckpt or os.path.join(work, "random.pth.tar")
     if not args.ckpt:
         random_checkpoint(ckpt, args.arch, data.image_folder(folder, None).classes, args.width_mult)

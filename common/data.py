@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision import datasets, transforms
+from torchvision import datasets
+from torchvision.transforms import v2
 
+from common import transforms
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, load_rgb
+from common.samples import CompactSamples
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_SUBSTITUTES = 50
 LAYOUT_HELP = ("expected DIR/train/<class>/<image> and DIR/val/<class>/<image> (the ImageNet layout, one folder per "
                "class); pass --dummy to try the scripts on synthetic images")
@@ -59,14 +60,21 @@ class BadImageLog:
 class ImageFolderWithPaths(datasets.ImageFolder):
     """torchvision ImageFolder that returns ``(image, target, path)`` and ignores hidden files and folders.
 
-    Images are decoded by ``images.load_rgb``: EXIF orientation, CMYK, 16-bit and transparency are handled, and an
-    unreadable file raises ``images.BadImage`` naming it and why. With a ``bad_log`` under policy ``skip``, an
-    unreadable file is reported and replaced by the next readable one (``substitute``: training keeps batches
-    full) or by None (evaluation, where ``skip_none_collate`` drops it so that no image is counted twice).
+    Images are decoded by ``transforms.load_uint8`` (``fast``: JPEG through libjpeg-turbo, to a uint8 tensor) or
+    ``images.load_rgb`` (PIL): EXIF orientation, CMYK, 16-bit and transparency are handled either way, and an
+    unreadable file raises ``images.BadImage`` naming it and why. The sample list is stored compactly (numpy
+    arrays, ``samples.CompactSamples``) so that DataLoader workers do not copy it page by page.
+
+    With a ``bad_log`` under policy ``skip``, an unreadable file is reported and replaced by the next readable one
+    (``substitute``: training keeps batches full) or by None (evaluation, where ``skip_none_collate`` drops it so
+    that no image is counted twice).
     """
 
-    def __init__(self, root: str, transform=None, bad_log: BadImageLog | None = None, substitute: bool = True) -> None:
-        super().__init__(root, transform=transform, loader=load_rgb)
+    def __init__(self, root: str, transform=None, bad_log: BadImageLog | None = None, substitute: bool = True,
+                 fast: bool = False) -> None:
+        super().__init__(root, transform=transform, loader=transforms.load_uint8 if fast else load_rgb)
+        self.samples = self.imgs = CompactSamples(self.samples)
+        self.targets = self.samples.targets
         self.bad_log, self.substitute = bad_log, substitute
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -114,24 +122,9 @@ class FakeDataWithPaths(datasets.FakeData):
         return image, int(target), f"dummy/{index}"
 
 
-def train_transform(crop_size: int) -> transforms.Compose:
-    """The standard ImageNet training transform: RandomResizedCrop + horizontal flip + normalise."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(crop_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-def eval_transform(resize_size: int, crop_size: int) -> transforms.Compose:
-    """The standard evaluation transform: resize the shorter side, centre crop, normalise."""
-    return transforms.Compose([
-        transforms.Resize(resize_size),
-        transforms.CenterCrop(crop_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def eval_transform(resize_size: int, crop_size: int):
+    """The classic PIL evaluation transform (normalised float output), for callers without a fast path yet."""
+    return transforms.eval_transform(resize_size, crop_size, fast=False)
 
 
 def split_dirs(root: str) -> tuple[str, str]:
@@ -145,11 +138,11 @@ def split_dirs(root: str) -> tuple[str, str]:
     return os.path.join(root, "train"), os.path.join(root, "val")
 
 
-def image_folder(directory: str, transform, bad_log: BadImageLog | None = None,
-                 substitute: bool = True) -> ImageFolderWithPaths:
+def image_folder(directory: str, transform, bad_log: BadImageLog | None = None, substitute: bool = True,
+                 fast: bool = False) -> ImageFolderWithPaths:
     """An ImageFolderWithPaths over ``directory``, with empty or unusable folders reported as a UserError."""
     try:
-        return ImageFolderWithPaths(directory, transform=transform, bad_log=bad_log, substitute=substitute)
+        return ImageFolderWithPaths(directory, transform=transform, bad_log=bad_log, substitute=substitute, fast=fast)
     except FileNotFoundError as exc:  # raised by torchvision when a class folder holds no image
         raise UserError(f"{directory!r}: {exc}; remove empty class folders or add images to them.") from None
 
@@ -166,7 +159,11 @@ def check_same_classes(train_classes: list[str], val_classes: list[str]) -> None
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What to load: a folder (or synthetic data) and the input sizes."""
+    """What to load: a folder (or synthetic data), the input sizes, the training augmentation and the pipeline.
+
+    ``fast``: uint8 images through the DataLoader, normalised per batch by ``transforms.to_model_input``; otherwise
+    the classic PIL transforms with normalised float images. ``augment``'s crop size wins over ``train_crop_size``.
+    """
 
     root: str | None
     dummy: bool = False
@@ -177,20 +174,33 @@ class DataConfig:
     dummy_val_size: int = 256
     dummy_classes: int = 1000
     bad_log: BadImageLog | None = None
+    augment: transforms.AugmentConfig | None = None
+    fast: bool = False
+
+    def train_augment(self) -> transforms.AugmentConfig:
+        return self.augment or transforms.AugmentConfig(crop_size=self.train_crop_size)
+
+
+def build_transforms(cfg: DataConfig):
+    """(training transform, evaluation transform) of ``cfg``; for synthetic PIL images first to uint8 if fast."""
+    train_tf = transforms.train_transform(cfg.train_augment(), cfg.fast)
+    val_tf = transforms.eval_transform(cfg.val_resize_size, cfg.val_crop_size, cfg.fast)
+    if cfg.fast and cfg.dummy:
+        return v2.Compose([v2.PILToTensor(), train_tf]), v2.Compose([v2.PILToTensor(), val_tf])
+    return train_tf, val_tf
 
 
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
     """Training set, validation set and class names (shared by both splits)."""
-    train_tf = train_transform(cfg.train_crop_size)
-    val_tf = eval_transform(cfg.val_resize_size, cfg.val_crop_size)
+    train_tf, val_tf = build_transforms(cfg)
     if cfg.dummy:
-        size = max(cfg.train_crop_size, cfg.val_resize_size)
+        size = max(cfg.train_augment().crop_size, cfg.val_resize_size)
         train = FakeDataWithPaths(cfg.dummy_train_size, size, cfg.dummy_classes, train_tf)
         val = FakeDataWithPaths(cfg.dummy_val_size, size, cfg.dummy_classes, val_tf, random_offset=cfg.dummy_train_size)
         return train, val, train.classes
     train_dir, val_dir = split_dirs(cfg.root)
-    train = image_folder(train_dir, train_tf, cfg.bad_log, substitute=True)
-    val = image_folder(val_dir, val_tf, cfg.bad_log, substitute=False)
+    train = image_folder(train_dir, train_tf, cfg.bad_log, substitute=True, fast=cfg.fast)
+    val = image_folder(val_dir, val_tf, cfg.bad_log, substitute=False, fast=cfg.fast)
     check_same_classes(train.classes, val.classes)
     return train, val, train.classes
 

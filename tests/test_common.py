@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common import checkpoint, data, models, options, schedule
+from common import checkpoint, data, models, options, schedule, transforms
 from common.errors import UserError
 from common.meters import AverageMeter
 from common.metrics import accuracy, topk_correct
@@ -299,7 +299,8 @@ def test_image_folder_decodes_cmyk_and_16_bit_and_names_a_bad_file(tmp_path):
     (folder / "c_empty.png").write_bytes(b"")
     ds = data.image_folder(str(tmp_path), data.eval_transform(8, 8))
     red, white = ds[0][0], ds[1][0]  # normalised: invert Normalize to read the pixel values back
-    mean, std = torch.tensor(data.IMAGENET_MEAN)[:, None, None], torch.tensor(data.IMAGENET_STD)[:, None, None]
+    mean = torch.tensor(transforms.IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(transforms.IMAGENET_STD)[:, None, None]
     assert torch.allclose((red * std + mean)[:, 4, 4], torch.tensor([1.0, 0.0, 0.0]), atol=0.05)
     assert torch.allclose((white * std + mean)[:, 4, 4], torch.ones(3), atol=0.01)  # not clipped garbage
     with pytest.raises(BadImage, match="c_empty.png: empty file"):

@@ -1,0 +1,95 @@
+"""Photo-like test images for the benchmarks: no real photo set can be downloaded here, so images with the
+statistics that matter to decoders and resizers (1/f texture, soft-edged objects, sensor noise, JPEG quality 90,
+ImageNet-like sizes) are generated instead. Any ImageFolder of real photos can replace them (``--data``)."""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
+PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))
+
+
+def _field(rng: np.random.Generator, h: int, w: int, exponent: float) -> np.ndarray:
+    """(h, w) float32 noise with a 1/f**exponent amplitude spectrum (natural images: about 1), unit variance."""
+    fy, fx = np.fft.fftfreq(h).astype(np.float32)[:, None], np.fft.rfftfreq(w).astype(np.float32)[None, :]
+    amplitude = np.maximum(np.hypot(fx, fy), np.float32(1 / max(h, w))) ** np.float32(-exponent)
+    amplitude[0, 0] = 0
+    noise = rng.standard_normal((2, *amplitude.shape), dtype=np.float32)
+    field = np.fft.irfft2((noise[0] + 1j * noise[1]) * amplitude, s=(h, w)).astype(np.float32)
+    return field / field.std()
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """An RGB 'photo': 1/f luminance texture, smoother colour, a few flat objects with soft edges, sensor noise."""
+    lum = 50 * _field(rng, height, width, 1.2)
+    red_green, blue_yellow = 18 * _field(rng, height, width, 1.6), 18 * _field(rng, height, width, 1.6)
+    rgb = np.stack([lum + red_green, lum - 0.5 * (red_green + blue_yellow), lum + blue_yellow], -1)
+    image = Image.fromarray(np.clip(rgb + rng.uniform(60, 190, 3).astype(np.float32), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(2, 7)):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = [x, y, x + int(rng.integers(20, width // 2)), y + int(rng.integers(20, height // 2))]
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape(box, fill=tuple(int(c) for c in rng.integers(20, 236, 3)))
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)
+    pixels += 0.3 * lum[..., None] + 2.5 * rng.standard_normal(pixels.shape, dtype=np.float32)  # texture, noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_photos(root: str, count: int, classes: int = 4, sizes=PHOTO_SIZES, seed: int = 0) -> list[str]:
+    """Write ``count`` photo-like JPEGs (quality 90) as ``root/class<k>/photo<i>.jpg``; return their paths."""
+    rng, paths = np.random.default_rng(seed), []
+    for i in range(count):
+        folder = os.path.join(root, f"class{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        paths.append(os.path.join(folder, f"photo{i}.jpg"))
+        photo_like(rng, *sizes[i % len(sizes)]).save(paths[-1], quality=90)
+    return paths
+
+
+def tinted(rng: np.random.Generator, label: int, classes: int, size: tuple[int, int]) -> Image.Image:
+    """A photo-like image with a colour cast that depends on its class, so that a model can learn the labels."""
+    hue = 2 * np.pi * label / classes
+    cast = 35 * np.array([np.cos(hue), np.cos(hue - 2.1), np.cos(hue + 2.1)], dtype=np.float32)
+    pixels = np.asarray(photo_like(rng, *size), dtype=np.float32) + cast
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_class_folder(root: str, count: int, classes: int = 4, seed: int = 0) -> str:
+    """``root/class<k>/photo<i>.jpg``: ``count`` tinted photo-like JPEGs (quality 90), classes in turn."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = os.path.join(root, f"class{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        size = PHOTO_SIZES[(i // classes) % len(PHOTO_SIZES)]
+        tinted(rng, i % classes, classes, size).save(os.path.join(folder, f"photo{i}.jpg"), quality=90)
+    return root
+
+
+def make_dataset(root: str, train_per_class: int, val_per_class: int, classes: int = 4, seed: int = 0) -> str:
+    """``root/{train,val}/class<k>/photo<i>.jpg``: tinted photo-like JPEGs of ImageNet-like sizes."""
+    make_class_folder(os.path.join(root, "train"), train_per_class * classes, classes, seed)
+    make_class_folder(os.path.join(root, "val"), val_per_class * classes, classes, seed + 1)
+    return root
+
+
+def device_tag(device) -> str:
+    """The machine a benchmark ran on, for its table and CSV."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    """All rows under the union of their keys, in first-seen order."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
