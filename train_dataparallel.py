@@ -7,8 +7,8 @@ Without a GPU it trains in one CPU process, with a notice. DistributedDataParall
 train_distributed.py) is faster on several GPUs; DataParallel is the simplest to start.
 """
 import argparse
-import sys
 import functools
+import sys
 
 from common import distributed, launch, options
 from common.errors import UserError, exit_on_user_error
@@ -19,8 +19,7 @@ LOG_NAME = "dataparallel.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with nn.DataParallel over the visible GPUs.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
-                 options.dist_parser()])
+        parents=options.training_parents())
     parser.add_argument("--gpus", default=None, metavar="IDS", help="comma-separated GPU ids (default: all)")
     return parser
 

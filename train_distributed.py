@@ -27,8 +27,7 @@ LOG_NAME = "distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
-                 options.dist_parser()])
+        parents=options.training_parents())
     parser.add_argument("--local-rank", "--local_rank", type=int, default=None,
                         help="set by torch.distributed.launch; LOCAL_RANK from the environment takes precedence")
     return parser

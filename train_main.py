@@ -32,8 +32,7 @@ LOG_NAME = "main.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
-                 options.dist_parser()])
+        parents=options.training_parents())
     parser.add_argument("--multiprocessing-distributed", action="store_true",
                         help="spawn one DDP process per GPU (or --nprocs CPU processes) on each node")
     return parser

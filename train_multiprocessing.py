@@ -22,8 +22,7 @@ LOG_NAME = "multiprocessing_distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description="Train on ImageNet-style folders with mp.spawn + DistributedDataParallel.",
-        parents=[options.data_parser(), options.model_parser(), options.train_parser(), options.check_data_parser(),
-                 options.dist_parser()])
+        parents=options.training_parents())
 
 
 def main(args: argparse.Namespace) -> None:

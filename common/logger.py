@@ -12,7 +12,7 @@ from common.meters import AverageMeter, ProgressMeter
 
 CSV_FIELDS = ("epoch", "start_time", "epoch_seconds", "images_per_s", "data_seconds", "lr",
               "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "val_images",
-              "bad_images")
+              "bad_images", "val_loss_ema", "val_top1_ema", "val_top5_ema")
 
 
 class CsvLog:
@@ -59,12 +59,15 @@ class Progress:
             self.bar.close()
 
 
-def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int = 0) -> dict:
-    """The CSV_FIELDS row of one epoch; ``train`` and ``val`` are engine.EpochStats, ``started`` a time.time().
+def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int = 0, val_ema=None) -> dict:
+    """The CSV_FIELDS row of one epoch; ``train``, ``val`` (and the EMA weights' ``val_ema``) are
+    engine.EpochStats, ``started`` a time.time().
 
     ``bad_images`` counts the unreadable files met (and skipped) during the epoch, over all ranks.
     """
-    return {"epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+    ema = {} if val_ema is None else {"val_loss_ema": val_ema.loss, "val_top1_ema": val_ema.top1,
+                                      "val_top5_ema": val_ema.top5}
+    return {**ema, "epoch": epoch, "start_time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
             "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
             "train_top5": train.top5, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,

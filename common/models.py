@@ -14,6 +14,7 @@ import torchvision
 
 from common import checkpoint
 from common.errors import UserError
+from ghost_net import count_macs as ghost_net_macs
 from ghost_net import ghost_net
 
 GHOSTNET_URL = "https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth"
@@ -132,6 +133,11 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False, weights_
             replace_head(model, num_classes)
         return model
     return _build(arch, num_classes, width_mult, dropout)
+
+
+def count_macs(model: nn.Module, input_size: int = 224) -> int:
+    """Multiply-adds of any model's Conv2d and Linear layers for one image (the paper's convention)."""
+    return ghost_net_macs(model, input_size)
 
 
 def count_params(model: nn.Module) -> int:

@@ -11,6 +11,8 @@ import difflib
 import os
 
 from common.errors import UserError
+from common.recipes import RECIPES, apply_recipe
+from common.transforms import AUTO_AUGMENT
 
 TRAIN_CROP_SIZE = 224
 VAL_RESIZE_SIZE = 256
@@ -60,21 +62,25 @@ def model_parser(default_arch: str = "resnet18") -> argparse.ArgumentParser:
 def train_parser() -> argparse.ArgumentParser:
     """Optimisation, schedule, resume/evaluate and output flags of the training scripts."""
     parser, g = _group("training")
-    g.add_argument("--epochs", type=int, default=90, help="total epochs to run (default: 90)")
+    g.add_argument("--epochs", type=int, default=None, help="total epochs to run (default: the recipe's; resnet: 90)")
     g.add_argument("--start-epoch", type=int, default=None, help="epoch number to start at (default: 0, or resumed)")
-    g.add_argument("-b", "--batch-size", type=int, default=256, metavar="N",
-                   help="global batch size: the sum over all processes and GPUs (default: 256)")
-    g.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr", help="initial learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay",
-                   help="weight decay (default: 1e-4)")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
+    g.add_argument("-b", "--batch-size", type=int, default=None, metavar="N",
+                   help="global batch size: the sum over all processes and GPUs (default: the recipe's; resnet: 256)")
+    g.add_argument("--lr", "--learning-rate", type=float, default=None, dest="lr",
+                   help="initial learning rate (default: the recipe's, scaled to -b where the recipe says; "
+                        "resnet: 0.1)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: 0.9)")
+    g.add_argument("--wd", "--weight-decay", type=float, default=None, dest="weight_decay",
+                   help="weight decay (default: the recipe's; resnet: 1e-4)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="step: x gamma every --lr-step-size epochs; linear: per-iteration decay to 0; "
-                        "cosine: per-iteration cosine to 0; constant (default: step)")
-    g.add_argument("--lr-step-size", type=int, default=30, help="epochs between step decays (default: 30)")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs (default: 0)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0)")
+                        "cosine: per-iteration cosine to 0; constant (default: the recipe's; resnet: step)")
+    g.add_argument("--lr-step-size", type=int, default=None, help="epochs between step decays (default: 30)")
+    g.add_argument("--lr-gamma", type=float, default=None, help="step decay factor (default: 0.1)")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warm-up epochs, per iteration (default: the recipe's; resnet: 0)")
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing (default: the recipe's; resnet: 0)")
     g.add_argument("-p", "--print-freq", type=int, default=10, metavar="N", help="print every N steps (default: 10)")
     g.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for --output-dir/checkpoint.pth.tar if it exists "
@@ -91,11 +97,86 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recipe_parser() -> argparse.ArgumentParser:
+    """Recipe, optimiser extras, regularisation and run-watching flags of the four training scripts."""
+    parser, g = _group("recipe and regularisation")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="defaults for every optimisation flag (each still overridable): resnet = the PyTorch "
+                        "ImageNet example; ghostnet = the GhostNet paper; ghostnet-finetune = its second stage "
+                        "(default: resnet)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default: the recipe's; ghostnet: on)")
+    g.add_argument("--norm-weight-decay", type=float, default=None, metavar="WD",
+                   help="weight decay of normalisation-layer weights and of all biases (default: the recipe's; "
+                        "ghostnet: 0; resnet: same as --wd)")
+    g.add_argument("--mixup-alpha", type=float, default=0.0, help="MixUp with this Beta alpha (default: 0 = off)")
+    g.add_argument("--cutmix-alpha", type=float, default=0.0,
+                   help="CutMix with this Beta alpha; with MixUp too, each batch gets one of them (default: 0 = off)")
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an exponential moving average of the weights; it is evaluated and saved alongside "
+                        "the raw weights, and the better of the two is marked in the checkpoint")
+    g.add_argument("--model-ema-decay", type=float, default=0.9998,
+                   help="EMA decay per optimizer step (default: 0.9998)")
+    g.add_argument("--clip-grad-norm", type=float, default=None, metavar="NORM",
+                   help="clip the gradients' global norm to NORM (default: off)")
+    g.add_argument("--accum-steps", type=int, default=1, metavar="N",
+                   help="split each process's batch into N micro-batches whose gradients are accumulated: the "
+                        "same optimizer step with 1/N of the activation memory (default: 1)")
+    g.add_argument("--finetune-from", default=None, metavar="CKPT",
+                   help="start from the weights of CKPT (a checkpoint of this project or a state_dict) with a fresh "
+                        "optimizer, schedule and epoch count, e.g. with --recipe ghostnet-finetune")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars to --output-dir/tensorboard (needs the tensorboard package)")
+    g.add_argument("--save-samples", action="store_true",
+                   help="save the first training batch, after augmentation, as --output-dir/train_samples.png")
+    return parser
+
+
+def augment_parser() -> argparse.ArgumentParser:
+    """Training augmentation flags (ImageNet defaults; tune them for other data such as digits or text)."""
+    parser, g = _group("training augmentation")
+    g.add_argument("--rrc-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop area range, as fractions of the image (default: 0.08 1.0)")
+    g.add_argument("--rrc-ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop aspect-ratio range (default: 0.75 1.333)")
+    g.add_argument("--hflip", type=float, default=0.5, metavar="P",
+                   help="horizontal flip probability; 0 for digits or text (default: 0.5)")
+    g.add_argument("--auto-augment", choices=AUTO_AUGMENT, default=None,
+                   help="a torchvision augmentation policy (default: none)")
+    g.add_argument("--random-erase", type=float, default=0.0, metavar="P",
+                   help="RandomErasing probability (default: 0)")
+    g.add_argument("--color-jitter", type=float, default=0.0, metavar="S",
+                   help="brightness, contrast and saturation jitter strength (default: 0 = off)")
+    return parser
+
+
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+def speed_parser() -> argparse.ArgumentParser:
+    """Speed features; each is on by default where it leaves results unchanged, and each can be switched off."""
+    parser, g = _group("speed")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic mixed precision (default: on for CUDA; on the CPU, on with native bf16 for models "
+                        "without depthwise convolutions, whose bf16 kernels are slower there)")
+    g.add_argument("--amp-dtype", choices=AMP_DTYPES, default="auto",
+                   help="autocast dtype: bf16, or fp16 with a gradient scaler (CUDA only) (default: auto = bf16 "
+                        "where supported, else fp16)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for the model and its inputs (default: on)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    g.add_argument("--uint8-pipeline", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode JPEGs with libjpeg-turbo and augment uint8 tensors in the workers, normalise each "
+                        "batch on the device; --no-uint8-pipeline: the classic PIL transforms (default: on)")
+    return parser
+
+
 def check_data_parser() -> argparse.ArgumentParser:
     """``--check-data``: scan the dataset for unreadable files instead of training."""
     parser, g = _group("data check")
     g.add_argument("--check-data", action="store_true",
-                   help="decode every image of train/ and val/, list the unreadable ones, and exit (1 if any)")
+                   help="decode every image the script would read (training: train/ and val/; test.py: the "
+                        "labelled folder or the images given), list the unreadable ones, and exit (1 if any)")
     return parser
 
 
@@ -116,6 +197,12 @@ def dist_parser() -> argparse.ArgumentParser:
     g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
                    help="seconds to wait for another process before giving up (default: 1800)")
     return parser
+
+
+def training_parents() -> list[argparse.ArgumentParser]:
+    """Every flag group of the four training scripts, in the order ``--help`` shows them."""
+    return [data_parser(), model_parser(), train_parser(), recipe_parser(), augment_parser(), speed_parser(),
+            check_data_parser(), dist_parser()]
 
 
 def resolve_data_dir(args: argparse.Namespace) -> None:
@@ -157,9 +244,12 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
     """Validate the flags every training script shares, before any work starts."""
     resolve_data_dir(args)
     fill_size_defaults(args)
+    apply_recipe(args)
     check_arch(args.arch, archs)
     check_positive(args, ["batch_size", "epochs", "print_freq", "train_crop_size", "val_resize_size",
-                          "val_crop_size", "width_mult", "lr_step_size"])
+                          "val_crop_size", "width_mult", "lr_step_size", "accum_steps", "clip_grad_norm"])
+    if hasattr(args, "recipe"):
+        check_recipe_args(args)
     if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be 0 or more, got {args.workers}.")
     if args.val_crop_size > args.val_resize_size:
@@ -177,6 +267,33 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
     if not args.data and not args.dummy:
         raise UserError("no dataset given: pass DIR (or --data DIR) holding train/<class>/* and val/<class>/*, "
                         "or --dummy for synthetic images.")
+
+
+def check_recipe_args(args: argparse.Namespace) -> None:
+    """Validate the recipe, regularisation and augmentation flags of the training scripts."""
+    for name in ("mixup_alpha", "cutmix_alpha", "color_jitter"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}.")
+    for name in ("hflip", "random_erase"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}.")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        raise UserError(f"--model-ema-decay must be in (0, 1), got {args.model_ema_decay}.")
+    low, high = args.rrc_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise UserError(f"--rrc-scale {low} {high}: give 0 < MIN <= MAX <= 1 (fractions of the image area).")
+    if not 0.0 < args.rrc_ratio[0] <= args.rrc_ratio[1]:
+        raise UserError(f"--rrc-ratio {args.rrc_ratio[0]} {args.rrc_ratio[1]}: give 0 < MIN <= MAX.")
+    if args.finetune_from and args.resume:
+        raise UserError("--finetune-from starts a new run from a checkpoint's weights and --resume continues one; "
+                        "give one of them.")
+    if args.finetune_from and not os.path.isfile(args.finetune_from):
+        raise UserError(f"--finetune-from {args.finetune_from!r} does not exist; check the path.")
+    if args.finetune_from and (args.weights or args.pretrained):
+        raise UserError("--finetune-from already gives the starting weights; drop --weights/--pretrained.")
+    if args.batch_size % args.accum_steps:
+        raise UserError(f"-b/--batch-size {args.batch_size} does not split into --accum-steps {args.accum_steps} "
+                        "micro-batches; use a multiple.")
 
 
 # Evaluation batch per process: large batches keep a GPU busy, but on the CPU they run slower per image than batches

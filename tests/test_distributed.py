@@ -35,7 +35,7 @@ def assert_same_weights(a: dict, b: dict, exact: bool) -> None:
 def test_one_and_two_processes_train_the_same_model(tiny_data, tmp_path):
     # SqueezeNet without dropout has no BatchNorm: per-rank batch statistics are what keeps BN models apart
     # on the CPU, where SyncBatchNorm does not run (README, "Comparable runs").
-    flags = [tiny_data, "-a", "squeezenet1_1", "--dropout", "0", "--lr", "0.01", *BASE, "--epochs", "1"]
+    flags = [tiny_data, "-a", "squeezenet1_1", "--dropout", "0", "--no-amp", "--lr", "0.01", *BASE, "--epochs", "1"]
     run_script("train_main.py", *flags, "--output-dir", str(tmp_path / "one"))
     dp = run_script("train_dataparallel.py", *flags, "--output-dir", str(tmp_path / "dp"))
     assert "DataParallel is skipped" in dp.stdout  # on the CPU it degrades to one process ...

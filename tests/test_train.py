@@ -60,7 +60,7 @@ def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_chec
     assert len(final) == 2 and final[-1][3] == 40, proc.stdout
     assert max(r[0] for r in final) > 25.0, f"val top-1 never above chance (4 classes): {final}"
     assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == sorted(
-        ["checkpoint.pth.tar", "model_best.pth.tar", log_name])
+        ["checkpoint.pth.tar", "model_best.pth.tar", log_name, log_name.replace(".csv", "_steps.csv")])
     ckpt = torch.load(os.path.join(out, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "ghostnet" and isinstance(ckpt["best_acc1"], float)
     assert ckpt["classes"] == ["class0", "class1", "class2", "class3"] and isinstance(ckpt["args"], dict)
