@@ -9,20 +9,27 @@ predicted class added (``img7__pred-tulip.jpg``); images of nested folders are n
 images are only read: the default --mode hard-links them (copies where the filesystem cannot link). DIR_OUT also
 gets manifest.csv (one row per image), summary.csv / summary.txt (right and wrong per class) and mistakes.png, the
 most confident mistakes. Running again into the same DIR_OUT updates it in place; --overwrite starts afresh.
+
+Images are placed batch by batch as the model judges them. Ctrl+C or SIGTERM stops after the batch in hand (exit
+status 130 or 143): manifest.csv then lists what was placed, and the same command run again sorts the rest.
 """
 import argparse
+import contextlib
 import csv
+import glob
 import io
 import os
 import shutil
 import time
 
-from common import distributed, figures, inference, metrics, options
+from common import distributed, faults, figures, inference, metrics, options
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
+from common.launch import exit_on_stop
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
 MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.png"
+RANK_MANIFESTS = "manifest.rank*.csv"  # what each rank of an interrupted torchrun sort had placed
 VERDICTS = ("right", "wrong")
 MODES = ("auto", "hardlink", "copy", "symlink")
 
@@ -148,13 +155,14 @@ def place(src: str, dest: str, mode: str) -> str:
     return how
 
 
-def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str) -> dict[str, int]:
-    """Place this rank's readable images; count how each got there."""
-    counts = dict.fromkeys(("hardlink", "copy", "symlink", "kept"), 0)
+PLACED = ("hardlink", "copy", "symlink", "kept")
+
+
+def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str, counts: dict[str, int]) -> None:
+    """Place these readable images; count in ``counts`` how each got there."""
     for index, src in zip(preds.indices.tolist(), preds.paths):
         if index in dests:
             counts[place(src, dests[index], mode)] += 1
-    return counts
 
 
 def plan(preds: inference.Predictions, names: list[str], classes: list[str], out: str) -> dict[int, str]:
@@ -231,7 +239,8 @@ def write_summary(out: str, rows: list[dict]) -> str:
     lines += [f"{r['class']:<{width}} {r['right']:>7} {r['wrong']:>7} {r['accuracy']:>8.3f}%" for r in rows]
     fields = ["class", "right", "wrong", "images", "accuracy"]
     save_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), csv_bytes(fields, ([r[k] for k in fields] for r in rows)))
-    save_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), ("\n".join(lines) + "\n").encode())
+    text = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # class folders whose names are not UTF-8
+    save_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), text)
     return "\n".join(lines)
 
 
@@ -258,6 +267,8 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
     out, ok = args.out, preds.ok
     stale = remove_stale(out, set(dests.values()))
     save_if_changed(os.path.join(out, MANIFEST_NAME), manifest(ok, dests, prep.classes, out))
+    for partial in glob.glob(os.path.join(glob.escape(out), RANK_MANIFESTS)):
+        os.remove(partial)
     rows = summary_rows(ok, prep.classes)
     print(write_summary(out, rows))
     sheet = mistakes_sheet(ok, prep.names, os.path.join(out, SHEET_NAME), args.sheet_size) if args.sheet_size else 0
@@ -281,10 +292,18 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
         print(inference.header(prep, source, ctx), flush=True)
         claim_output(args.out, args.overwrite)
     distributed.barrier(ctx)  # nobody places a file before DIR_OUT is claimed (and emptied)
-    local = inference.predict(prep, ctx, k=1)
     names = file_names(prep.dataset.base.samples, prep.source_dir, prep.classes)
-    counts = place_share(local, plan(local, names, prep.classes, args.out), args.mode)
-    counts = distributed.all_reduce_sum([counts[k] for k in ("hardlink", "copy", "symlink", "kept")], ctx)
+    counts, done = dict.fromkeys(PLACED, 0), []
+
+    def place_batch(batch: inference.Predictions) -> None:  # as soon as judged, so that a stop keeps them
+        place_share(batch, plan(batch, names, prep.classes, args.out), args.mode, counts)
+        done.append(batch)
+
+    try:
+        local = inference.predict(prep, ctx, k=1, on_batch=place_batch)
+    except faults.Interrupted as exc:
+        raise stopped(exc, inference.concat(done, 1).ok, names, prep.classes, args.out, ctx) from None
+    counts = distributed.all_reduce_sum([counts[k] for k in PLACED], ctx)
     preds = inference.gather(local, ctx)
     if not ctx.is_main:
         return None
@@ -296,15 +315,29 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     return {**result, "seconds": seconds, "batch_size": prep.batch_size, "workers": prep.workers}
 
 
+def stopped(exc: faults.Interrupted, placed: inference.Predictions, names: list[str], classes: list[str], out: str,
+            ctx: DistContext) -> faults.Interrupted:
+    """After a stop: write the manifest of what this rank placed, drop the reports of a finished sort (they no
+    longer describe DIR_OUT), and return the stop with a message that says how to finish."""
+    name = MANIFEST_NAME if ctx.world_size == 1 else RANK_MANIFESTS.replace("*", str(ctx.rank))
+    save_if_changed(os.path.join(out, name), manifest(placed, plan(placed, names, classes, out), classes, out))
+    for report in (SUMMARY_NAME + ".csv", SUMMARY_NAME + ".txt", SHEET_NAME) if ctx.is_main else ():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, report))
+    return faults.Interrupted(exc.signum, f"{exc}: {len(placed)} placed into {out} and listed in {name}; run the "
+                                          "same command again to sort the rest (what is in place is kept).")
+
+
 def main(args: argparse.Namespace) -> dict | None:
     """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
     with exit_on_user_error():
         check_args(args)
         ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
-        try:
-            return run(args, ctx)
-        finally:
-            distributed.cleanup(ctx)
+        with exit_on_stop(ctx):
+            try:
+                return run(args, ctx)
+            finally:
+                distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,25 @@ With the deterministic eval transform (the default) the backbone's features are 
 on them; --train-augment uses RandomResizedCrop + flip instead, and then every epoch runs the backbone:
 
     python network.py --data /data/flowers --train-augment --train-crop-size 224
+
+SIGTERM or Ctrl+C stops after the step in hand with a checkpoint, as the training scripts do (exit status 143 or
+130); --resume auto continues from it.
 """
 import argparse
 import os
+import signal
 import time
 
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from common import data, distributed, engine, models, options, schedule
+from common import data, distributed, engine, faults, models, options, schedule
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
+from common.launch import exit_on_stop
 from common.logger import CsvLog, Progress, epoch_row
+from common.train_step import TrainStep
 
 LOG_NAME = "network.csv"
 
@@ -109,8 +115,11 @@ def feature_loader(features: FeatureSet, sampler, batch_size: int) -> DataLoader
 
 
 def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx: DistContext, prefix: str,
-                     print_freq: int) -> FeatureSet | None:
-    """The head's input for every image, in dataset order; None when layers follow the head (SqueezeNet)."""
+                     print_freq: int, stop: faults.StopRequest | None = None) -> FeatureSet | None:
+    """The head's input for every image, in dataset order; None when layers follow the head (SqueezeNet).
+
+    A signal caught by ``stop`` ends it after the batch in hand (``faults.Interrupted``): nothing is trained yet.
+    """
     seen: dict[str, torch.Tensor] = {}
     hook = head.register_forward_hook(lambda _m, inputs, output: seen.update(x=inputs[0], y=output))
     progress = Progress(len(loader), [], prefix, print_freq, ctx.is_main)
@@ -132,6 +141,9 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
                 targets[pos:pos + len(target)] = target
                 pos += len(target)
                 progress.step(i)
+                if stop is not None and stop.signum:
+                    raise faults.Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} while "
+                                                          "computing features, before training: run it again.")
     finally:
         hook.remove()
         progress.close()
@@ -141,17 +153,17 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
 
 
 def cache_loaders(args: argparse.Namespace, run: engine.Run, head: nn.Module, train_set: Dataset, ctx: DistContext,
-                  workers: int) -> tuple[DataLoader, DataLoader] | None:
+                  stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
-    ordered = data.make_loader(train_set, data.ShardSampler(len(train_set)), run.train_loader.batch_size, workers,
-                               ctx.device)
-    train_feats = extract_features(run.model, head, ordered, ctx, "Features train: ", args.print_freq)
+    ordered = data.make_loader(train_set, data.ShardSampler(len(train_set)), run.train_loader.batch_size,
+                               run.train_loader.num_workers, ctx.device)
+    train_feats = extract_features(run.model, head, ordered, ctx, "Features train: ", args.print_freq, stop)
     if train_feats is None:
         print(f"=> {args.arch}: layers follow the classifier, so features are not cached; the backbone runs "
               "every epoch")
         return None
-    val_feats = extract_features(run.model, head, run.val_loader, ctx, "Features val: ", args.print_freq)
+    val_feats = extract_features(run.model, head, run.val_loader, ctx, "Features val: ", args.print_freq, stop)
     size_mb = (train_feats.features.nbytes + val_feats.features.nbytes) / 2**20
     print(f"=> features of {len(train_feats)} train + {len(val_feats)} val images cached in {time.time() - t0:.1f} "
           f"s ({tuple(train_feats.features.shape[1:])} each, {size_mb:.1f} MiB)", flush=True)
@@ -180,15 +192,20 @@ def cached(run: engine.Run) -> bool:
     return isinstance(run.train_loader.dataset, FeatureSet)
 
 
-def train_one_epoch(run: engine.Run, head: nn.Module, ctx: DistContext, epoch: int, print_freq: int):
-    """One epoch of the head; the backbone stays in eval mode (its BatchNorm statistics must not move)."""
+def train_one_epoch(run: engine.Run, head: nn.Module, ctx: DistContext, control: engine.StepControl,
+                    print_freq: int) -> engine.EpochStats:
+    """One epoch of the head from step ``control.first_step``; the backbone stays in eval mode (its BatchNorm
+    statistics must not move)."""
     sampler = run.train_loader.sampler
-    getattr(sampler, "sampler", sampler).set_epoch(epoch)  # the feature loader wraps it in a BatchSampler
+    sampler = getattr(sampler, "sampler", sampler)  # the feature loader wraps it in a BatchSampler
+    sampler.set_epoch(control.epoch)
+    sampler.set_start(control.first_step)
     run.model.eval()
     head.train()
     net = head if cached(run) else run.model
-    return engine.run_epoch(net, run.train_loader, run.criterion, ctx, f"Epoch: [{epoch}]", print_freq,
-                            run.optimizer, run.scheduler)
+    step = TrainStep(net, run.criterion, run.optimizer, run.scheduler, run.precision)
+    return engine.run_epoch(net, run.train_loader, run.criterion, ctx, f"Epoch: [{control.epoch}]", print_freq,
+                            step, control)
 
 
 def validate(run: engine.Run, head: nn.Module, ctx: DistContext, print_freq: int) -> engine.EpochStats:
@@ -210,42 +227,65 @@ def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_nam
             f"{'on' if cache else 'off'} | output {args.output_dir}")
 
 
-def train_loop(args: argparse.Namespace, run: engine.Run, head: nn.Module, ctx: DistContext, start_epoch: int,
-               best_acc1: float | None) -> dict:
-    """Epochs of head training + validation + CSV log + checkpoints holding the whole model."""
+def train_loop(args: argparse.Namespace, run: engine.Run, head: nn.Module, ctx: DistContext,
+               start: engine.ResumePoint, stop: faults.StopRequest) -> dict:
+    """Epochs of head training + validation + CSV log + checkpoints holding the whole model, from ``start``.
+
+    A signal stops it after the step in hand, with a checkpoint of that step (or, when it came during validation,
+    after that epoch's checkpoint), as the training scripts do.
+    """
     record, val, seen = engine.EpochRecorder(CsvLog(os.path.join(args.output_dir, LOG_NAME)), args.output_dir,
-                                             best_acc1), None, set()
-    for epoch in range(start_epoch, args.epochs):
+                                             start.best_acc1), None, set()
+    timer = faults.CheckpointTimer(None)  # no mid-epoch checkpoints but the one a stop writes
+    for epoch in range(start.epoch, args.epochs):
+        if stop.signum:
+            raise engine.stopped_message(ctx, stop.signum, epoch, args.output_dir)
         engine.seed_process(args.seed, offset=1000 * (epoch + 1))
         lr, started = run.optimizer.param_groups[0]["lr"], time.time()
-        train = train_one_epoch(run, head, ctx, epoch, args.print_freq)
+        first_step = start.step if epoch == start.epoch else 0
+        control = engine.step_hook(run, ctx, args, epoch, first_step, record.best_acc1, stop, timer)
+        train = train_one_epoch(run, head, ctx, control, args.print_freq)
+        if train.stopped:
+            raise engine.stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
         val = validate(run, head, ctx, args.print_freq)
         bad = engine.count_bad_images(run.bad_log, ctx, seen)  # with the feature cache: met while caching
         record.end_epoch(run, ctx, args, epoch, epoch_row(epoch, started, lr, train, val, bad), val)
     return record.finish(ctx, val)
 
 
+def train(args: argparse.Namespace, ctx: DistContext) -> dict:
+    """Build, resume, cache the features, then evaluate (``-e``) or train; SIGTERM/SIGINT stop it cleanly."""
+    torch.backends.cudnn.benchmark = args.seed is None
+    workers = data.default_workers() if args.workers is None else args.workers
+    run, head_name, train_set = build_run(args, ctx, workers)
+    head = run.model.get_submodule(head_name)
+    resume = engine.resume_path(args.resume, args.output_dir)
+    start = engine.restore(resume, run, args.arch) if resume else engine.ResumePoint()
+    if args.start_epoch is not None:
+        start = engine.ResumePoint(args.start_epoch, 0, start.best_acc1)
+    cache = args.cache_features is not False and not args.train_augment
+    print(header(args, ctx, run, head_name, cache), flush=True)
+    stop = faults.StopRequest().install()
+    try:
+        if cache:  # after resume, so that the features are those of the resumed backbone
+            loaders = cache_loaders(args, run, head, train_set, ctx, stop)
+            if loaders:
+                run.train_loader, run.val_loader = loaders
+        if args.evaluate:
+            stop.uninstall()  # nothing to save: a signal may stop the evaluation at once
+            val = validate(run, head, ctx, args.print_freq)
+            return {"best_acc1": val.top1, "best_epoch": None, "val": val}
+        return train_loop(args, run, head, ctx, start, stop)
+    finally:
+        stop.uninstall()
+
+
 def main(args: argparse.Namespace) -> dict:
     with exit_on_user_error():
         check_args(args)
         ctx = distributed.single_process(args.gpu, args.no_accel)
-        torch.backends.cudnn.benchmark = args.seed is None
-        workers = data.default_workers() if args.workers is None else args.workers
-        run, head_name, train_set = build_run(args, ctx, workers)
-        head = run.model.get_submodule(head_name)
-        resume = engine.resume_path(args.resume, args.output_dir)
-        start_epoch, best_acc1 = engine.resume(resume, run, args.arch) if resume else (0, None)
-        start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
-        cache = args.cache_features is not False and not args.train_augment
-        print(header(args, ctx, run, head_name, cache), flush=True)
-        if cache:  # after resume, so that the features are those of the resumed backbone
-            loaders = cache_loaders(args, run, head, train_set, ctx, workers)
-            if loaders:
-                run.train_loader, run.val_loader = loaders
-        if args.evaluate:
-            val = validate(run, head, ctx, args.print_freq)
-            return {"best_acc1": val.top1, "best_epoch": None, "val": val}
-        return train_loop(args, run, head, ctx, start_epoch, best_acc1)
+        with exit_on_stop(ctx):
+            return train(args, ctx)
 
 
 if __name__ == "__main__":

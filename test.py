@@ -16,6 +16,12 @@ predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png wr
 
 The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
 unless --unsafe-load is given, because loading them runs arbitrary code.
+
+List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:
+
+    python test.py --data /data/flowers --check-data -j 8
+
+Ctrl+C or SIGTERM stops after the batch in hand, with one line and exit status 130 or 143; no report is written.
 """
 import argparse
 import csv
@@ -25,8 +31,9 @@ import sys
 
 import torch
 
-from common import distributed, engine, figures, inference, metrics, options
+from common import data, distributed, engine, faults, figures, images, inference, metrics, options
 from common.errors import UserError, exit_on_user_error
+from common.launch import exit_on_stop
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
@@ -38,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
         parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
-                 options.dist_parser()])
+                 options.check_data_parser(), options.dist_parser()])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print the predictions of IMAGE... as JSON")
@@ -65,8 +72,21 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--json is for the predictions of IMAGE...; a folder's results are in the CSV files that "
                         "--output-dir receives.")
     options.check_positive(args, ["topk", "limit"])
-    if args.data:
+    if args.check_data and args.json:
+        raise UserError("--check-data prints a plain list of unreadable files; drop --json.")
+    if args.data and not args.check_data:
         engine.check_output_dir(args.output_dir)
+
+
+def check_data(args: argparse.Namespace) -> int:
+    """``--check-data``: decode the files that an evaluation would read and list the unreadable ones; 1 if any."""
+    if args.data:
+        folder = inference.labelled_dir(args.data)
+        paths, where = [path for path, _ in data.image_folder(folder, None).samples][:args.limit], f"under {folder}"
+    else:
+        paths, where = args.images, "on the command line"
+    workers = data.default_workers() if args.workers is None else args.workers
+    return images.list_unreadable(paths, where, workers, "an evaluation skips them and counts them apart")
 
 
 def class_label(cls: str, name: str) -> str:
@@ -107,10 +127,15 @@ def summary(preds: inference.Predictions) -> dict:
             "loss": float(preds.loss.mean()) if n else float("nan")}
 
 
+def csv_file(path: str):
+    """``path`` opened for csv.writer; file and folder names that are not UTF-8 are written back as their original
+    bytes (surrogateescape), so that each path stays usable and each class name matches its folder."""
+    return open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
+
+
 def write_predictions(path: str, preds: inference.Predictions, classes: list[str]) -> None:
     """One row per image: path, true and predicted class, confidence, correct, loss, top-5 as class:probability."""
-    # surrogateescape writes non-UTF-8 file names back as their original bytes, so each path stays usable
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with csv_file(path) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "predicted", "confidence", "correct", "loss", "top5"])
         for row, file in enumerate(preds.paths):
@@ -139,11 +164,11 @@ def class_rows(cm: torch.Tensor, classes: list[str], names: list[str]) -> list[d
 
 def write_class_reports(out: str, cm: torch.Tensor, rows: list[dict], prep: inference.Prepared) -> None:
     """per_class.csv, the confusion matrix as CSV (rows: true, columns: predicted) and as a PNG heatmap."""
-    with open(os.path.join(out, PER_CLASS_NAME), "w", newline="") as f:
+    with csv_file(os.path.join(out, PER_CLASS_NAME)) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, **{k: f"{r[k]:.6f}" for k in ("precision", "recall", "f1")}} for r in rows)
-    with open(os.path.join(out, CONFUSION_CSV_NAME), "w", newline="") as f:
+    with csv_file(os.path.join(out, CONFUSION_CSV_NAME)) as f:
         writer = csv.writer(f)
         writer.writerow(["true\\predicted", *prep.classes])
         writer.writerows([cls, *cm[i].tolist()] for i, cls in enumerate(prep.classes))
@@ -186,7 +211,10 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     if ctx.is_main:
         print(inference.header(prep, source, ctx), file=log, flush=True)
     k = min(args.topk, len(prep.classes))
-    local = inference.predict(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
+    try:
+        local = inference.predict(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
+    except faults.Interrupted as exc:
+        raise faults.Interrupted(exc.signum, f"{exc}; nothing was written: run the same command again.") from None
     preds = inference.gather(local, ctx)
     if not ctx.is_main:
         return None
@@ -201,11 +229,14 @@ def main(args: argparse.Namespace) -> dict | list | None:
     """Classify IMAGE... or evaluate --data; returns the printed results (rank 0) for callers such as tests."""
     with exit_on_user_error():
         check_args(args)
+        if args.check_data:
+            sys.exit(check_data(args))
         ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
-        try:
-            return run(args, ctx)
-        finally:
-            distributed.cleanup(ctx)
+        with exit_on_stop(ctx):
+            try:
+                return run(args, ctx)
+            finally:
+                distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

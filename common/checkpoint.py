@@ -10,6 +10,7 @@ import argparse
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -76,13 +77,42 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
-def save_checkpoint(state: dict[str, Any], output_dir: str, is_best: bool) -> str:
-    """Write ``checkpoint.pth.tar`` (and ``model_best.pth.tar`` when ``is_best``) atomically; return the path."""
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, or the one that torch.save's writer turned into a RuntimeError."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _write_or_warn(path: str, write) -> bool:
+    """``_atomic_write``; if the system refuses the write (disk full, quota, file size limit), say so in one line
+    and return False, with ``path`` as it was and no temporary file left."""
+    try:
+        _atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:
+        reason = _os_error(exc)
+        if reason is None:  # a RuntimeError of torch.save that no system error caused: a bug, not the disk
+            raise
+        kept = "the previous one is kept" if os.path.exists(path) else "there is no earlier one"
+        print(f"=> could not write {path} ({reason.strerror or reason}); {kept}, and the next save tries again",
+              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def save_checkpoint(state: dict[str, Any], output_dir: str, is_best: bool) -> str | None:
+    """Write ``checkpoint.pth.tar`` (and ``model_best.pth.tar`` when ``is_best``) atomically; return the path.
+
+    A write that fails mid-run (disk full, quota) is not fatal: the previous files stay intact and loadable, one
+    line on stderr names the file and the system's reason, training goes on and the next save tries again. It
+    returns None then; ``model_best.pth.tar`` is not touched when the checkpoint itself could not be written.
+    """
     path = os.path.join(output_dir, CHECKPOINT_NAME)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    if not _write_or_warn(path, lambda f: torch.save(state, f)):
+        return None
     if is_best:
         with open(path, "rb") as src:
-            _atomic_write(os.path.join(output_dir, BEST_NAME), lambda f: shutil.copyfileobj(src, f))
+            _write_or_warn(os.path.join(output_dir, BEST_NAME), lambda f: shutil.copyfileobj(src, f))
     return path
 
 
@@ -104,10 +134,13 @@ def load_file(path: str, unsafe: bool = False) -> Any:
 
 
 def state_dict_from(obj: Any) -> dict[str, torch.Tensor]:
-    """The model weights in a loaded file: our checkpoint, torchvision's ``{'model': ...}``, or a bare state_dict."""
+    """The model weights in a loaded file: our checkpoint (its EMA weights when ``best_weights`` marks them as the
+    better ones), torchvision's ``{'model': ...}``, or a bare state_dict."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    if isinstance(obj, dict) and obj.get("best_weights") == "ema" and isinstance(obj.get("state_dict_ema"), dict):
+        obj = obj["state_dict_ema"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -11,13 +12,42 @@ class UserError(Exception):
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """Turn a UserError into `error: <message>` on stderr and exit status 2 (argparse's convention)."""
+def tolerant_console() -> Iterator[None]:
+    """Print what cannot be encoded (a non-UTF-8 file name, on any console) as backslash escapes, not a crash.
+
+    File names that are not valid UTF-8 reach Python as strings with lone surrogates (``caf\\udce9.png``); a
+    console with strict error handling (``PYTHONIOENCODING=utf-8:strict``, or a UTF-8 locale other than C.UTF-8)
+    raises UnicodeEncodeError on them. Files written by the scripts use ``surrogateescape`` instead, so that they
+    keep the original bytes. The streams' error handling is restored on exit.
+    """
+    streams = [s for s in (sys.stdout, sys.stderr) if callable(getattr(s, "reconfigure", None))]
+    previous = [s.errors for s in streams]
+    for stream in streams:
+        stream.reconfigure(errors="backslashreplace")
     try:
         yield
-    except UserError as exc:
-        message = str(exc)
-        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's own sentence
-            message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    finally:
+        for stream, errors in zip(streams, previous):
+            with contextlib.suppress(ValueError):  # the stream was closed meanwhile
+                stream.reconfigure(errors=errors)
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a UserError into `error: <message>` on stderr and exit status 2 (argparse's convention).
+
+    Also the one place where every script's output becomes safe for any file name (``tolerant_console``), and where
+    a Ctrl+C that no loop turned into a clean stop (during start-up, or a second Ctrl+C) exits 130 in one line.
+    """
+    with tolerant_console():
+        try:
+            yield
+        except UserError as exc:
+            message = str(exc)
+            if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's own sentence
+                message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("=> interrupted by Ctrl+C (SIGINT)", file=sys.stderr, flush=True)
+            sys.exit(128 + signal.SIGINT)

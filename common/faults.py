@@ -50,6 +50,9 @@ class StopRequest:
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = self.signum or signum
+        # A signal sent to the whole process group (a terminal's Ctrl+C, SLURM's SIGTERM) also kills the DataLoader
+        # workers; torch's SIGCHLD handler would turn that into an error in the middle of the stop's checkpoint.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def agreed(self, ctx: DistContext) -> int:
         """The signal any rank received (0 if none); every rank gets the same answer at the same step."""

@@ -1,7 +1,8 @@
 """Decode any image file a real dataset may hold into an RGB PIL image, or say precisely why it cannot.
 
 ``load_rgb`` is the per-sample loader (it runs in DataLoader workers, so good images cost one decode and nothing
-more); ``check_images`` scans a list of files with it and returns every bad one as a ``BadImage`` (path, reason).
+more); ``check_images`` scans a list of files with it and returns every bad one as a ``BadImage`` (path, reason),
+and ``list_unreadable`` prints that scan for the ``--check-data`` mode of every script.
 The format is always detected from the file's content, never from its name.
 """
 from __future__ import annotations
@@ -144,3 +145,17 @@ def check_images(paths: list[str], workers: int = 0) -> list[BadImage]:
     chunksize = max(1, min(256, math.ceil(len(paths) / (4 * workers))))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return [bad for bad in pool.map(_check_one, paths, chunksize=chunksize) if bad is not None]
+
+
+def list_unreadable(paths: list[str], where: str, workers: int = 0, hint: str = "") -> int:
+    """``--check-data``: decode every file, print ``unreadable: <path>: <reason>`` for each bad one and a summary
+    line naming ``where``; return the exit status, 1 if any file is unreadable, else 0.
+
+    ``hint`` is appended to the summary when something is unreadable (what the script does with such files).
+    """
+    bad = check_images(paths, workers)
+    for exc in bad:
+        print(f"unreadable: {exc}")
+    print(f"=> checked {len(paths)} images {where}: {len(bad)} unreadable" + (f" ({hint})" if bad and hint else ""),
+          flush=True)
+    return 1 if bad else 0

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,11 +25,11 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import checkpoint, data, distributed, models, options
+from common import checkpoint, data, distributed, faults, models, options
 from common.distributed import DistContext
 from common.engine import logits_of
-from common.images import BadImage, load_rgb
 from common.errors import UserError
+from common.images import BadImage, load_rgb
 from common.logger import Progress
 from common.meters import AverageMeter
 
@@ -327,13 +329,26 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def select(self, rows: list[int]) -> Predictions:
+        """These rows, in this order."""
+        return replace(self, indices=self.indices[rows], paths=[self.paths[i] for i in rows],
+                       targets=self.targets[rows], top_idx=self.top_idx[rows], top_prob=self.top_prob[rows],
+                       loss=self.loss[rows], readable=self.readable[rows])
+
     @property
-    def ok(self) -> "Predictions":
+    def ok(self) -> Predictions:
         """Only the readable images."""
-        keep = self.readable.nonzero().flatten().tolist()
-        return replace(self, indices=self.indices[keep], paths=[self.paths[i] for i in keep],
-                       targets=self.targets[keep], top_idx=self.top_idx[keep], top_prob=self.top_prob[keep],
-                       loss=self.loss[keep], readable=self.readable[keep])
+        return self.select(self.readable.nonzero().flatten().tolist())
+
+
+def concat(parts: list[Predictions], k: int, seconds: float = 0.0, model_seconds: float = 0.0) -> Predictions:
+    """The rows of ``parts`` one after another (``k``: classes per row, for the shape of an empty result)."""
+    empty = {"indices": torch.zeros(0, dtype=torch.long), "targets": torch.zeros(0, dtype=torch.long),
+             "top_idx": torch.zeros(0, k, dtype=torch.long), "top_prob": torch.zeros(0, k),
+             "loss": torch.zeros(0), "readable": torch.zeros(0, dtype=torch.bool)}
+    cat = {name: torch.cat([getattr(p, name) for p in parts]) if parts else value for name, value in empty.items()}
+    return Predictions(paths=[path for p in parts for path in p.paths], seconds=seconds, model_seconds=model_seconds,
+                       **cat)
 
 
 def _sync(device: torch.device) -> None:
@@ -353,37 +368,62 @@ def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int
     return top_idx.cpu(), top_prob.cpu(), loss.cpu()
 
 
-def _cat(chunks: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
-    return torch.cat(chunks) if chunks else empty
+BatchHook = Callable[[Predictions], None]
 
 
-def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
-            show_progress: bool = True) -> Predictions:
-    """Run the model over this rank's share, ``k`` classes per image; unreadable images keep a row (not readable)."""
+def _stop_workers(loader: DataLoader) -> None:
+    """End the loader's worker processes now, not at exit: persistent workers outlive a loop that stops early, and
+    torch reports a worker that dies of the stop's signal as a failure (RuntimeError) until they are shut down."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):  # DataLoader has no public call for this
+        iterator._shutdown_workers()
+
+
+def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ", show_progress: bool = True,
+            on_batch: BatchHook | None = None) -> Predictions:
+    """Run the model over this rank's share, ``k`` classes per image; unreadable images keep a row (not readable).
+
+    ``on_batch`` receives each batch's rows as soon as they are scored. SIGTERM or Ctrl+C stops the pass once the
+    batch in hand is done (and handed to ``on_batch``): ``faults.Interrupted`` says how far it got. A second Ctrl+C
+    stops at once (KeyboardInterrupt).
+    """
     model, order, k = prep.loaded.model.eval(), list(prep.loader.sampler), min(k, len(prep.classes))
     top1 = AverageMeter("Acc@1", ":6.2f")
     progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
-    paths: list[str] = []
-    chunks: tuple[list, ...] = ([], [], [], [], [])  # targets, top_idx, top_prob, loss, ok
-    model_seconds, start = 0.0, time.perf_counter()
-    with torch.inference_mode():
-        for i, (images, targets, batch_paths, ok) in enumerate(prep.loader):
-            _sync(ctx.device)
-            t0 = time.perf_counter()
-            top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device)
-            model_seconds += time.perf_counter() - t0
-            labelled = ok & (targets >= 0)
-            top1.add(100.0 * int((labelled & (top_idx[:, 0] == targets)).sum()), int(labelled.sum()))
-            paths.extend(batch_paths)
-            for chunk, value in zip(chunks, (targets, top_idx, top_prob, loss, ok)):
-                chunk.append(value)
-            progress.step(i)
-    progress.close()
-    targets, top_idx, top_prob, loss, ok = (
-        _cat(c, e) for c, e in zip(chunks, (torch.zeros(0, dtype=torch.long), torch.zeros(0, k, dtype=torch.long),
-                                            torch.zeros(0, k), torch.zeros(0), torch.zeros(0, dtype=torch.bool))))
-    return Predictions(torch.tensor(order, dtype=torch.long), paths, targets, top_idx, top_prob, loss, ok,
-                       time.perf_counter() - start, model_seconds)
+    parts: list[Predictions] = []
+    model_seconds, start, done = 0.0, time.perf_counter(), 0
+    stop = faults.StopRequest().install()
+    try:
+        with torch.inference_mode():
+            for i, (images, targets, paths, ok) in enumerate(prep.loader):
+                _sync(ctx.device)
+                t0 = time.perf_counter()
+                top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device)
+                model_seconds += time.perf_counter() - t0
+                labelled = ok & (targets >= 0)
+                top1.add(100.0 * int((labelled & (top_idx[:, 0] == targets)).sum()), int(labelled.sum()))
+                rows = torch.tensor(order[done:done + len(paths)], dtype=torch.long)
+                parts.append(Predictions(rows, list(paths), targets, top_idx, top_prob, loss, ok, 0.0, 0.0))
+                done += len(paths)
+                if on_batch is not None:
+                    on_batch(parts[-1])
+                progress.step(i)
+                if stop.signum:
+                    _stop_workers(prep.loader)
+                    break
+    except Exception:  # after a stop request, a failure of the loader is the stop's doing
+        if not stop.signum:
+            raise
+        # A signal sent to the whole process group (Ctrl+C in a terminal, a scheduler's SIGTERM) also ends the loader
+        # workers, and torch then raises RuntimeError, or ConnectionResetError mid-transfer of a batch.
+        _stop_workers(prep.loader)
+    finally:
+        stop.uninstall()
+        progress.close()
+    if stop.signum:
+        raise faults.Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after {done} of "
+                                              f"{len(order)} images")
+    return concat(parts, k, time.perf_counter() - start, model_seconds)
 
 
 def gather(preds: Predictions, ctx: DistContext) -> Predictions:
@@ -392,16 +432,8 @@ def gather(preds: Predictions, ctx: DistContext) -> Predictions:
         return preds
     parts: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(parts, preds)
-    indices = torch.cat([p.indices for p in parts])
-    order = indices.argsort().tolist()
-    paths = sum((p.paths for p in parts), [])
-
-    def cat(name: str) -> torch.Tensor:
-        return torch.cat([getattr(p, name) for p in parts])[order]
-
-    return Predictions(indices[order], [paths[i] for i in order], cat("targets"), cat("top_idx"), cat("top_prob"),
-                       cat("loss"), cat("readable"), max(p.seconds for p in parts),
-                       max(p.model_seconds for p in parts))
+    joined = concat(parts, preds.top_idx.shape[1], max(p.seconds for p in parts), max(p.model_seconds for p in parts))
+    return joined.select(joined.indices.argsort().tolist())
 
 
 def process_context(gpu: int | None, no_accel: bool, backend: str | None, timeout_s: float) -> DistContext:

@@ -66,12 +66,8 @@ def check_data(args: argparse.Namespace) -> int:
         raise UserError("--check-data scans a dataset folder; give DIR instead of --dummy.")
     paths = [path for split in data.split_dirs(args.data) for path, _ in data.image_folder(split, None).samples]
     workers = data.default_workers() if args.workers is None else args.workers
-    bad = images.check_images(paths, workers)
-    for exc in bad:
-        print(f"unreadable: {exc}")
-    print(f"=> checked {len(paths)} images under {args.data}: {len(bad)} unreadable"
-          + (" (training skips them with --bad-images skip, the default)" if bad else ""))
-    return 1 if bad else 0
+    return images.list_unreadable(paths, f"under {args.data}", workers,
+                                  "training skips them with --bad-images skip, the default")
 
 
 def _is_peer_failure(exc: BaseException) -> bool:

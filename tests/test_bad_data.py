@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import SMALL, make_image_folder, run_script
+from inprocess import load_script
 
 TRAIN = ["-a", "ghostnet", "-b", "12", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL]
 
@@ -78,14 +79,23 @@ def test_non_utf8_file_names_train_evaluate_and_sort(tmp_path):
     root = make_image_folder(str(tmp_path / "data"), train_per_class=6, val_per_class=2)
     odd = os.path.join(os.fsencode(root), b"val", b"class1", b"caf\xe9.png")
     Image.new("RGB", (40, 48), (30, 200, 30)).save(odd)
+    for split in (os.path.join(os.fsencode(root), s) for s in (b"train", b"val")):  # a class folder too
+        os.rename(os.path.join(split, b"class3"), os.path.join(split, b"cl\xe4ss3"))
     run_script("train_main.py", root, *TRAIN, "--epochs", "1", "--output-dir", str(tmp_path / "run"))
     ckpt = str(tmp_path / "run" / "model_best.pth.tar")
     run_script("test.py", "--ckpt", ckpt, "--data", root, "--output-dir", str(tmp_path / "eval"))
     with open(tmp_path / "eval" / "predictions.csv", "rb") as f:
         assert b"caf\xe9.png" in f.read()  # the original bytes, so the path can be opened again
+    for report in ("predictions.csv", "per_class.csv", "confusion_matrix.csv"):
+        with open(tmp_path / "eval" / report, "rb") as f:
+            assert b"cl\xe4ss3" in f.read()
     run_script("classify_test_data.py", "--ckpt", ckpt, "--data", root, "--out", str(tmp_path / "sorted"))
     placed = [name for _, _, files in os.walk(os.fsencode(tmp_path / "sorted" / "class1")) for name in files]
     assert any(b"caf\xe9" in name for name in placed)
+    assert os.path.isdir(os.path.join(os.fsencode(tmp_path / "sorted"), b"cl\xe4ss3"))
+    for report in ("manifest.csv", "summary.csv", "summary.txt"):
+        with open(tmp_path / "sorted" / report, "rb") as f:
+            assert b"cl\xe4ss3" in f.read()
 
 
 def test_gpu_beyond_the_device_count_is_refused():
@@ -101,3 +111,51 @@ def test_network_py_skips_bad_images_too(cache, dirty_data, trained_ckpt, tmp_pa
     with open(tmp_path / "network.csv", newline="") as f:
         row = next(csv.DictReader(f))
     assert row["bad_images"] == "6" and row["val_images"] == "12"
+
+
+def test_test_py_check_data_lists_the_unreadable_files_of_the_labelled_set_or_of_the_given_files(dirty_data, capsys):
+    root, bad = dirty_data
+    test_py = load_script("test.py")
+
+    def check(*argv: str) -> tuple[int, list[str], str]:
+        with pytest.raises(SystemExit) as exc:  # no model is needed, and nothing is evaluated
+            test_py.main(test_py.get_args_parser().parse_args([*argv, "--check-data", "-j", "0"]))
+        out = capsys.readouterr().out
+        listed = [line.split("unreadable: ", 1)[1].split(": ")[0] for line in out.splitlines()
+                  if line.startswith("unreadable: ")]
+        return exc.value.code, listed, out
+
+    bad_val = [path for path in bad if f"{os.sep}val{os.sep}" in path]
+    code, listed, out = check("--data", root)  # its val/, as an evaluation would read it
+    assert code == 1 and listed == bad_val and "checked 14 images under" in out
+    good = os.path.join(root, "val", "class0", "img0.png")
+    code, listed, out = check(good, bad_val[0], os.path.join(root, "missing.png"))
+    assert code == 1 and listed == [bad_val[0], os.path.join(root, "missing.png")] and "checked 3 images" in out
+    assert check(good)[0] == 0
+
+
+@pytest.mark.parametrize("script, what", [
+    ("train_main.py", "training's skipped-image line"),
+    ("train_main.py --check-data", "the --check-data listing"),
+    ("test.py IMAGE", "per-image output"),
+    ("test.py --data", "the folder report"),
+    ("classify_test_data.py", "the sorting report"),
+])
+def test_non_utf8_file_names_print_on_a_strict_console(script, what, trained_ckpt, tmp_path):
+    root = make_image_folder(str(tmp_path / "data"), train_per_class=4, val_per_class=1)
+    readable = os.path.join(os.fsencode(root), b"val", b"class1", b"caf\xe9.png")
+    Image.new("RGB", (40, 48), (30, 200, 30)).save(readable)
+    for split in (b"train", b"val"):
+        open(os.path.join(os.fsencode(root), split, b"class2", b"na\xefve.png"), "wb").close()  # unreadable
+    commands = {
+        "train_main.py": ["train_main.py", root, *TRAIN, "--epochs", "1", "--output-dir", str(tmp_path / "run")],
+        "train_main.py --check-data": ["train_main.py", root, "--check-data"],
+        "test.py IMAGE": ["test.py", "--ckpt", trained_ckpt, os.fsdecode(readable)],
+        "test.py --data": ["test.py", "--ckpt", trained_ckpt, "--data", root, "--output-dir", str(tmp_path / "eval")],
+        "classify_test_data.py": ["classify_test_data.py", "--ckpt", trained_ckpt, "--data", root, "--out",
+                                  str(tmp_path / "sorted")],
+    }
+    proc = run_script(*commands[script], "-j", "0", env={"PYTHONIOENCODING": "utf-8:strict"}, check=False)
+    assert "Traceback" not in proc.stderr and proc.returncode == (1 if "check-data" in script else 0), proc.stderr
+    shown = "caf\\udce9.png" if script == "test.py IMAGE" else "na\\udcefve.png"  # printed as escapes
+    assert shown in proc.stdout, what

@@ -1,8 +1,10 @@
-"""Checkpoints survive a kill mid-write, and a resumed run is bit-identical to one that went straight through."""
+"""Checkpoints survive a kill mid-write and a failed write mid-run, and a resumed run is bit-identical to one that
+went straight through."""
 from __future__ import annotations
 
 import glob
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import time
 import torch
 
 from common import checkpoint
-from conftest import ROOT, SMALL, run_script
+from conftest import ROOT, SMALL, make_image_folder, run_script
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL[:6], "-j", "1",
          "-p", "100"]
@@ -56,3 +58,37 @@ def test_kill_during_a_large_save_keeps_the_previous_checkpoint_and_resume_works
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     resumed = run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", out, "--resume", "auto")
     assert "resumed from" in resumed.stdout and checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 2
+
+
+def test_a_save_that_fails_mid_run_keeps_the_previous_checkpoint_and_the_next_save_retries(tmp_path):
+    # A real failing write: after epoch 0's checkpoints, the process's file size limit (RLIMIT_FSIZE, set from here
+    # with prlimit) drops below a checkpoint's size, so the epoch 1 save fails with EFBIG ("File too large"), as a
+    # full disk fails with ENOSPC (Python ignores SIGXFSZ, which would otherwise kill the process). Lifted again,
+    # the epoch 2 save goes through.
+    out, unlimited = str(tmp_path / "out"), resource.getrlimit(resource.RLIMIT_FSIZE)
+    root = make_image_folder(str(tmp_path / "data"), train_per_class=8, val_per_class=2)  # 2 steps per epoch
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), root, *TRAIN, "--epochs", "3",
+                             "-p", "1", "--output-dir", out], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output, failures = [], []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("Epoch: [1][0/"):  # epoch 0's checkpoint and model_best are written
+                resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1_000_000, unlimited[1]))
+            elif line.startswith("=> could not write"):
+                failures.append(line)
+                kept = torch.load(os.path.join(out, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+                leftovers = glob.glob(os.path.join(out, ".tmp*")) + glob.glob(os.path.join(out, "*.tmp"))
+                resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, unlimited)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, "".join(output)
+    assert len(failures) == 1, "".join(output)
+    assert "checkpoint.pth.tar (File too large); the previous one is kept" in failures[0]
+    assert kept["epoch"] == 1 and leftovers == []  # as it was during the failed save, with nothing left behind
+    assert checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 3  # the next save went through
+    assert "Traceback" not in "".join(output)
