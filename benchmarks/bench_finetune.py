@@ -1,0 +1,91 @@
+"""Benchmark: head fine-tuning with network.py, 5 epochs against 1 epoch and against the original approach.
+
+network.py computes the frozen backbone's features once and trains the head on them, so further epochs cost almost
+nothing (target: 5 epochs at most 1.5x one epoch). The original approach ran the whole network forward (and
+backward, to the head) on every image in every epoch: ``network.py --no-cache-features`` does exactly that. Each
+row is one run of network.py in a fresh process, wall time from start to exit (start-up included for all rows).
+
+    python benchmarks/bench_finetune.py                         # ResNet-50 backbone, 200 generated photo-like JPEGs
+    python benchmarks/bench_finetune.py -a ghostnet --images 400
+
+The backbone has random weights saved to a local file (no download possible here); the speed does not depend on
+them. Prints one table and writes benchmarks/results/finetune.csv (``--out`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.benchlib import device_tag, make_dataset, write_csv  # noqa: E402
+from common import models  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra: list[str]) -> float:
+    """Seconds of one network.py run."""
+    cmd = [sys.executable, os.path.join(ROOT, "network.py"), root, "-a", args.arch, "--weights", weights,
+           "-b", str(args.batch), "-j", str(args.workers), "--lr", "0.1", "--output-dir", out, "-p", "1000", *extra]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"network.py failed:\n{result.stdout}\n{result.stderr}")
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+    extra = ["--no-accel"] if args.no_accel else []
+    cases = [("network.py, 1 epoch (feature cache)", ["--epochs", "1"]),
+             ("network.py, 5 epochs (feature cache)", ["--epochs", "5"]),
+             ("original: whole network every epoch, 5 epochs", ["--epochs", "5", "--no-cache-features"])]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as work:
+        root = make_dataset(os.path.join(work, "photos"), args.images // 8, args.images // 8 // 4 or 1, classes=8)
+        weights = os.path.join(work, "backbone.pth")
+        torch.save(models.create_model(args.arch, 1000).state_dict(), weights)
+        for i, (name, flags) in enumerate(cases):
+            seconds = timed_run(root, weights, args, os.path.join(work, f"run{i}"), [*flags, *extra])
+            rows.append({"method": name, "arch": args.arch, "device": device_tag(device), "seconds": seconds})
+    for row in rows:
+        row["vs_1_epoch"] = row["seconds"] / rows[0]["seconds"]
+    return rows
+
+
+def report(rows: list[dict], path: str) -> None:
+    width = max(len(r["method"]) for r in rows)
+    print(f"{'method':<{width}} {'seconds':>8} {'x 1 epoch':>10}")
+    for r in rows:
+        print(f"{r['method']:<{width}} {r['seconds']:8.1f} {r['vs_1_epoch']:9.2f}x")
+    print(f"=> {rows[0]['arch']} on {rows[0]['device']}: 5 cached epochs cost {rows[1]['vs_1_epoch']:.2f}x one "
+          f"epoch (target <= 1.5x); the original approach {rows[2]['seconds'] / rows[1]['seconds']:.1f}x network.py's")
+    write_csv(rows, path)
+    print(f"written to {path}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="network.py head fine-tuning: 5 epochs vs 1, vs the original way.")
+    parser.add_argument("-a", "--arch", default="resnet50")
+    parser.add_argument("--images", type=int, default=200, help="generated training photos (default: 200)")
+    parser.add_argument("-b", "--batch", type=int, default=32)
+    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-accel", action="store_true", help="run on the CPU even when a GPU is present")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "finetune.csv"))
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    report(run(args), args.out)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
