@@ -25,7 +25,6 @@ import time
 from common import distributed, faults, figures, inference, metrics, options
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
-from common.launch import exit_on_stop
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
 MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.png"
@@ -332,12 +331,7 @@ def main(args: argparse.Namespace) -> dict | None:
     """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
     with exit_on_user_error():
         check_args(args)
-        ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
-        with exit_on_stop(ctx):
-            try:
-                return run(args, ctx)
-            finally:
-                distributed.cleanup(ctx)
+        return inference.run_in_context(args, run)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import torch
 
 from common import data, distributed, engine, faults, figures, images, inference, metrics, options
 from common.errors import UserError, exit_on_user_error
-from common.launch import exit_on_stop
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
@@ -231,12 +230,7 @@ def main(args: argparse.Namespace) -> dict | list | None:
         check_args(args)
         if args.check_data:
             sys.exit(check_data(args))
-        ctx = inference.process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
-        with exit_on_stop(ctx):
-            try:
-                return run(args, ctx)
-            finally:
-                distributed.cleanup(ctx)
+        return inference.run_in_context(args, run)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from common import checkpoint, data, distributed, faults, models, options
 from common.distributed import DistContext
-from common.engine import logits_of
 from common.errors import UserError
 from common.images import BadImage, load_rgb
+from common.launch import exit_on_stop
 from common.logger import Progress
 from common.meters import AverageMeter
+from common.train_step import logits_of
 
 WNID = re.compile(r"n\d{8}")
 # Parts of torchvision models that only exist in training (GoogLeNet aux1/aux2, Inception AuxLogits); checkpoints
@@ -444,6 +445,17 @@ def process_context(gpu: int | None, no_accel: bool, backend: str | None, timeou
     rank, world_size, local_rank, local_world_size = env
     return distributed.init_process(rank, world_size, local_rank, "env://", backend, no_accel, local_world_size,
                                     timeout_s)
+
+
+def run_in_context(args, run: Callable[[Any, DistContext], Any]) -> Any:
+    """``run(args, ctx)`` in this process's context (``--gpu``/``--no-accel``, or its torchrun rank): a signal stop
+    or a lost peer ends in one line, and the process group is left in every case."""
+    ctx = process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
+    with exit_on_stop(ctx):
+        try:
+            return run(args, ctx)
+        finally:
+            distributed.cleanup(ctx)
 
 
 def timing_line(preds: Predictions, prep: Prepared, device: torch.device) -> str:
