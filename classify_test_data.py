@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Place every image of a labelled folder under OUT/<true class>/right/ or .../wrong/.",
         parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
-                 options.dist_parser()])
+                 options.speed_parser(), options.dist_parser()])
     parser.add_argument("--out", required=True, metavar="DIR_OUT", help="folder that receives the sorted images")
     parser.add_argument("--mode", choices=MODES, default="auto",
                         help="how images get into DIR_OUT: auto = hard link where the filesystem allows, else copy "
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
                                    args.unsafe_load)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
-    prep = inference.prepare(source, cfg, ctx, root=args.data)
+    prep = inference.prepare(source, cfg, ctx, root=args.data, speed=inference.speed_config(args))
     if ctx.is_main:
         print(inference.header(prep, source, ctx), flush=True)
         claim_output(args.out, args.overwrite)

@@ -44,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
         parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
-                 options.check_data_parser(), options.dist_parser()])
+                 options.speed_parser(), options.check_data_parser(), options.dist_parser()])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print the predictions of IMAGE... as JSON")
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
                                    args.unsafe_load)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
-    prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images)
+    prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images, speed=inference.speed_config(args))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
     if ctx.is_main:
         print(inference.header(prep, source, ctx), file=log, flush=True)

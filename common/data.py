@@ -122,11 +122,6 @@ class FakeDataWithPaths(datasets.FakeData):
         return image, int(target), f"dummy/{index}"
 
 
-def eval_transform(resize_size: int, crop_size: int):
-    """The classic PIL evaluation transform (normalised float output), for callers without a fast path yet."""
-    return transforms.eval_transform(resize_size, crop_size, fast=False)
-
-
 def split_dirs(root: str) -> tuple[str, str]:
     """``(root/train, root/val)``, or a UserError that explains the expected layout."""
     if not os.path.isdir(root):

@@ -25,13 +25,14 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import checkpoint, data, distributed, faults, models, options
+from common import checkpoint, data, distributed, faults, models, options, transforms
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, load_rgb
 from common.launch import exit_on_stop
 from common.logger import Progress
 from common.meters import AverageMeter
+from common.precision import Precision, choose_precision
 from common.train_step import logits_of
 
 WNID = re.compile(r"n\d{8}")
@@ -210,31 +211,35 @@ def align_classes(dataset: data.ImageFolderWithPaths, loaded: LoadedModel) -> li
 
 
 class ImageFiles(Dataset):
-    """Loose image files, without labels: ``(image, -1, path)`` like ImageFolderWithPaths."""
+    """Loose image files, without labels: ``(image, -1, path)`` like ImageFolderWithPaths (``fast``: decoded by
+    ``transforms.load_uint8``, else by ``images.load_rgb``)."""
 
-    def __init__(self, paths: list[str], transform) -> None:
+    def __init__(self, paths: list[str], transform, fast: bool = False) -> None:
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(f"image {missing[0]!r} does not exist{more}; check the path.")
         self.samples, self.transform = [(p, -1) for p in paths], transform
+        self.loader = transforms.load_uint8 if fast else load_rgb
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         path, target = self.samples[index]
-        return self.transform(load_rgb(path)), target, path
+        return self.transform(self.loader(path)), target, path
 
 
 class Readable(Dataset):
     """``(image, target, path, ok)``: an unreadable file yields a blank image and ``ok=False`` instead of a crash.
 
+    The blank image has the transform's output type: uint8 for the fast pipeline (``fast``), float otherwise.
     ``limit`` keeps only the first images, in the dataset's order.
     """
 
-    def __init__(self, base: Dataset, crop_size: int, limit: int | None = None) -> None:
+    def __init__(self, base: Dataset, crop_size: int, limit: int | None = None, fast: bool = False) -> None:
         self.base, self.crop_size = base, crop_size
+        self.dtype = torch.uint8 if fast else torch.float32
         self.length = len(base) if limit is None else min(limit, len(base))
 
     def __len__(self) -> int:
@@ -246,7 +251,7 @@ class Readable(Dataset):
             return image, target, path, True
         except UNREADABLE:
             path, target = self.base.samples[index]
-            return torch.zeros(3, self.crop_size, self.crop_size), target, path, False
+            return torch.zeros(3, self.crop_size, self.crop_size, dtype=self.dtype), target, path, False
 
 
 @dataclass(frozen=True)
@@ -260,11 +265,40 @@ class LoaderConfig:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The speed flags of test.py and the sorter, as in training (``options.speed_parser``).
+
+    ``fast``: uint8 decoding and resizing in the workers, normalised per batch on the device; otherwise the classic
+    PIL transforms. ``amp`` None: autocast where ``precision.amp_by_default`` says it pays.
+    """
+
+    fast: bool = True
+    amp: bool | None = None
+    amp_dtype: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    fold_bn: bool = True
+
+
+def speed_config(args) -> SpeedConfig:
+    """The SpeedConfig of parsed ``options.speed_parser`` and ``options.inference_parser`` flags."""
+    return SpeedConfig(args.uint8_pipeline, args.amp, args.amp_dtype, args.channels_last, args.compile, args.fold_bn)
+
+
 @dataclass
 class Prepared:
-    """A loaded model on its device, the data to run it on, and the names of its classes."""
+    """A loaded model on its device, the data to run it on, and the names of its classes.
+
+    ``model`` is what runs: ``loaded.model`` with its BatchNorms folded, in ``precision``'s memory format, compiled
+    with ``--compile``; ``model_desc`` says which of these it is.
+    """
 
     loaded: LoadedModel
+    model: nn.Module
+    precision: Precision
+    model_desc: str
+    fast: bool
     dataset: Readable
     loader: DataLoader
     classes: list[str]
@@ -276,31 +310,44 @@ class Prepared:
     source_dir: str | None  # the labelled folder, or None for loose image files
 
 
+def _on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tuple[nn.Module, Precision, str]:
+    """The model to run on ``device``, its numeric format and a description of both, as the speed flags and the
+    device choose them."""
+    precision = choose_precision(device, model, speed.amp, speed.amp_dtype, speed.channels_last)
+    desc = [precision.describe()]
+    folded = models.fold_batchnorm(model) if speed.fold_bn else None
+    if folded is not None:
+        model, desc = folded, [*desc, "BatchNorm folded"]
+    model = precision.prepare_model(model.to(device))
+    if speed.compile:
+        model, desc = torch.compile(model), [*desc, "torch.compile"]
+    return model, precision, " + ".join(desc)
+
+
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
-            images: list[str] | None = None) -> Prepared:
+            images: list[str] | None = None, speed: SpeedConfig = SpeedConfig()) -> Prepared:
     """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files."""
     loaded = load_model(source)
     resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
-    transform = data.eval_transform(resize, crop)
+    transform = transforms.eval_transform(resize, crop, speed.fast)
     folder = labelled_dir(root) if root else None
     if folder:
-        base = data.image_folder(folder, transform)
+        base = data.image_folder(folder, transform, fast=speed.fast)
         classes = align_classes(base, loaded)
     else:
-        base = ImageFiles(images or [], transform)
+        base = ImageFiles(images or [], transform, speed.fast)
         classes = loaded.classes or (imagenet_categories() if loaded.num_classes == models.IMAGENET_CLASSES
                                      else [str(i) for i in range(loaded.num_classes)])
-    dataset = Readable(base, crop, cfg.limit)
+    dataset = Readable(base, crop, cfg.limit, speed.fast)
     cpu = ctx.device.type == "cpu"
     batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
     workers = data.default_workers(ctx.local_world_size) if cfg.workers is None else cfg.workers
     workers = min(workers, math.ceil(len(dataset) / (batch * ctx.world_size)))  # no idle workers to start
     sampler = data.ShardSampler(len(dataset), ctx.world_size, ctx.rank)
     loader = data.make_loader(dataset, sampler, batch, workers, ctx.device)
-    # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (3x per image on a 2-core CPU for
-    # GhostNet); logits differ from the default layout by ~1e-6, as they do between batch sizes
-    loaded.model.to(ctx.device, memory_format=torch.channels_last)
-    return Prepared(loaded, dataset, loader, classes, display_names(classes), resize, crop, batch, workers, folder)
+    model, precision, model_desc = _on_device(loaded.model, ctx.device, speed)
+    return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
+                    display_names(classes), resize, crop, batch, workers, folder)
 
 
 def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
@@ -309,8 +356,9 @@ def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
     data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir}" if prep.source_dir else "")
     return (f"=> {prep.loaded.arch} from {what}{note}: {models.count_params(prep.loaded.model) / 1e6:.2f} M params, "
-            f"{len(prep.classes)} classes | {data_desc} | resize {prep.resize} px, crop {prep.crop} px | "
-            f"batch {prep.batch_size}, {prep.workers} workers | {ctx.world_size} process(es) on {ctx.device.type}")
+            f"{len(prep.classes)} classes | {data_desc} | {transforms.describe_eval(prep.resize, prep.crop, prep.fast)}"
+            f" | {prep.model_desc} | batch {prep.batch_size}, {prep.workers} workers | "
+            f"{ctx.world_size} process(es) on {ctx.device.type}")
 
 
 @dataclass
@@ -357,10 +405,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int, device: torch.device):
-    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss."""
-    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    logits = logits_of(model(images)).float()
+def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int, device: torch.device,
+           precision: Precision):
+    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss.
+
+    A uint8 batch is normalised on the device; the model runs under ``precision``'s autocast; scores are fp32.
+    """
+    images = transforms.to_model_input(images, device, precision.channels_last)
+    with precision.autocast():
+        logits = logits_of(model(images)).float()
     top_idx = logits.topk(k, dim=1).indices
     top_prob = logits.softmax(dim=1).gather(1, top_idx)
     targets = targets.to(device)
@@ -388,7 +441,7 @@ def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
     batch in hand is done (and handed to ``on_batch``): ``faults.Interrupted`` says how far it got. A second Ctrl+C
     stops at once (KeyboardInterrupt).
     """
-    model, order, k = prep.loaded.model.eval(), list(prep.loader.sampler), min(k, len(prep.classes))
+    model, order, k = prep.model.eval(), list(prep.loader.sampler), min(k, len(prep.classes))
     top1 = AverageMeter("Acc@1", ":6.2f")
     progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
     parts: list[Predictions] = []
@@ -399,7 +452,7 @@ def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
             for i, (images, targets, paths, ok) in enumerate(prep.loader):
                 _sync(ctx.device)
                 t0 = time.perf_counter()
-                top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device)
+                top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device, prep.precision)
                 model_seconds += time.perf_counter() - t0
                 labelled = ok & (targets >= 0)
                 top1.add(100.0 * int((labelled & (top_idx[:, 0] == targets)).sum()), int(labelled.sum()))

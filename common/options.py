@@ -314,6 +314,9 @@ def inference_parser() -> argparse.ArgumentParser:
     g.add_argument("-b", "--batch-size", type=int, default=None, metavar="N",
                    help=f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
                         f"{INFER_BATCH_SIZE_CPU} on the CPU)")
+    g.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold each BatchNorm that follows a convolution into it (torch.fx), which changes the "
+                        "outputs only by float rounding (default: on)")
     return parser
 
 

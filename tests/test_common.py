@@ -73,7 +73,7 @@ def test_wrong_layout_error_names_expected_layout(tmp_path):
 
 
 def test_image_folder_returns_paths_and_skips_hidden_folders(tiny_data, tmp_path):
-    ds = data.image_folder(os.path.join(tiny_data, "val"), data.eval_transform(32, 32))
+    ds = data.image_folder(os.path.join(tiny_data, "val"), transforms.eval_transform(32, 32, fast=False))
     image, target, path = ds[0]
     assert image.shape == (3, 32, 32) and target == 0 and path.endswith("class0/img0.png")
     assert ds.classes == ["class0", "class1", "class2", "class3"] and len(ds) == 40
@@ -297,7 +297,7 @@ def test_image_folder_decodes_cmyk_and_16_bit_and_names_a_bad_file(tmp_path):
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "a_cmyk.jpg")
     Image.new("I;16", (8, 8), 65535).save(folder / "b_16bit.png")
     (folder / "c_empty.png").write_bytes(b"")
-    ds = data.image_folder(str(tmp_path), data.eval_transform(8, 8))
+    ds = data.image_folder(str(tmp_path), transforms.eval_transform(8, 8, fast=False))
     red, white = ds[0][0], ds[1][0]  # normalised: invert Normalize to read the pixel values back
     mean = torch.tensor(transforms.IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(transforms.IMAGENET_STD)[:, None, None]

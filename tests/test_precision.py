@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from common import precision, transforms
+from common import models, precision, transforms
 from common.errors import UserError
 from common.train_step import TrainStep
 from ghost_net import ghost_net
@@ -61,3 +61,39 @@ def test_channels_last_alone_changes_nothing_but_rounding():
     loss, grad = loss_and_gradient(precision.Precision("cpu", None, True))
     assert loss == pytest.approx(ref_loss, rel=1e-5)  # other kernels sum in another order: elementwise gradients of
     assert torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0) > 0.999  # a BN net at init move, not its way
+
+
+def randomise_batchnorms(model: torch.nn.Module) -> None:
+    """Running statistics and affine terms far from the identity, as a trained model has them."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+
+
+@pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small"])
+def test_folded_batchnorm_gives_the_same_outputs_without_a_batchnorm(arch):
+    torch.manual_seed(0)
+    model = models.create_model(arch, 10).eval()
+    randomise_batchnorms(model)
+    folded = models.fold_batchnorm(model)
+    bns = [type(m) for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns == [] and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy is folded
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected, got = model(x), folded(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_a_model_torch_fx_cannot_trace_is_not_folded():
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x  # control flow on values: fx cannot trace it
+
+    assert models.fold_batchnorm(DataDependent()) is None

@@ -168,3 +168,33 @@ def test_limit_evaluates_the_first_n_images(probe_ckpt, tiny_data, tmp_path):
     assert result["images"] == len(rows) == 7
     assert [os.path.basename(r["path"]) for r in rows] == sorted(os.listdir(os.path.join(tiny_data, "val",
                                                                                           "class0")))[:7]
+
+
+def predicted_rows(folder: str) -> dict[str, tuple[str, float]]:
+    """path -> (predicted class, confidence) of a predictions.csv in ``folder``."""
+    rows = read_csv(os.path.join(folder, "predictions.csv"))
+    return {r["path"]: (r["predicted"], float(r["confidence"])) for r in rows}
+
+
+def test_speed_defaults_give_the_predictions_of_every_feature_switched_off(probe_ckpt, evaluated, tiny_data,
+                                                                           tmp_path):
+    """Defaults (uint8 decode and resize, normalised per batch, channels_last, BatchNorm folded; GhostNet stays fp32
+    on the CPU) against the classic path (PIL transforms, NCHW, fp32, BatchNorm apart), and against forced bf16."""
+    _, printed, out = evaluated
+    assert "eval: uint8 Resize(32, antialias) + CenterCrop(32)" in printed
+    assert "fp32, channels_last + BatchNorm folded" in printed
+    flags = ["--ckpt", probe_ckpt, "--data", tiny_data, "-j", "0", "-b", "16"]
+    classic, bf16 = str(tmp_path / "classic"), str(tmp_path / "bf16")
+    result, classic_printed = call_main("test.py", *flags, "--no-uint8-pipeline", "--no-amp", "--no-channels-last",
+                                        "--no-fold-bn", "--output-dir", classic)
+    assert "(classic)" in classic_printed and "fp32, NCHW |" in classic_printed
+    _, bf16_printed = call_main("test.py", *flags, "--amp", "--amp-dtype", "bf16", "--output-dir", bf16)
+    assert "AMP bf16, channels_last" in bf16_printed
+    fast, reference, half = predicted_rows(out), predicted_rows(classic), predicted_rows(bf16)
+    assert len(fast) == len(reference) == len(half) == 40
+    assert {p: c for p, (c, _) in fast.items()} == {p: c for p, (c, _) in reference.items()}
+    assert max(abs(fast[p][1] - reference[p][1]) for p in fast) < 0.02  # a grey level here and there
+    flipped = [p for p in fast if half[p][0] != reference[p][0]]  # bf16 rounding decides near-ties only
+    assert len(flipped) <= 4 and all(reference[p][1] < 0.6 for p in flipped)
+    assert max(abs(half[p][1] - reference[p][1]) for p in fast) < 0.05
+    assert len({c for c, _ in reference.values()}) >= 3 and 0 < result["top1"] < 100  # not a constant model
