@@ -319,8 +319,8 @@ def _on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tu
     if folded is not None:
         model, desc = folded, [*desc, "BatchNorm folded"]
     model = precision.prepare_model(model.to(device))
-    if speed.compile:
-        model, desc = torch.compile(model), [*desc, "torch.compile"]
+    if speed.compile:  # freezing: weights become constants, so that inductor folds and prepacks them
+        model, desc = torch.compile(model, options={"freezing": True}), [*desc, "torch.compile (frozen)"]
     return model, precision, " + ".join(desc)
 
 

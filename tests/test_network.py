@@ -80,7 +80,7 @@ def test_checkpoint_loads_in_test_py_with_the_accuracy_network_py_reported(cache
         last = list(csv.DictReader(f))[-1]
     result, out = call_main("test.py", "--ckpt", os.path.join(cached_run, "checkpoint.pth.tar"), "--data",
                             tiny_data, "-j", "0", "--output-dir", str(tmp_path))
-    assert "crop 32 px" in out  # the sizes come from the checkpoint, no flags needed
+    assert "CenterCrop(32)" in out  # the sizes come from the checkpoint, no flags needed
     assert result["images"] == int(last["val_images"]) == 40
     assert result["top1"] == pytest.approx(float(last["val_top1"]), abs=1e-3)
     assert result["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-4)
