@@ -4,7 +4,8 @@
 it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``) or,
 only when asked, a whole pickled model. ``prepare`` turns that model plus a labelled folder or a list of image files
 into a loader whose targets use the model's class indices; ``predict`` runs it (sharded under torchrun) and
-``gather`` puts every rank's rows together in dataset order.
+``gather`` puts every rank's rows together in dataset order. ``SpeedConfig`` picks the same fast path as training
+(uint8 decoding in the workers, autocast by device, channels_last) plus BatchNorm folding, each with an off switch.
 """
 from __future__ import annotations
 
