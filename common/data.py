@@ -281,10 +281,6 @@ class GlobalBatchSampler(Sampler):
     def __len__(self) -> int:
         return len(self._my_indices())
 
-    def steps_per_epoch(self) -> int:
-        """Batches in a whole epoch, whatever ``set_start`` says."""
-        return math.ceil(len(self._global_order()) // self.world_size / self.batch_size)
-
 
 class ShardSampler(Sampler[int]):
     """Evaluation sampler: rank r takes images r, r+W, r+2W, ...; no padding, so each image is counted once."""

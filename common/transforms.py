@@ -19,17 +19,16 @@ torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; this m
 """
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from common.images import load_rgb
 
@@ -129,16 +128,6 @@ def eval_transform(resize_size: int, crop_size: int, fast: bool = True) -> Calla
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def train_min_side(cfg: AugmentConfig) -> int:
-    """The shorter image side that keeps even ``cfg``'s smallest random crop at least ``crop_size`` pixels wide.
-
-    A crop covers at least ``scale[0]`` of the area at the most extreme aspect ratio, so its shorter side is at
-    least ``sqrt(scale[0] * min(ratio[0], 1 / ratio[1]))`` times the image's shorter side. Pass it as
-    ``load_uint8(path, min_side=...)`` to decode large JPEGs at reduced size without losing resolution.
-    """
-    return math.ceil(cfg.crop_size / math.sqrt(cfg.scale[0] * min(cfg.ratio[0], 1 / cfg.ratio[1])))
-
-
 def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
     """(marker, height, width, components) of a whole JPEG's start-of-frame; None if ``data`` is not one.
 
@@ -162,17 +151,12 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _pil_to_uint8(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a uint8 (3, H, W) tensor (a channels-last view, as torchvision's decoder returns)."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-
-
 def _decode_reduced(path: str, min_side: int) -> torch.Tensor:
     """Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side stays >= ``min_side``."""
     with Image.open(path) as image:
         image.draft("RGB", (min_side, min_side))
         image.load()
-        return _pil_to_uint8(ImageOps.exif_transpose(image).convert("RGB"))
+        return pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 def _decode_jpeg(path: str, data: bytes, min_side: int | None) -> torch.Tensor | None:
@@ -206,7 +190,7 @@ def load_uint8(path: str, min_side: int | None = None) -> torch.Tensor:
     except OSError:
         data = b""  # load_rgb tells why
     image = _decode_jpeg(path, data, min_side)
-    return image if image is not None else _pil_to_uint8(load_rgb(path))
+    return image if image is not None else pil_to_tensor(load_rgb(path))
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: bool = False,

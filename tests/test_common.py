@@ -247,6 +247,16 @@ def test_create_model_and_replace_head(arch):
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3) and name in dict(model.named_modules())
 
 
+@pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small"])
+def test_macs_from_flop_counter_equal_conv_and_linear_hooks(arch):
+    """FlopCounterMode's count, halved, is the paper's convention: the hook-based count of ghost_net.py."""
+    from ghost_net import count_macs as hook_macs
+
+    model = models.create_model(arch, num_classes=10).train()
+    assert models.count_macs(model, 64) == hook_macs(model, 64) > 0
+    assert model.training
+
+
 def test_every_torchvision_classifier_is_offered():
     archs = models.available_archs()
     assert "ghostnet" in archs and "resnet50" in archs and "vit_b_16" in archs and len(archs) > 50
