@@ -308,6 +308,19 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def smallest_forward_batch(num_samples: int, global_batch: int, world_size: int, accum_steps: int = 1,
+                           replicas: int = 1) -> int:
+    """The fewest training images that one forward pass of one process (or DataParallel replica) sees in an epoch.
+
+    ``GlobalBatchSampler`` gives each process ``global_batch / world_size`` images a step, or, for a set smaller
+    than one global batch, its whole padded share; ``TrainStep`` then chunks that into ``accum_steps``
+    micro-batches and DataParallel chunks each over ``replicas`` devices, the last chunk being the smallest.
+    """
+    share = global_batch // world_size if num_samples >= global_batch else math.ceil(num_samples / world_size)
+    micro = min(len(c) for c in torch.arange(share).chunk(accum_steps))
+    return min(len(c) for c in torch.arange(micro).chunk(replicas))
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device,
                 collate_fn=None) -> DataLoader:
     """A DataLoader with pinned memory on CUDA and workers that live across epochs."""

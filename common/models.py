@@ -6,6 +6,7 @@ the torch hub cache; offline, the error names the file expected there and how to
 from __future__ import annotations
 
 import os
+import pickle
 from urllib.parse import urlparse
 
 import torch
@@ -68,6 +69,11 @@ def _build_pretrained(arch: str, width_mult: float, dropout: float | None = None
     except OSError as exc:  # URLError, socket and HTTP errors: no download possible
         raise UserError(f"could not download the pretrained {arch} weights ({exc}); copy {url} to "
                         f"{cache_path(url)}, or pass a local file with --weights PATH.") from None
+    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # a wrong file is cached
+        reason = (f"its tensors do not fit {arch}" if "loading state_dict" in str(exc)
+                  else "not a readable PyTorch weights file")
+        raise UserError(f"the cached file {cache_path(url)} is not the {arch} ImageNet weights ({reason}); delete "
+                        f"it so that it is downloaded again, or replace it with {url}.") from None
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -120,6 +120,26 @@ def test_eval_shards_count_every_image_exactly_once(n, world):
     assert sorted(indices) == list(range(n))
 
 
+@pytest.mark.parametrize("n, batch, world, accum, replicas, expected", [
+    (1, 16, 1, 1, 1, 1),  # a one-image train set
+    (2, 16, 2, 1, 1, 1),  # two images on two processes
+    (100, 1, 1, 1, 1, 1),  # -b 1
+    (100, 16, 1, 16, 1, 1),  # micro-batches of one image
+    (100, 16, 2, 4, 1, 2),
+    (10, 16, 1, 4, 1, 1),  # a tiny set's share of 10 chunks into 3, 3, 3, 1
+    (100, 32, 1, 1, 3, 10),  # DataParallel over 3 GPUs: 11, 11, 10
+])
+def test_smallest_forward_batch_matches_what_the_sampler_and_chunking_produce(n, batch, world, accum, replicas,
+                                                                             expected):
+    assert data.smallest_forward_batch(n, batch, world, accum, replicas) == expected
+    per_process = batch // world
+    batches = [batch_indices for r in range(world)  # what each rank's DataLoader collates, batch by batch
+               for batch_indices in torch.utils.data.DataLoader(
+                   list(data.GlobalBatchSampler(n, per_process, world, r, seed=0)), batch_size=per_process)]
+    smallest = min(len(r) for b in batches for m in b.chunk(accum) for r in m.chunk(replicas))
+    assert smallest == expected
+
+
 def test_batch_must_divide_over_processes():
     assert data.per_process_batch(256, 4) == 64
     with pytest.raises(UserError, match="multiple of 3"):
@@ -284,6 +304,23 @@ def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
         models.create_model("resnet18", 1000, pretrained=True)
     expected = models.cache_path(models.weights_url("resnet18"))
     assert expected in str(err.value) and "--weights" in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "ghostnet"])
+@pytest.mark.parametrize("content", ["garbage", "other model"])
+def test_a_wrong_file_in_the_hub_cache_is_named_with_the_fix(tmp_path, monkeypatch, arch, content):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = models.cache_path(models.weights_url(arch))
+    os.makedirs(os.path.dirname(cached))
+    if content == "garbage":
+        with open(cached, "wb") as f:
+            f.write(b"<html>rate limited</html>")
+    else:
+        torch.save(models.create_model("squeezenet1_1", 1000).state_dict(), cached)
+    with pytest.raises(UserError) as err:
+        models.create_model(arch, 5, pretrained=True)
+    assert f"the cached file {cached} is not the {arch} ImageNet weights" in str(err.value)
+    assert "delete it" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_weights_file_with_other_head_drops_only_the_head(tmp_path, capsys):
