@@ -6,9 +6,13 @@
 Without a GPU it trains in one CPU process, with a notice. DistributedDataParallel (train_multiprocessing.py,
 train_distributed.py) is faster on several GPUs; DataParallel is the simplest to start.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
 import functools
-import sys
 
 from common import distributed, launch, options
 from common.errors import UserError, exit_on_user_error
@@ -19,7 +23,7 @@ LOG_NAME = "dataparallel.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with nn.DataParallel over the visible GPUs.",
-        parents=options.training_parents())
+        parents=options.training_parents(options.device_parser()))
     parser.add_argument("--gpus", default=None, metavar="IDS", help="comma-separated GPU ids (default: all)")
     return parser
 
@@ -39,9 +43,7 @@ def parse_gpus(text: str | None, available: int) -> list[int] | None:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args(args)
-        if args.check_data:
-            sys.exit(launch.check_data(args))
+        launch.check_args_or_scan(args)
         gpus = parse_gpus(args.gpus, distributed.accelerator_count(args.no_accel))
         args.gpu = gpus[0] if gpus else args.gpu
         wrap = functools.partial(distributed.wrap_dataparallel, device_ids=gpus)

@@ -15,8 +15,12 @@ MASTER_ADDR and MASTER_PORT, or pass --dist-url):
     srun --nodes 2 --ntasks-per-node 8 python train_distributed.py --data /imagenet -a ghostnet
 Started with plain ``python``, it trains in one process. -b is the global batch over all processes.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
-import sys
 
 from common import distributed, launch, options
 from common.errors import exit_on_user_error
@@ -27,17 +31,16 @@ LOG_NAME = "distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
-        parents=options.training_parents())
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=None,
+        parents=options.training_parents(options.device_parser(), options.process_group_parser(),
+                                         options.launch_parser(spawn=False)))
+    parser.add_argument("--local-rank", "--local_rank", type=options.NON_NEGATIVE_INT, default=None,
                         help="set by torch.distributed.launch; LOCAL_RANK from the environment takes precedence")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args(args)
-        if args.check_data:
-            sys.exit(launch.check_data(args))
+        launch.check_args_or_scan(args)
         if distributed.torchrun_env() is None and distributed.slurm_env() is None:
             print("=> not started by torchrun or srun (no RANK/WORLD_SIZE or SLURM_PROCID): training in one process")
             launch.run_single(args, lambda model, ctx: model, LOG_NAME)

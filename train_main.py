@@ -20,8 +20,12 @@ MASTER_ADDR/MASTER_PORT):
 
     srun --ntasks-per-node 4 python train_main.py --data /imagenet -a ghostnet
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
-import sys
 
 from common import distributed, launch, options
 from common.errors import exit_on_user_error
@@ -32,7 +36,8 @@ LOG_NAME = "main.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.",
-        parents=options.training_parents())
+        parents=options.training_parents(options.device_parser(), options.process_group_parser(),
+                                         options.launch_parser()))
     parser.add_argument("--multiprocessing-distributed", action="store_true",
                         help="spawn one DDP process per GPU (or --nprocs CPU processes) on each node")
     return parser
@@ -40,9 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args(args)
-        if args.check_data:
-            sys.exit(launch.check_data(args))
+        launch.check_args_or_scan(args)
         if distributed.torchrun_env() is not None:
             launch.run_torchrun(args, LOG_NAME)
         elif args.multiprocessing_distributed:  # also under srun with one task per node, as the ImageNet example

@@ -10,8 +10,12 @@ Several nodes: the same command on each, with its --rank, the node count and nod
 
 -b is the global batch, split evenly over all processes. Rendezvous defaults to tcp://127.0.0.1:<free port>.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
-import sys
 
 from common import launch, options
 from common.errors import exit_on_user_error
@@ -22,14 +26,13 @@ LOG_NAME = "multiprocessing_distributed.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description="Train on ImageNet-style folders with mp.spawn + DistributedDataParallel.",
-        parents=options.training_parents())
+        parents=options.training_parents(options.device_parser(gpu=False), options.process_group_parser(),
+                                         options.launch_parser()))
 
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args(args)
-        if args.check_data:
-            sys.exit(launch.check_data(args))
+        launch.check_args_or_scan(args)
         launch.run_spawn(args, LOG_NAME)
 
 

@@ -1,23 +1,101 @@
 """Command-line options, declared once and combined per script with ``argparse`` ``parents=``.
 
-Each ``*_parser()`` returns an ``ArgumentParser(add_help=False)`` holding one argument group. A script builds its
-parser as ``argparse.ArgumentParser(description=..., parents=[options.data_parser(), ...])`` and adds only the
-flags that are its own. Flag names follow the PyTorch ImageNet example so that its users feel at home.
+Each ``*_parser()`` returns an ``ArgumentParser(add_help=False)`` holding one argument group; its parameters leave
+out the flags a script would not honour, so that every script's ``--help`` lists exactly what it uses. A script
+builds its parser as ``argparse.ArgumentParser(description=..., parents=[options.data_parser(), ...])`` and adds
+only the flags that are its own. Flag names follow the PyTorch ImageNet example so that its users feel at home.
+
+Every numeric flag is read through a ``Number`` ``type=``, so that a bad value (negative, zero, NaN, infinite or
+absurdly large) ends in argparse's ``error:`` line and exit status 2 before any work; checks that involve two flags
+are in the ``check_*`` functions and raise UserError.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
+from dataclasses import dataclass
 
 from common.errors import UserError
-from common.recipes import RECIPES, apply_recipe
+from common.recipes import DEFAULT_RECIPE, RECIPES, apply_recipe, default_help
 from common.transforms import AUTO_AUGMENT
 
 TRAIN_CROP_SIZE = 224
 VAL_RESIZE_SIZE = 256
 VAL_CROP_SIZE = 224
+MAX_PIXELS = 4096  # crop and resize sizes above this are typing mistakes: 4096^2 RGB is 48 MiB per image
+MAX_WIDTH_MULT = 4.0  # GhostNet's published widths are 0.5 to 1.3; 4.0 already has about 80 M parameters
+MAX_DIST_TIMEOUT = 7 * 24 * 3600.0  # a week; datetime.timedelta overflows on absurd values
 LR_SCHEDULES = ("step", "linear", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Number:
+    """An argparse ``type=`` that reads an int or a finite float and refuses it outside [low, high].
+
+    ``low_open`` / ``high_open`` exclude the bound itself. The bounds are attributes so that tests can derive the
+    values that must be refused from a parser's actions.
+    """
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not self.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies within the bounds."""
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. ``an integer in [1, 4096]`` or ``a positive number``."""
+        word = "an integer" if self.kind is int else "a number"
+        low, high = (None if b is None else str(int(b)) if self.kind is int else f"{b:g}"
+                     for b in (self.low, self.high))
+        if low is not None and high is not None:
+            return f"{word} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if high is not None:
+            return f"{word} {'<' if self.high_open else '<='} {high}"
+        if low is None:
+            return f"a finite {word.split()[-1]}"
+        if (self.low == 0 and self.low_open) or (self.kind is int and self.low == 1 and not self.low_open):
+            return f"a positive {word.split()[-1]}"
+        return f"{word} {'>' if self.low_open else '>='} {low}"
+
+
+POSITIVE_INT = Number(int, 1)
+NON_NEGATIVE_INT = Number(int, 0)
+POSITIVE = Number(float, 0, low_open=True)
+NON_NEGATIVE = Number(float, 0)
+PROBABILITY = Number(float, 0, 1)
+FRACTION = Number(float, 0, 1, high_open=True)  # [0, 1): label smoothing, dropout, momentum
+PIXELS = Number(int, 1, MAX_PIXELS)
+WORKERS = Number(int, 0, 1024)
+SEED = Number(int, 0, 2**32 - 1)  # NumPy's seed range
+
+
+def checkpoint_interval(text: str) -> str:
+    """argparse ``type=`` of ``--checkpoint-interval``: a positive number of steps (``500``) or of minutes
+    (``30m``); returned as given, for ``faults.CheckpointTimer``."""
+    minutes = text.strip().lower().endswith("m")
+    try:
+        (Number(float, 0, low_open=True) if minutes else POSITIVE_INT)(text.strip()[:-1] if minutes else text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of steps (500) or of minutes (30m), "
+                                         f"got {text!r}") from None
+    return text
 
 
 def _group(title: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
@@ -25,73 +103,104 @@ def _group(title: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup
     return parser, parser.add_argument_group(title)
 
 
-def data_parser() -> argparse.ArgumentParser:
-    """Dataset location and input sizes: ``DIR`` or ``--data DIR``, ``--dummy``, ``-j``, crop and resize sizes."""
+def data_parser(training: bool = True, demo: bool = False) -> argparse.ArgumentParser:
+    """Dataset location and input sizes: ``DIR`` or ``--data DIR``, ``-j``, resize and crop sizes.
+
+    ``training`` adds ``--dummy`` and ``--train-crop-size``, which only training reads; ``demo`` adds ``--demo``.
+    """
     parser, g = _group("data")
     g.add_argument("data_dir", nargs="?", metavar="DIR", default=None,
                    help="dataset root holding train/<class>/* and val/<class>/* (same as --data)")
     g.add_argument("--data", default=None, metavar="DIR", help="dataset root (same as the positional DIR)")
-    g.add_argument("--dummy", action="store_true", help="use synthetic images (torchvision FakeData) instead of DIR")
-    g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
-                   help="data loading workers per process (default: CPU cores / processes on this node, at most 8)")
-    g.add_argument("--train-crop-size", type=int, default=None, metavar="PX",
-                   help=f"RandomResizedCrop size for training (default: {TRAIN_CROP_SIZE})")
-    g.add_argument("--val-resize-size", type=int, default=None, metavar="PX",
-                   help=f"shorter side is resized to this before the centre crop (default: {VAL_RESIZE_SIZE}, "
-                        "or the checkpoint's)")
-    g.add_argument("--val-crop-size", type=int, default=None, metavar="PX",
-                   help=f"centre crop size for evaluation (default: {VAL_CROP_SIZE}, or the checkpoint's)")
+    if training:
+        g.add_argument("--dummy", action="store_true",
+                       help="use synthetic images (torchvision FakeData) instead of DIR")
+    if demo:
+        g.add_argument("--demo", action="store_true",
+                       help="generate the built-in demo dataset once (under the current directory) and train on it, "
+                            "with defaults sized for it (each flag still overrides them)")
+    g.add_argument("-j", "--workers", type=WORKERS, default=None, metavar="N",
+                   help="data loading workers per process, 0 to 1024 (default: CPU cores / processes on this node, "
+                        "at most 8)")
+    if training:
+        g.add_argument("--train-crop-size", type=PIXELS, default=None, metavar="PX",
+                       help=f"RandomResizedCrop size for training, at most {MAX_PIXELS} (default: {TRAIN_CROP_SIZE})")
+    saved = "" if training else "the checkpoint's, else "
+    g.add_argument("--val-resize-size", type=PIXELS, default=None, metavar="PX",
+                   help=f"shorter side is resized to this before the centre crop, at most {MAX_PIXELS} "
+                        f"(default: {saved}{VAL_RESIZE_SIZE})")
+    g.add_argument("--val-crop-size", type=PIXELS, default=None, metavar="PX",
+                   help=f"centre crop size for evaluation, at most {MAX_PIXELS} (default: {saved}{VAL_CROP_SIZE})")
     return parser
 
 
-def model_parser(default_arch: str = "resnet18") -> argparse.ArgumentParser:
-    """Model choice: ``-a/--arch``, ``--pretrained``, ``--weights``, ``--width-mult``."""
+def model_parser(default_arch: str | None = "resnet18", dropout: bool = True) -> argparse.ArgumentParser:
+    """Model choice: ``-a/--arch``, ``--pretrained``, ``--weights``, ``--width-mult``; ``--dropout`` if asked."""
     parser, g = _group("model")
     g.add_argument("-a", "--arch", default=default_arch, metavar="ARCH",
-                   help=f"any torchvision classification model, or ghostnet (default: {default_arch})")
+                   help="any torchvision classification model, or ghostnet "
+                        f"(default: {default_arch or 'the checkpoint' + chr(39) + 's'})")
     g.add_argument("--pretrained", action="store_true",
                    help="start from ImageNet weights (torchvision weights API; official release for ghostnet)")
     g.add_argument("--weights", default=None, metavar="PATH",
                    help="start from a local state_dict or checkpoint file instead of downloading")
-    g.add_argument("--width-mult", type=float, default=1.0, help="GhostNet width multiplier (default: 1.0)")
-    g.add_argument("--dropout", type=float, default=None,
-                   help="dropout before the classifier, for models that have one (default: the model's own)")
+    g.add_argument("--width-mult", type=Number(float, 0, MAX_WIDTH_MULT, low_open=True), default=1.0,
+                   help=f"GhostNet width multiplier, in (0, {MAX_WIDTH_MULT:g}] (default: 1.0)")
+    if dropout:
+        g.add_argument("--dropout", type=FRACTION, default=None,
+                       help="dropout before the classifier, in [0, 1), for models that have one "
+                            "(default: the model's own)")
     return parser
 
 
-def train_parser() -> argparse.ArgumentParser:
-    """Optimisation, schedule, resume/evaluate and output flags of the training scripts."""
+def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True,
+                 torchrun: bool = True) -> argparse.ArgumentParser:
+    """Optimisation, schedule, resume/evaluate and output flags of the training scripts.
+
+    The defaults that ``--help`` shows come from the RECIPES table: each recipe's where ``recipes`` is true (the
+    script has ``--recipe``), else the default recipe's. ``mid_epoch_checkpoints`` adds ``--checkpoint-interval``;
+    ``torchrun`` says that ``--resume`` defaults to auto under torchrun.
+    """
+    def default(key: str, none: str = "none") -> str:
+        return default_help(key, all_recipes=recipes, none=none)
+
     parser, g = _group("training")
-    g.add_argument("--epochs", type=int, default=None, help="total epochs to run (default: the recipe's; resnet: 90)")
-    g.add_argument("--start-epoch", type=int, default=None, help="epoch number to start at (default: 0, or resumed)")
-    g.add_argument("-b", "--batch-size", type=int, default=None, metavar="N",
-                   help="global batch size: the sum over all processes and GPUs (default: the recipe's; resnet: 256)")
-    g.add_argument("--lr", "--learning-rate", type=float, default=None, dest="lr",
-                   help="initial learning rate (default: the recipe's, scaled to -b where the recipe says; "
-                        "resnet: 0.1)")
-    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: 0.9)")
-    g.add_argument("--wd", "--weight-decay", type=float, default=None, dest="weight_decay",
-                   help="weight decay (default: the recipe's; resnet: 1e-4)")
+    g.add_argument("--epochs", type=POSITIVE_INT, default=None, help=f"total epochs to run ({default('epochs')})")
+    g.add_argument("--start-epoch", type=NON_NEGATIVE_INT, default=None,
+                   help="epoch number to start at (default: 0, or resumed)")
+    g.add_argument("-b", "--batch-size", type=POSITIVE_INT, default=None, metavar="N",
+                   help=f"global batch size: the sum over all processes and GPUs ({default('batch_size')})")
+    scaled = "; a recipe's lr given per N images is scaled linearly to -b" if recipes else ""
+    g.add_argument("--lr", "--learning-rate", type=NON_NEGATIVE, default=None, dest="lr",
+                   help=f"initial learning rate{scaled} ({default('lr')})")
+    g.add_argument("--momentum", type=FRACTION, default=None, help=f"SGD momentum, in [0, 1) ({default('momentum')})")
+    g.add_argument("--wd", "--weight-decay", type=NON_NEGATIVE, default=None, dest="weight_decay",
+                   help=f"weight decay ({default('weight_decay')})")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="step: x gamma every --lr-step-size epochs; linear: per-iteration decay to 0; "
-                        "cosine: per-iteration cosine to 0; constant (default: the recipe's; resnet: step)")
-    g.add_argument("--lr-step-size", type=int, default=None, help="epochs between step decays (default: 30)")
-    g.add_argument("--lr-gamma", type=float, default=None, help="step decay factor (default: 0.1)")
-    g.add_argument("--warmup-epochs", type=float, default=None,
-                   help="linear warm-up epochs, per iteration (default: the recipe's; resnet: 0)")
-    g.add_argument("--label-smoothing", type=float, default=None,
-                   help="label smoothing (default: the recipe's; resnet: 0)")
-    g.add_argument("-p", "--print-freq", type=int, default=10, metavar="N", help="print every N steps (default: 10)")
+                        f"cosine: per-iteration cosine to 0; constant ({default('lr_schedule')})")
+    g.add_argument("--lr-step-size", type=POSITIVE_INT, default=None,
+                   help=f"epochs between step decays ({default('lr_step_size')})")
+    g.add_argument("--lr-gamma", type=Number(float, 0, 1, low_open=True), default=None,
+                   help=f"step decay factor, in (0, 1] ({default('lr_gamma')})")
+    g.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=None,
+                   help=f"linear warm-up epochs, per iteration ({default('warmup_epochs')})")
+    g.add_argument("--label-smoothing", type=FRACTION, default=None,
+                   help=f"label smoothing, in [0, 1) ({default('label_smoothing')})")
+    g.add_argument("-p", "--print-freq", type=POSITIVE_INT, default=10, metavar="N",
+                   help="print every N steps (default: 10)")
     g.add_argument("--resume", default="", metavar="PATH",
                    help="checkpoint to resume from, or 'auto' for --output-dir/checkpoint.pth.tar if it exists "
-                        "(default: none; 'auto' under torchrun)")
+                        "(default: none" + ("; 'auto' under torchrun)" if torchrun else ")"))
     g.add_argument("--bad-images", choices=("skip", "fail"), default="skip",
                    help="unreadable image files: skip them (named once, counted per epoch in the CSV; training "
                         "batches stay full) or stop at the first (default: skip)")
-    g.add_argument("--checkpoint-interval", default=None, metavar="N|Nm",
-                   help="also checkpoint mid-epoch every N steps, or every N minutes with a trailing m (default: off)")
+    if mid_epoch_checkpoints:
+        g.add_argument("--checkpoint-interval", type=checkpoint_interval, default=None, metavar="N|Nm",
+                       help="also checkpoint mid-epoch every N steps, or every N minutes with a trailing m "
+                            "(default: off)")
     g.add_argument("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    g.add_argument("--seed", type=SEED, default=None, help=f"seed for reproducible runs, 0 to {SEED.high}")
     g.add_argument("--output-dir", default=".", metavar="DIR",
                    help="where checkpoints and the CSV log go (default: current directory)")
     return parser
@@ -103,23 +212,24 @@ def recipe_parser() -> argparse.ArgumentParser:
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="defaults for every optimisation flag (each still overridable): resnet = the PyTorch "
                         "ImageNet example; ghostnet = the GhostNet paper; ghostnet-finetune = its second stage "
-                        "(default: resnet)")
+                        f"(default: {DEFAULT_RECIPE})")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
-                   help="Nesterov momentum (default: the recipe's; ghostnet: on)")
-    g.add_argument("--norm-weight-decay", type=float, default=None, metavar="WD",
-                   help="weight decay of normalisation-layer weights and of all biases (default: the recipe's; "
-                        "ghostnet: 0; resnet: same as --wd)")
-    g.add_argument("--mixup-alpha", type=float, default=0.0, help="MixUp with this Beta alpha (default: 0 = off)")
-    g.add_argument("--cutmix-alpha", type=float, default=0.0,
+                   help=f"Nesterov momentum ({default_help('nesterov')})")
+    g.add_argument("--norm-weight-decay", type=NON_NEGATIVE, default=None, metavar="WD",
+                   help="weight decay of normalisation-layer weights and of all biases "
+                        f"({default_help('norm_weight_decay', none='same as --wd')})")
+    g.add_argument("--mixup-alpha", type=NON_NEGATIVE, default=0.0,
+                   help="MixUp with this Beta alpha (default: 0 = off)")
+    g.add_argument("--cutmix-alpha", type=NON_NEGATIVE, default=0.0,
                    help="CutMix with this Beta alpha; with MixUp too, each batch gets one of them (default: 0 = off)")
     g.add_argument("--model-ema", action="store_true",
                    help="keep an exponential moving average of the weights; it is evaluated and saved alongside "
                         "the raw weights, and the better of the two is marked in the checkpoint")
-    g.add_argument("--model-ema-decay", type=float, default=0.9998,
-                   help="EMA decay per optimizer step (default: 0.9998)")
-    g.add_argument("--clip-grad-norm", type=float, default=None, metavar="NORM",
+    g.add_argument("--model-ema-decay", type=Number(float, 0, 1, low_open=True, high_open=True), default=0.9998,
+                   help="EMA decay per optimizer step, in (0, 1) (default: 0.9998)")
+    g.add_argument("--clip-grad-norm", type=POSITIVE, default=None, metavar="NORM",
                    help="clip the gradients' global norm to NORM (default: off)")
-    g.add_argument("--accum-steps", type=int, default=1, metavar="N",
+    g.add_argument("--accum-steps", type=POSITIVE_INT, default=1, metavar="N",
                    help="split each process's batch into N micro-batches whose gradients are accumulated: the "
                         "same optimizer step with 1/N of the activation memory (default: 1)")
     g.add_argument("--finetune-from", default=None, metavar="CKPT",
@@ -135,17 +245,19 @@ def recipe_parser() -> argparse.ArgumentParser:
 def augment_parser() -> argparse.ArgumentParser:
     """Training augmentation flags (ImageNet defaults; tune them for other data such as digits or text)."""
     parser, g = _group("training augmentation")
-    g.add_argument("--rrc-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
-                   help="RandomResizedCrop area range, as fractions of the image (default: 0.08 1.0)")
-    g.add_argument("--rrc-ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"),
-                   help="RandomResizedCrop aspect-ratio range (default: 0.75 1.333)")
-    g.add_argument("--hflip", type=float, default=0.5, metavar="P",
+    g.add_argument("--rrc-scale", type=Number(float, 0, 1, low_open=True), nargs=2, default=(0.08, 1.0),
+                   metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop area range, as fractions of the image in (0, 1] (default: 0.08 1.0)")
+    g.add_argument("--rrc-ratio", type=Number(float, 0, 100, low_open=True), nargs=2, default=(3 / 4, 4 / 3),
+                   metavar=("MIN", "MAX"), help="RandomResizedCrop aspect-ratio range, in (0, 100] "
+                                                "(default: 0.75 1.333)")
+    g.add_argument("--hflip", type=PROBABILITY, default=0.5, metavar="P",
                    help="horizontal flip probability; 0 for digits or text (default: 0.5)")
     g.add_argument("--auto-augment", choices=AUTO_AUGMENT, default=None,
                    help="a torchvision augmentation policy (default: none)")
-    g.add_argument("--random-erase", type=float, default=0.0, metavar="P",
+    g.add_argument("--random-erase", type=PROBABILITY, default=0.0, metavar="P",
                    help="RandomErasing probability (default: 0)")
-    g.add_argument("--color-jitter", type=float, default=0.0, metavar="S",
+    g.add_argument("--color-jitter", type=NON_NEGATIVE, default=0.0, metavar="S",
                    help="brightness, contrast and saturation jitter strength (default: 0 = off)")
     return parser
 
@@ -180,29 +292,56 @@ def check_data_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dist_parser() -> argparse.ArgumentParser:
-    """Device and distributed flags, shared by all four launchers."""
-    parser, g = _group("devices and distributed")
-    g.add_argument("--world-size", type=int, default=-1,
-                   help="number of nodes (with --multiprocessing-distributed) or of processes (default: -1 = auto)")
-    g.add_argument("--rank", type=int, default=-1, help="node rank for multi-node training (default: -1 = auto)")
-    g.add_argument("--dist-url", default=None,
-                   help="rendezvous URL (default: env:// under torchrun, else tcp://127.0.0.1:<free port>)")
-    g.add_argument("--dist-backend", default=None, help="nccl on GPUs, gloo on CPU (default: chosen by device)")
-    g.add_argument("--nprocs", type=int, default=None,
-                   help="processes per node for spawn-based launchers (default: number of GPUs, or 1 on CPU)")
-    g.add_argument("--gpu", type=int, default=None, help="GPU id to use in single-process mode")
+DIST_GROUP = "devices and distributed"  # the groups below share this title, so argparse shows them as one
+
+
+def device_parser(gpu: bool = True) -> argparse.ArgumentParser:
+    """``--no-accel``, and ``--gpu`` for the scripts that can run in one process on a chosen GPU."""
+    parser, g = _group(DIST_GROUP)
+    if gpu:
+        g.add_argument("--gpu", type=NON_NEGATIVE_INT, default=None, help="GPU id to use in single-process mode")
     g.add_argument("--no-accel", action="store_true", help="run on the CPU even when an accelerator is present")
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (GPUs only)")
-    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
-                   help="seconds to wait for another process before giving up (default: 1800)")
     return parser
 
 
-def training_parents() -> list[argparse.ArgumentParser]:
-    """Every flag group of the four training scripts, in the order ``--help`` shows them."""
-    return [data_parser(), model_parser(), train_parser(), recipe_parser(), augment_parser(), speed_parser(),
-            check_data_parser(), dist_parser()]
+def process_group_parser() -> argparse.ArgumentParser:
+    """``--dist-backend`` and ``--dist-timeout``: how the processes of a DDP or torchrun job talk to each other."""
+    parser, g = _group(DIST_GROUP)
+    g.add_argument("--dist-backend", default=None, help="nccl on GPUs, gloo on CPU (default: chosen by device)")
+    g.add_argument("--dist-timeout", type=Number(float, 0, MAX_DIST_TIMEOUT, low_open=True), default=1800.0,
+                   metavar="S", help="seconds to wait for another process before giving up, at most "
+                                     f"{MAX_DIST_TIMEOUT:.0f} (a week) (default: 1800)")
+    return parser
+
+
+def launch_parser(spawn: bool = True) -> argparse.ArgumentParser:
+    """``--dist-url`` and ``--sync-bn`` of DDP training; ``spawn`` adds the mp.spawn flags (nodes, rank, nprocs)."""
+    parser, g = _group(DIST_GROUP)
+    if spawn:
+        g.add_argument("--world-size", type=Number(int, -1), default=-1,
+                       help="number of nodes, each spawning --nprocs processes (default: -1 = this node only)")
+        g.add_argument("--rank", type=Number(int, -1), default=-1,
+                       help="node rank for multi-node training (default: -1 = auto)")
+    g.add_argument("--dist-url", default=None,
+                   help="rendezvous URL (default: env:// under torchrun, else tcp://127.0.0.1:<free port>)")
+    if spawn:
+        g.add_argument("--nprocs", type=Number(int, 1, 1024), default=None,
+                       help="processes per node for spawn-based launchers, at most 1024 (default: number of GPUs, "
+                            "or 1 on CPU)")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (GPUs only)")
+    return parser
+
+
+def dist_parser() -> argparse.ArgumentParser:
+    """Every device and distributed flag in one group, for tools that forward them all (the benchmarks)."""
+    return argparse.ArgumentParser(add_help=False, parents=[device_parser(), process_group_parser(), launch_parser()])
+
+
+def training_parents(*devices: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every flag group of the four training scripts, in the order ``--help`` shows them, ending with ``devices``:
+    the device and distributed groups that the script's launcher honours."""
+    return [data_parser(demo=True), model_parser(), train_parser(), recipe_parser(), augment_parser(), speed_parser(),
+            check_data_parser(), *devices]
 
 
 def resolve_data_dir(args: argparse.Namespace) -> None:
@@ -233,57 +372,70 @@ def check_arch(arch: str, choices: list[str]) -> None:
 
 
 def check_positive(args: argparse.Namespace, names: list[str]) -> None:
-    """Refuse non-positive values for the given integer/float flags."""
+    """Refuse non-positive values for the given integer/float flags (for parsers without ``Number`` types)."""
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}.")
 
 
+def _declared_defaults() -> dict[str, object]:
+    """The argparse default of every training flag, by dest."""
+    parents = training_parents(device_parser(), process_group_parser(), launch_parser())
+    return {action.dest: action.default for parent in parents for action in parent._actions}
+
+
+def apply_demo_defaults(args: argparse.Namespace) -> None:
+    """``--demo``: every flag of ``demo.DEFAULTS`` still at its declared default takes the demo's value.
+
+    Runs before the recipe fills the optimisation flags, so that the demo's values win over the recipe's and the
+    user's over both. The dataset itself is written by ``check_training_args`` once every flag has passed.
+    """
+    from common import demo  # only --demo needs it
+
+    if args.dummy or args.data:
+        raise UserError(f"--demo trains on the built-in demo dataset; drop {'--dummy' if args.dummy else 'DIR/--data'}"
+                        " or --demo.")
+    declared = _declared_defaults()
+    for key, value in demo.DEFAULTS.items():
+        if hasattr(args, key) and getattr(args, key) == declared.get(key):
+            setattr(args, key, value)
+
+
 def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
-    """Validate the flags every training script shares, before any work starts."""
+    """Validate the flags every training script shares, before any work starts (their values are checked by
+    their ``type=``; these are the checks across flags), and fill the defaults that depend on other flags."""
     resolve_data_dir(args)
+    demo = getattr(args, "demo", False)
+    if demo:
+        apply_demo_defaults(args)
     fill_size_defaults(args)
     apply_recipe(args)
     check_arch(args.arch, archs)
-    check_positive(args, ["batch_size", "epochs", "print_freq", "train_crop_size", "val_resize_size",
-                          "val_crop_size", "width_mult", "lr_step_size", "accum_steps", "clip_grad_norm"])
     if hasattr(args, "recipe"):
         check_recipe_args(args)
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"-j/--workers must be 0 or more, got {args.workers}.")
     if args.val_crop_size > args.val_resize_size:
         raise UserError(f"--val-crop-size {args.val_crop_size} is larger than --val-resize-size "
                         f"{args.val_resize_size}; make the crop at most the resize size.")
-    if not (0.0 <= args.label_smoothing < 1.0):
-        raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}.")
-    if args.warmup_epochs < 0 or args.lr < 0:
-        raise UserError("--lr and --warmup-epochs must not be negative.")
-    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}.")
-    if args.sync_bn and args.no_accel:
+    if getattr(args, "sync_bn", False) and args.no_accel:
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU); drop --sync-bn or --no-accel.")
-    check_positive(args, ["dist_timeout"])
-    if not args.data and not args.dummy:
+    if demo:
+        from common import demo as demo_data
+
+        args.data = demo_data.ensure_dataset(demo_data.DEFAULT_DIR)
+    elif not args.data and not args.dummy:
         raise UserError("no dataset given: pass DIR (or --data DIR) holding train/<class>/* and val/<class>/*, "
-                        "or --dummy for synthetic images.")
+                        "--dummy for synthetic images, or --demo for the built-in demo dataset.")
 
 
 def check_recipe_args(args: argparse.Namespace) -> None:
-    """Validate the recipe, regularisation and augmentation flags of the training scripts."""
-    for name in ("mixup_alpha", "cutmix_alpha", "color_jitter"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}.")
-    for name in ("hflip", "random_erase"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UserError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}.")
-    if not 0.0 < args.model_ema_decay < 1.0:
-        raise UserError(f"--model-ema-decay must be in (0, 1), got {args.model_ema_decay}.")
-    low, high = args.rrc_scale
-    if not 0.0 < low <= high <= 1.0:
-        raise UserError(f"--rrc-scale {low} {high}: give 0 < MIN <= MAX <= 1 (fractions of the image area).")
-    if not 0.0 < args.rrc_ratio[0] <= args.rrc_ratio[1]:
-        raise UserError(f"--rrc-ratio {args.rrc_ratio[0]} {args.rrc_ratio[1]}: give 0 < MIN <= MAX.")
+    """Validate the recipe, regularisation and augmentation flags of the training scripts against each other."""
+    for name in ("rrc_scale", "rrc_ratio"):
+        low, high = getattr(args, name)
+        if low > high:
+            raise UserError(f"--{name.replace('_', '-')} {low} {high}: give MIN <= MAX.")
+    if args.nesterov and not args.momentum:
+        raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov.")
     if args.finetune_from and args.resume:
         raise UserError("--finetune-from starts a new run from a checkpoint's weights and --resume continues one; "
                         "give one of them.")
@@ -311,7 +463,7 @@ def inference_parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe-load", action="store_true",
                    help="also accept files holding pickled Python objects, such as whole models saved with "
                         "torch.save(model); loading them can run arbitrary code, so use it only for trusted files")
-    g.add_argument("-b", "--batch-size", type=int, default=None, metavar="N",
+    g.add_argument("-b", "--batch-size", type=POSITIVE_INT, default=None, metavar="N",
                    help=f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
                         f"{INFER_BATCH_SIZE_CPU} on the CPU)")
     g.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
@@ -323,12 +475,5 @@ def inference_parser() -> argparse.ArgumentParser:
 def check_inference_args(args: argparse.Namespace) -> None:
     """Validate the flags test.py and classify_test_data.py share (data, model and inference groups)."""
     resolve_data_dir(args)
-    if args.dummy:
-        raise UserError("--dummy has no files to evaluate or sort; pass real images (or --data DIR).")
     if args.weights and args.ckpt:
         raise UserError("--weights and --ckpt both name the model file; give one of them.")
-    if args.dropout is not None:
-        raise UserError("--dropout has no effect on a model in eval mode; drop it.")
-    check_positive(args, ["batch_size", "val_resize_size", "val_crop_size", "width_mult"])
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"-j/--workers must be 0 or more, got {args.workers}.")

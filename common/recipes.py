@@ -42,6 +42,33 @@ def apply_recipe(args: argparse.Namespace) -> None:
         args.lr = recipe["lr"] * args.batch_size / recipe["lr_ref_batch"]
 
 
+def _shown(value: object, none: str) -> str:
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def default_help(key: str, all_recipes: bool = True, none: str = "none") -> str:
+    """The ``(default: ...)`` part of a flag's ``--help``, read from RECIPES so that it cannot go stale.
+
+    One value where the recipes agree (or ``all_recipes`` is false: a script without ``--recipe`` gets the default
+    recipe's), else each recipe's, as ``default: resnet 90, ghostnet 240, ghostnet-finetune 30``. A recipe's ``lr``
+    that scales with the batch names its reference batch. ``none`` is the text for an unset (None) value.
+    """
+    names = list(RECIPES) if all_recipes else [DEFAULT_RECIPE]
+    shown = {}
+    for name in names:
+        recipe = RECIPES[name]
+        shown[name] = _shown(recipe[key], none)
+        if key == "lr" and "lr_ref_batch" in recipe:
+            shown[name] += f" per {recipe['lr_ref_batch']} images"
+    if len(set(shown.values())) == 1:
+        return f"default: {shown[names[0]]}"
+    return "default: " + ", ".join(f"{name} {text}" for name, text in shown.items())
+
+
 def describe(args: argparse.Namespace) -> str:
     """The recipe's name, and how its lr relates to the batch when it scales linearly."""
     name = getattr(args, "recipe", None) or DEFAULT_RECIPE

@@ -19,6 +19,29 @@ COLORS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
 SMALL = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32", "-j", "0", "-p", "100"]
 
 
+def refusal(parse, *argv: str) -> str:
+    """The one-line message with which ``parse(*argv)`` refuses bad flags: argparse's ``error:`` line (exit status
+    2, from a ``type=`` check) or a UserError's text (a check of several flags); fails when nothing is refused."""
+    import contextlib
+    import io
+
+    from common.errors import UserError
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parse(*argv)
+    except SystemExit as exc:
+        assert exc.code == 2, f"argparse exited with {exc.code}"
+        errors = [line for line in stderr.getvalue().splitlines() if "error:" in line]
+        assert len(errors) == 1, stderr.getvalue()
+        return errors[0]
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return str(exc)
+    raise AssertionError(f"{argv} was accepted")
+
+
 def make_image_folder(root: str, train_per_class: int = 40, val_per_class: int = 10, classes=COLORS,
                       size: tuple[int, int] = (40, 48), seed: int = 0, ext: str = "png") -> str:
     """Write ``root/{train,val}/class<i>/img<j>.<ext>``: noisy images whose mean colour is the class."""
@@ -49,14 +72,14 @@ def trained_ckpt(tiny_data, tmp_path_factory) -> str:
 
 
 def run_script(script: str, *args: str, launcher: list[str] | None = None, env: dict | None = None,
-               check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run one of the project's scripts in a fresh interpreter (or under ``launcher``, e.g. torchrun).
+               check: bool = True, timeout: float = 180, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts in a fresh interpreter (or under ``launcher``, e.g. torchrun), in ``cwd``.
 
     The script runs in its own process group, killed whole on timeout so that no worker outlives a hung test.
     """
     cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script), *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
