@@ -13,16 +13,21 @@ most confident mistakes. Running again into the same DIR_OUT updates it in place
 Images are placed batch by batch as the model judges them. Ctrl+C or SIGTERM stops after the batch in hand (exit
 status 130 or 143): manifest.csv then lists what was placed, and the same command run again sorts the rest.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
 import contextlib
-import csv
 import glob
+import hashlib
 import io
 import os
 import shutil
 import time
 
-from common import distributed, faults, figures, inference, metrics, options
+from common import distributed, faults, figures, files, inference, metrics, model_loading, options, process
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
 
@@ -31,21 +36,25 @@ MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.p
 RANK_MANIFESTS = "manifest.rank*.csv"  # what each rank of an interrupted torchrun sort had placed
 VERDICTS = ("right", "wrong")
 MODES = ("auto", "hardlink", "copy", "symlink")
+NAME_MAX = 255  # bytes in one file name on the filesystems of Linux, macOS and Windows
+TMP_NAME_ROOM = 24  # what place()'s temporary name ".<name>.<pid>.tmp" adds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Place every image of a labelled folder under OUT/<true class>/right/ or .../wrong/.",
-        parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
-                 options.speed_parser(), options.dist_parser()])
-    parser.add_argument("--out", required=True, metavar="DIR_OUT", help="folder that receives the sorted images")
+        parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
+                 options.inference_parser(), options.speed_parser(), options.device_parser(),
+                 options.process_group_parser()])
+    parser.add_argument("--output-dir", "--out", dest="output_dir", required=True, metavar="DIR_OUT",
+                        help="folder that receives the sorted images (--out is the same flag)")
     parser.add_argument("--mode", choices=MODES, default="auto",
                         help="how images get into DIR_OUT: auto = hard link where the filesystem allows, else copy "
                              "(default: auto)")
     parser.add_argument("--overwrite", action="store_true",
                         help="empty DIR_OUT (written by an earlier run) before sorting")
-    parser.add_argument("--sheet-size", type=int, default=64, metavar="N",
-                        help="most confident mistakes shown in mistakes.png (default: 64; 0: no sheet)")
+    parser.add_argument("--sheet-size", type=options.Number(int, 0, 1024), default=64, metavar="N",
+                        help="most confident mistakes shown in mistakes.png, at most 1024 (default: 64; 0: no sheet)")
     return parser
 
 
@@ -58,21 +67,19 @@ def check_args(args: argparse.Namespace) -> None:
     options.check_inference_args(args)
     if not args.data:
         raise UserError("no images to sort: pass --data DIR (a dataset root with val/, or a folder of class folders).")
-    if args.sheet_size < 0:
-        raise UserError(f"--sheet-size must be 0 or more, got {args.sheet_size}.")
-    if _inside(args.out, args.data) or _inside(args.data, args.out):
-        raise UserError(f"--out {args.out!r} and --data {args.data!r} overlap; choose an output folder outside the "
-                        "dataset (the source images must stay untouched).")
-    args.out = os.path.normpath(args.out)  # destinations are compared as strings when stale files are removed
-    check_output(args.out)  # on every rank, so that none waits for a rank 0 that gave up
+    if _inside(args.output_dir, args.data) or _inside(args.data, args.output_dir):
+        raise UserError(f"--output-dir {args.output_dir!r} and --data {args.data!r} overlap; choose an output folder "
+                        "outside the dataset (the source images must stay untouched).")
+    args.output_dir = os.path.normpath(args.output_dir)  # destinations are compared as strings to remove stale files
+    check_output(args.output_dir)  # on every rank, so that none waits for a rank 0 that gave up
 
 
 def check_output(out: str) -> None:
     """Refuse a DIR_OUT that is a file, or a non-empty folder that an earlier run of this script did not write."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out!r} is a file; choose a folder.")
+        raise UserError(f"--output-dir {out!r} is a file; choose a folder.")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
-        raise UserError(f"--out {out!r} holds files that classify_test_data.py did not write; choose a new or "
+        raise UserError(f"--output-dir {out!r} holds files that classify_test_data.py did not write; choose a new or "
                         "empty folder.")
 
 
@@ -109,12 +116,22 @@ def safe(name: str) -> str:
     return name.replace(os.sep, "_")
 
 
+def fit_name(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem shortened where the name and its temporary form (``place``) would pass NAME_MAX
+    bytes; a shortened stem ends with a hash of the whole one, so that names stay distinct."""
+    raw, room = os.fsencode(stem), NAME_MAX - TMP_NAME_ROOM - len(os.fsencode(tail))
+    if len(raw) <= room:
+        return stem + tail
+    return f"{os.fsdecode(raw[:room - 9])}~{hashlib.sha1(raw).hexdigest()[:8]}{tail}"
+
+
 def destination(name: str, true: str, pred: str) -> str:
-    """Path below DIR_OUT: ``<true>/right/<name>``, or ``<true>/wrong/<stem>__pred-<pred><ext>``."""
-    if true == pred:
-        return os.path.join(safe(true), "right", name)
+    """Path below DIR_OUT: ``<true>/right/<name>``, or ``<true>/wrong/<stem>__pred-<pred><ext>``, each name cut to
+    what the filesystem holds (``fit_name``)."""
     stem, ext = os.path.splitext(name)
-    return os.path.join(safe(true), "wrong", f"{stem}__pred-{safe(pred)}{ext}")
+    if true == pred:
+        return os.path.join(safe(true), "right", fit_name(stem, ext))
+    return os.path.join(safe(true), "wrong", fit_name(stem, f"__pred-{safe(pred)}{ext}"))
 
 
 def up_to_date(src: str, dest: str, mode: str) -> bool:
@@ -130,13 +147,22 @@ def up_to_date(src: str, dest: str, mode: str) -> bool:
 
 
 def place(src: str, dest: str, mode: str) -> str:
-    """Put ``src`` at ``dest`` (via a temporary name, never writing into an existing file); say how."""
+    """Put ``src`` at ``dest`` (via a temporary name, never writing into an existing file); say how. A failure
+    leaves no temporary file."""
     if up_to_date(src, dest, mode):
         return "kept"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
     if os.path.lexists(tmp):
         os.remove(tmp)
+    try:
+        return _place_via(src, tmp, dest, mode)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def _place_via(src: str, tmp: str, dest: str, mode: str) -> str:
     how = mode
     if mode == "symlink":
         os.symlink(os.path.abspath(src), tmp)
@@ -157,11 +183,22 @@ def place(src: str, dest: str, mode: str) -> str:
 PLACED = ("hardlink", "copy", "symlink", "kept")
 
 
+class PlaceFailed(Exception):
+    """The system refused to place an image (full disk, quota, read-only folder); ``rows`` rows were placed."""
+
+    def __init__(self, rows: int, dest: str, reason: OSError) -> None:
+        super().__init__(f"cannot place {dest} ({reason.strerror or reason})")
+        self.rows = rows
+
+
 def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str, counts: dict[str, int]) -> None:
     """Place these readable images; count in ``counts`` how each got there."""
-    for index, src in zip(preds.indices.tolist(), preds.paths):
+    for row, (index, src) in enumerate(zip(preds.indices.tolist(), preds.paths)):
         if index in dests:
-            counts[place(src, dests[index], mode)] += 1
+            try:
+                counts[place(src, dests[index], mode)] += 1
+            except OSError as exc:
+                raise PlaceFailed(row, dests[index], exc) from None
 
 
 def plan(preds: inference.Predictions, names: list[str], classes: list[str], out: str) -> dict[int, str]:
@@ -177,8 +214,8 @@ def remove_stale(out: str, keep: set[str]) -> int:
     for entry in os.scandir(out):
         for verdict in VERDICTS if entry.is_dir(follow_symlinks=False) else ():
             top = os.path.join(entry.path, verdict)
-            for root, _dirs, files in os.walk(top, topdown=False):
-                for f in files:
+            for root, _dirs, names in os.walk(top, topdown=False):
+                for f in names:
                     if os.path.join(root, f) not in keep:
                         os.remove(os.path.join(root, f))
                         removed += 1
@@ -189,25 +226,6 @@ def remove_stale(out: str, keep: set[str]) -> int:
     return removed
 
 
-def save_if_changed(path: str, content: bytes) -> None:
-    """Replace ``path`` atomically, and only when its content differs, so that a re-run leaves DIR_OUT as it was."""
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            if f.read() == content:
-                return
-    with open(path + ".tmp", "wb") as f:
-        f.write(content)
-    os.replace(path + ".tmp", path)
-
-
-def csv_bytes(header: list[str], rows) -> bytes:
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return text.getvalue().encode("utf-8", "surrogateescape")  # non-UTF-8 file names keep their original bytes
-
-
 def manifest(preds: inference.Predictions, dests: dict[int, str], classes: list[str], out: str) -> bytes:
     """One row per sorted image: source, destination (below DIR_OUT), true, predicted, confidence, correct."""
     rows = []
@@ -215,7 +233,7 @@ def manifest(preds: inference.Predictions, dests: dict[int, str], classes: list[
         true, pred = int(preds.targets[row]), int(preds.top_idx[row, 0])
         rows.append([preds.paths[row], os.path.relpath(dests[index], out), classes[true], classes[pred],
                      f"{float(preds.top_prob[row, 0]):.6f}", int(true == pred)])
-    return csv_bytes(["source", "destination", "true", "predicted", "confidence", "correct"], rows)
+    return files.csv_bytes(["source", "destination", "true", "predicted", "confidence", "correct"], rows)
 
 
 def summary_rows(preds: inference.Predictions, classes: list[str]) -> list[dict]:
@@ -237,9 +255,9 @@ def write_summary(out: str, rows: list[dict]) -> str:
     lines = [f"{'class':<{width}} {'right':>7} {'wrong':>7} {'accuracy':>9}"]
     lines += [f"{r['class']:<{width}} {r['right']:>7} {r['wrong']:>7} {r['accuracy']:>8.3f}%" for r in rows]
     fields = ["class", "right", "wrong", "images", "accuracy"]
-    save_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), csv_bytes(fields, ([r[k] for k in fields] for r in rows)))
+    files.write_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), files.csv_bytes(fields, ([r[k] for k in fields] for r in rows)))
     text = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # class folders whose names are not UTF-8
-    save_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), text)
+    files.write_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), text)
     return "\n".join(lines)
 
 
@@ -254,7 +272,7 @@ def mistakes_sheet(preds: inference.Predictions, names: list[str], path: str, si
                               f"{100 * float(preds.top_prob[i, 0]):.0f}%") for i in order]
     png = io.BytesIO()
     if figures.contact_sheet(items, png):
-        save_if_changed(path, png.getvalue())
+        files.write_if_changed(path, png.getvalue())
     elif os.path.exists(path):
         os.remove(path)
     return len(items)
@@ -263,9 +281,9 @@ def mistakes_sheet(preds: inference.Predictions, names: list[str], path: str, si
 def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.Predictions, dests: dict[int, str],
            counts: list[float]) -> dict:
     """Rank 0: drop earlier verdicts, write manifest, summary and contact sheet, print what happened."""
-    out, ok = args.out, preds.ok
+    out, ok = args.output_dir, preds.ok
     stale = remove_stale(out, set(dests.values()))
-    save_if_changed(os.path.join(out, MANIFEST_NAME), manifest(ok, dests, prep.classes, out))
+    files.write_if_changed(os.path.join(out, MANIFEST_NAME), manifest(ok, dests, prep.classes, out))
     for partial in glob.glob(os.path.join(glob.escape(out), RANK_MANIFESTS)):
         os.remove(partial)
     rows = summary_rows(ok, prep.classes)
@@ -283,30 +301,40 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
 
 def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     t0 = time.perf_counter()
-    source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                                   args.unsafe_load)
+    source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
+                                       args.unsafe_load)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
     prep = inference.prepare(source, cfg, ctx, root=args.data, speed=inference.speed_config(args))
     if ctx.is_main:
         print(inference.header(prep, source, ctx), flush=True)
-        claim_output(args.out, args.overwrite)
+        claim_output(args.output_dir, args.overwrite)
     distributed.barrier(ctx)  # nobody places a file before DIR_OUT is claimed (and emptied)
     names = file_names(prep.dataset.base.samples, prep.source_dir, prep.classes)
     counts, done = dict.fromkeys(PLACED, 0), []
 
     def place_batch(batch: inference.Predictions) -> None:  # as soon as judged, so that a stop keeps them
-        place_share(batch, plan(batch, names, prep.classes, args.out), args.mode, counts)
+        try:
+            place_share(batch, plan(batch, names, prep.classes, args.output_dir), args.mode, counts)
+        except PlaceFailed as failed:
+            done.append(batch.select(list(range(failed.rows))))
+            raise
         done.append(batch)
 
     try:
         local = inference.predict(prep, ctx, k=1, on_batch=place_batch)
-    except faults.Interrupted as exc:
-        raise stopped(exc, inference.concat(done, 1).ok, names, prep.classes, args.out, ctx) from None
+    except (faults.Interrupted, PlaceFailed) as exc:
+        placed = inference.concat(done, 1).ok
+        name = keep_placed(placed, names, prep.classes, args.output_dir, ctx)
+        what = f"{len(placed)} placed into {args.output_dir} and listed in {name}"
+        if isinstance(exc, PlaceFailed):
+            raise UserError(f"{exc}; {what}: free some disk space or choose a writable --output-dir, and run the "
+                            "same command again to sort the rest.") from None
+        raise exc.then(f"{what}; run the same command again to sort the rest (what is in place is kept).") from None
     counts = distributed.all_reduce_sum([counts[k] for k in PLACED], ctx)
     preds = inference.gather(local, ctx)
     if not ctx.is_main:
         return None
-    result = finish(args, prep, preds, plan(preds, names, prep.classes, args.out), counts)
+    result = finish(args, prep, preds, plan(preds, names, prep.classes, args.output_dir), counts)
     print(inference.timing_line(preds, prep, ctx.device))
     seconds = time.perf_counter() - t0
     print(f"=> done in {seconds:.2f} s, {len(preds) / seconds:.1f} images/s overall (model loading, inference and "
@@ -314,24 +342,24 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     return {**result, "seconds": seconds, "batch_size": prep.batch_size, "workers": prep.workers}
 
 
-def stopped(exc: faults.Interrupted, placed: inference.Predictions, names: list[str], classes: list[str], out: str,
-            ctx: DistContext) -> faults.Interrupted:
-    """After a stop: write the manifest of what this rank placed, drop the reports of a finished sort (they no
-    longer describe DIR_OUT), and return the stop with a message that says how to finish."""
+def keep_placed(placed: inference.Predictions, names: list[str], classes: list[str], out: str,
+                ctx: DistContext) -> str:
+    """After a stop or a failed placement: write the manifest of what this rank placed, drop the reports of a
+    finished sort (they no longer describe DIR_OUT); return the manifest's name."""
     name = MANIFEST_NAME if ctx.world_size == 1 else RANK_MANIFESTS.replace("*", str(ctx.rank))
-    save_if_changed(os.path.join(out, name), manifest(placed, plan(placed, names, classes, out), classes, out))
+    files.write_if_changed(os.path.join(out, name), manifest(placed, plan(placed, names, classes, out), classes, out))
     for report in (SUMMARY_NAME + ".csv", SUMMARY_NAME + ".txt", SHEET_NAME) if ctx.is_main else ():
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, report))
-    return faults.Interrupted(exc.signum, f"{exc}: {len(placed)} placed into {out} and listed in {name}; run the "
-                                          "same command again to sort the rest (what is in place is kept).")
+    return name
 
 
 def main(args: argparse.Namespace) -> dict | None:
     """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
     with exit_on_user_error():
         check_args(args)
-        return inference.run_in_context(args, run)
+        return process.run_in_context(lambda ctx: run(args, ctx), args.gpu, args.no_accel, args.dist_backend,
+                                      args.dist_timeout)
 
 
 if __name__ == "__main__":

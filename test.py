@@ -23,15 +23,20 @@ List the unreadable files of the labelled folder (or of IMAGE...) without evalua
 
 Ctrl+C or SIGTERM stops after the batch in hand, with one line and exit status 130 or 143; no report is written.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
-import csv
 import json
 import os
 import sys
 
 import torch
 
-from common import data, distributed, engine, faults, figures, images, inference, metrics, options
+from common import data, distributed, faults, figures, files, images, inference, metrics, model_loading, options
+from common import process
 from common.errors import UserError, exit_on_user_error
 
 TOP5 = 5
@@ -43,12 +48,14 @@ MAX_PRINTED_CLASSES = 30  # above this, only the classes with the lowest recall 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
-        parents=[options.data_parser(), options.model_parser(default_arch=None), options.inference_parser(),
-                 options.speed_parser(), options.check_data_parser(), options.dist_parser()])
+        parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
+                 options.inference_parser(), options.speed_parser(), options.check_data_parser(),
+                 options.device_parser(), options.process_group_parser()])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
-    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default: 5)")
+    parser.add_argument("--topk", type=options.POSITIVE_INT, default=5, metavar="K",
+                        help="classes shown per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print the predictions of IMAGE... as JSON")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
+    parser.add_argument("--limit", type=options.POSITIVE_INT, default=None, metavar="N",
                         help="evaluate only the first N images of the folder (default: all)")
     parser.add_argument("--output-dir", default=".", metavar="DIR",
                         help="where the CSV files and the confusion matrix PNG go (default: current directory)")
@@ -70,11 +77,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data and args.json:
         raise UserError("--json is for the predictions of IMAGE...; a folder's results are in the CSV files that "
                         "--output-dir receives.")
-    options.check_positive(args, ["topk", "limit"])
     if args.check_data and args.json:
         raise UserError("--check-data prints a plain list of unreadable files; drop --json.")
     if args.data and not args.check_data:
-        engine.check_output_dir(args.output_dir)
+        files.check_output_dir(args.output_dir)
 
 
 def check_data(args: argparse.Namespace) -> int:
@@ -126,23 +132,17 @@ def summary(preds: inference.Predictions) -> dict:
             "loss": float(preds.loss.mean()) if n else float("nan")}
 
 
-def csv_file(path: str):
-    """``path`` opened for csv.writer; file and folder names that are not UTF-8 are written back as their original
-    bytes (surrogateescape), so that each path stays usable and each class name matches its folder."""
-    return open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
-
-
 def write_predictions(path: str, preds: inference.Predictions, classes: list[str]) -> None:
     """One row per image: path, true and predicted class, confidence, correct, loss, top-5 as class:probability."""
-    with csv_file(path) as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "confidence", "correct", "loss", "top5"])
-        for row, file in enumerate(preds.paths):
-            idx, prob = preds.top_idx[row].tolist(), preds.top_prob[row].tolist()
-            true = int(preds.targets[row])
-            top5 = ";".join(f"{classes[c]}:{p:.6f}" for c, p in zip(idx[:TOP5], prob[:TOP5]))
-            writer.writerow([file, classes[true], classes[idx[0]], f"{prob[0]:.6f}", int(idx[0] == true),
-                             f"{float(preds.loss[row]):.6f}", top5])
+    rows = []
+    for row, file in enumerate(preds.paths):
+        idx, prob = preds.top_idx[row].tolist(), preds.top_prob[row].tolist()
+        true = int(preds.targets[row])
+        top5 = ";".join(f"{classes[c]}:{p:.6f}" for c, p in zip(idx[:TOP5], prob[:TOP5]))
+        rows.append([file, classes[true], classes[idx[0]], f"{prob[0]:.6f}", int(idx[0] == true),
+                     f"{float(preds.loss[row]):.6f}", top5])
+    header = ["path", "true", "predicted", "confidence", "correct", "loss", "top5"]
+    files.write_atomically(path, lambda f: f.write(files.csv_bytes(header, rows)))
 
 
 def confused_with(cm: torch.Tensor, c: int, classes: list[str], n: int = 3) -> str:
@@ -163,14 +163,12 @@ def class_rows(cm: torch.Tensor, classes: list[str], names: list[str]) -> list[d
 
 def write_class_reports(out: str, cm: torch.Tensor, rows: list[dict], prep: inference.Prepared) -> None:
     """per_class.csv, the confusion matrix as CSV (rows: true, columns: predicted) and as a PNG heatmap."""
-    with csv_file(os.path.join(out, PER_CLASS_NAME)) as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({**r, **{k: f"{r[k]:.6f}" for k in ("precision", "recall", "f1")}} for r in rows)
-    with csv_file(os.path.join(out, CONFUSION_CSV_NAME)) as f:
-        writer = csv.writer(f)
-        writer.writerow(["true\\predicted", *prep.classes])
-        writer.writerows([cls, *cm[i].tolist()] for i, cls in enumerate(prep.classes))
+    shown = [{**r, **{k: f"{r[k]:.6f}" for k in ("precision", "recall", "f1")}} for r in rows]
+    per_class = files.csv_bytes(list(rows[0]), ([r[k] for k in rows[0]] for r in shown))
+    files.write_atomically(os.path.join(out, PER_CLASS_NAME), lambda f: f.write(per_class))
+    matrix = files.csv_bytes(["true\\predicted", *prep.classes],
+                             ([cls, *cm[i].tolist()] for i, cls in enumerate(prep.classes)))
+    files.write_atomically(os.path.join(out, CONFUSION_CSV_NAME), lambda f: f.write(matrix))
     figures.confusion_png(cm, prep.names, os.path.join(out, CONFUSION_PNG_NAME))
 
 
@@ -202,8 +200,8 @@ def report_folder(preds: inference.Predictions, prep: inference.Prepared, out: s
 
 
 def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list | None:
-    source = inference.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                                   args.unsafe_load)
+    source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
+                                       args.unsafe_load)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
     prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images, speed=inference.speed_config(args))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
@@ -213,7 +211,7 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     try:
         local = inference.predict(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
     except faults.Interrupted as exc:
-        raise faults.Interrupted(exc.signum, f"{exc}; nothing was written: run the same command again.") from None
+        raise exc.then("nothing was written: run the same command again.") from None
     preds = inference.gather(local, ctx)
     if not ctx.is_main:
         return None
@@ -230,7 +228,8 @@ def main(args: argparse.Namespace) -> dict | list | None:
         check_args(args)
         if args.check_data:
             sys.exit(check_data(args))
-        return inference.run_in_context(args, run)
+        return process.run_in_context(lambda ctx: run(args, ctx), args.gpu, args.no_accel, args.dist_backend,
+                                      args.dist_timeout)
 
 
 if __name__ == "__main__":

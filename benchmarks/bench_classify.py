@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
 from benchmarks.benchlib import make_class_folder  # noqa: E402
-from common import data, distributed, inference, models, options, transforms  # noqa: E402
+from common import data, distributed, inference, model_loading, models, options, transforms  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -56,9 +56,9 @@ def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: floa
 
 def original_loop(ckpt: str, folder: str, out: str, device: torch.device) -> tuple[int, int, int]:
     """The original script: one image at a time, PIL + transform + model(batch of 1) + argmax + shutil.copy."""
-    loaded = inference.load_model(inference.ModelSource(ckpt))
+    loaded = model_loading.load_model(model_loading.ModelSource(ckpt))
     model = loaded.model.to(device).eval()
-    resize, crop = inference.eval_sizes(loaded.train_args, None, None)
+    resize, crop = model_loading.eval_sizes(loaded.train_args, None, None)
     transform = transforms.eval_transform(resize, crop, fast=False)
     dataset = data.image_folder(folder, None)
     with torch.no_grad():
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_classify_") as work:
         ckpt, folder, warmup = prepare_inputs(args, work)
-        arch = inference.load_model(inference.ModelSource(ckpt)).arch
+        arch = model_loading.load_model(model_loading.ModelSource(ckpt)).arch
         for name, method, extra in methods:
             (images, batch, workers), seconds = timed(method, ckpt, folder, warmup, work, *extra)
             rows.append({"method": name, "arch": arch, "device": device_tag(device), "batch": batch,

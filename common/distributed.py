@@ -82,19 +82,37 @@ def init_process(rank: int, world_size: int, local_rank: int, dist_url: str, bac
     else:
         limit_cpu_threads(local_world_size)
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        join_group(rank, world_size, dist_url, backend, datetime.timedelta(seconds=timeout_s))
+    except dist.DistError as exc:  # DistStoreError, DistNetworkError: the rendezvous did not complete in time
+        raise UserError(rendezvous_failure(rank, world_size, dist_url, timeout_s, exc)) from None
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True,
+                       local_world_size=local_world_size)
+
+
+def join_group(rank: int, world_size: int, dist_url: str, backend: str, timeout: datetime.timedelta) -> None:
+    """``dist.init_process_group``; under torchrun each restart attempt gets its own key space: without it, a
+    restarted gloo group was seen to dial the listening port of the worker that had died in the previous attempt."""
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if dist_url == "env://" and restart is not None:
-        # Under torchrun, give each restart attempt its own key space: without it, a restarted gloo group was seen
-        # to dial the listening port of the worker that had died in the previous attempt.
         store, _, _ = next(dist.rendezvous(dist_url, rank, world_size, timeout=timeout))
         dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt{restart}", store),
                                 world_size=world_size, rank=rank, timeout=timeout)
     else:
         dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
                                 timeout=timeout)
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, distributed=True,
-                       local_world_size=local_world_size)
+
+
+def rendezvous_failure(rank: int, world_size: int, dist_url: str, timeout_s: float, exc: BaseException) -> str:
+    """One sentence for a rendezvous that timed out: who waited, at which address, for whom, and what to check."""
+    address = (f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}" if dist_url == "env://"
+               else dist_url)
+    waited = ("rank 0 hosts the rendezvous there and waited for the other ranks" if rank == 0
+              else "it could not reach rank 0 there, or rank 0 stopped waiting")
+    first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    return (f"rank {rank} of {world_size} gave up on the rendezvous at {address} after --dist-timeout "
+            f"{timeout_s:g} s: {waited} ({first}). Check that every node was started, with the same address, port "
+            f"and world size ({world_size} processes), and that the port is open between the nodes.")
 
 
 def torchrun_env() -> tuple[int, int, int, int] | None:
@@ -118,6 +136,15 @@ def slurm_env() -> tuple[int, int, int, int] | None:
     per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
     local_world = int(per_node.split("(")[0].split(",")[0])  # "4(x2)" -> 4
     return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world
+
+
+def process_context(gpu: int | None, no_accel: bool, backend: str | None, timeout_s: float) -> DistContext:
+    """One process (``--gpu`` or the first accelerator or the CPU), or one rank of a torchrun job."""
+    env = torchrun_env()
+    if env is None:
+        return single_process(gpu, no_accel)
+    rank, world_size, local_rank, local_world_size = env
+    return init_process(rank, world_size, local_rank, "env://", backend, no_accel, local_world_size, timeout_s)
 
 
 def free_port() -> int:

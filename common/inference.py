@@ -1,18 +1,15 @@
-"""Inference shared by test.py and classify_test_data.py: load a model from any file, predict over a loader.
+"""Prediction over a labelled folder or a list of image files, for test.py and classify_test_data.py.
 
-``load_model`` accepts a checkpoint written by this project (the architecture, class names and eval sizes come with
-it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``) or,
-only when asked, a whole pickled model. ``prepare`` turns that model plus a labelled folder or a list of image files
-into a loader whose targets use the model's class indices; ``predict`` runs it (sharded under torchrun) and
-``gather`` puts every rank's rows together in dataset order. ``SpeedConfig`` picks the same fast path as training
-(uint8 decoding in the workers, autocast by device, channels_last) plus BatchNorm folding, each with an off switch.
+``prepare`` puts a loaded model (``model_loading``) on its device and turns a labelled folder or a list of image
+files into this rank's loader, with targets that use the model's class indices; ``predict`` runs it (sharded under
+torchrun) and ``gather`` puts every rank's rows together in dataset order. ``SpeedConfig`` picks the same fast path
+as training (uint8 decoding in the workers, autocast by device, channels_last) plus BatchNorm folding, each with an
+off switch. Nothing here imports the training engine.
 """
 from __future__ import annotations
 
 import math
 import os
-import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,161 +19,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import checkpoint, data, distributed, faults, models, options, transforms
+from common import data, faults, models, options, transforms
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, load_rgb
-from common.launch import exit_on_stop
 from common.logger import Progress
 from common.meters import AverageMeter
+from common.model_loading import LoadedModel, ModelSource, class_names, display_names, eval_sizes, load_model
 from common.precision import Precision, choose_precision
-from common.train_step import logits_of
 
-WNID = re.compile(r"n\d{8}")
-# Parts of torchvision models that only exist in training (GoogLeNet aux1/aux2, Inception AuxLogits); checkpoints
-# of models built from pretrained weights have none, so their absence is not a mismatch.
-AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 # What PIL raises for a file it cannot decode: unknown format (OSError), truncated data, bogus headers, huge images.
 UNREADABLE = (BadImage, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from: a file (``--ckpt``), or ImageNet weights (``--pretrained`` with ``-a``)."""
-
-    path: str | None = None
-    arch: str | None = None
-    pretrained: bool = False
-    width_mult: float = 1.0
-    unsafe: bool = False
-
-
-@dataclass
-class LoadedModel:
-    """A bare model in eval mode on the CPU, with what its file says about it."""
-
-    model: nn.Module
-    arch: str
-    num_classes: int
-    classes: list[str] | None  # class names stored with the weights; None when the file has none
-    train_args: dict[str, Any]  # the checkpoint's args ({} for a bare state_dict)
-    note: str = ""  # e.g. "epoch 3, best Acc@1 87.500", for the header
-
-
-def imagenet_categories() -> list[str]:
-    """The 1000 human-readable ImageNet names in class-index order (that is, sorted wnid order); no download."""
-    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def display_names(classes: list[str]) -> list[str]:
-    """Human-readable names: the 1000 sorted ImageNet wnids become 'tench', 'goldfish', ...; others stay as they are."""
-    imagenet = len(classes) == models.IMAGENET_CLASSES and classes == sorted(classes)
-    if imagenet and all(WNID.fullmatch(c) for c in classes):
-        return imagenet_categories()
-    return list(classes)
-
-
-def _build(arch: str, num_classes: int, width_mult: float) -> nn.Module:
-    options.check_arch(arch, models.available_archs())
-    return models.create_model(arch, num_classes, width_mult=width_mult)
-
-
-def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: str, arch: str) -> None:
-    """Load every weight; only training-only auxiliary heads may be absent on either side."""
-    own = model.state_dict()
-    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
-    result = model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(AUX_PREFIXES)]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(AUX_PREFIXES)]
-    if wrong or missing or unexpected:
-        raise UserError(f"{path} does not fit -a {arch} ({len(wrong)} shapes differ, e.g. {wrong[:2]}; "
-                        f"{len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. "
-                        f"{unexpected[:2]}); pass the -a/--arch (and --width-mult) it was trained with.")
-
-
-def _from_state_dict(state: dict[str, torch.Tensor], path: str, arch: str, width_mult: float) -> nn.Module:
-    """Build ``arch`` with as many outputs as the file's classifier has, and load the file into it."""
-    model = _build(arch, models.IMAGENET_CLASSES, width_mult)
-    head = state.get(models.classifier_name(model) + ".weight")
-    if head is not None and head.shape[0] != models.IMAGENET_CLASSES:
-        models.replace_head(model, head.shape[0])
-    _load_exact(model, state, path, arch)
-    return model
-
-
-def _num_outputs(model: nn.Module) -> int:
-    head = model.get_submodule(models.classifier_name(model))
-    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
-
-
-def _from_pickled_model(obj: nn.Module, path: str) -> LoadedModel:
-    model = checkpoint.unwrap(obj).cpu()
-    return LoadedModel(model, type(model).__name__.lower(), _num_outputs(model), None, {},
-                       "whole pickled model, loaded with --unsafe-load")
-
-
-def _from_file(source: ModelSource) -> LoadedModel:
-    """A checkpoint of this project, a bare or wrapped state_dict, or (with --unsafe-load) a pickled model."""
-    path = source.path
-    try:
-        obj = checkpoint.load_file(path, unsafe=source.unsafe)
-    except (AttributeError, ImportError) as exc:  # a pickled model whose class cannot be imported here
-        raise UserError(f"{path} is a pickled model whose code is not importable here ({exc}); save its "
-                        "state_dict instead and pass it with -a.") from None
-    if isinstance(obj, nn.Module):
-        return _from_pickled_model(obj, path)
-    state = checkpoint.state_dict_from(obj)
-    meta = obj if isinstance(obj, dict) and "state_dict" in obj else {}
-    train_args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
-    arch = meta.get("arch") if isinstance(meta.get("arch"), str) else None
-    if arch and source.arch and arch != source.arch:
-        raise UserError(f"{path} holds a {arch}, but -a {source.arch} was given; drop -a or pass -a {arch}.")
-    arch = arch or source.arch
-    if not arch:
-        raise UserError(f"{path} is a state_dict that does not record its architecture; pass -a/--arch "
-                        "(and --width-mult for a GhostNet of another width).")
-    model = _from_state_dict(state, path, arch, float(train_args.get("width_mult", source.width_mult)))
-    classes = meta.get("classes")
-    classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
-    best = float(meta.get("best_acc1", 0.0))
-    note = f"after {meta['epoch']} epochs, best Acc@1 {best:.3f}" if "epoch" in meta else ""
-    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note)
-
-
-def load_model(source: ModelSource) -> LoadedModel:
-    """The model ``source`` names, in eval mode on the CPU; every user mistake becomes a one-sentence UserError."""
-    if source.path and source.pretrained:
-        raise UserError("--ckpt and --pretrained both name the weights; give one of them.")
-    if source.path:
-        loaded = _from_file(source)
-    elif source.pretrained:
-        if not source.arch:
-            raise UserError("--pretrained needs -a/--arch to say which ImageNet model to load.")
-        options.check_arch(source.arch, models.available_archs())
-        model = models.create_model(source.arch, models.IMAGENET_CLASSES, pretrained=True,
-                                    width_mult=source.width_mult)
-        loaded = LoadedModel(model, source.arch, models.IMAGENET_CLASSES, None, {}, "ImageNet weights")
-    else:
-        raise UserError("no model given: pass --ckpt PATH (a checkpoint or state_dict) or --pretrained -a ARCH.")
-    loaded.model.eval()
-    if loaded.classes is not None and len(loaded.classes) != loaded.num_classes:
-        raise UserError(f"{source.path} names {len(loaded.classes)} classes but its classifier has "
-                        f"{loaded.num_classes} outputs; the file is inconsistent, re-save it.")
-    return loaded
-
-
-def eval_sizes(train_args: dict[str, Any], resize: int | None, crop: int | None) -> tuple[int, int]:
-    """Resize and crop sizes: the flags if given, else the checkpoint's, else the ImageNet defaults."""
-    resize = resize or int(train_args.get("val_resize_size") or options.VAL_RESIZE_SIZE)
-    crop = crop or int(train_args.get("val_crop_size") or options.VAL_CROP_SIZE)
-    if crop > resize:
-        raise UserError(f"the centre crop ({crop} px) is larger than the resize size ({resize} px); make "
-                        "--val-crop-size at most --val-resize-size.")
-    return resize, crop
 
 
 def labelled_dir(root: str) -> str:
@@ -337,15 +193,16 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
         classes = align_classes(base, loaded)
     else:
         base = ImageFiles(images or [], transform, speed.fast)
-        classes = loaded.classes or (imagenet_categories() if loaded.num_classes == models.IMAGENET_CLASSES
-                                     else [str(i) for i in range(loaded.num_classes)])
+        classes = class_names(loaded)
     dataset = Readable(base, crop, cfg.limit, speed.fast)
     cpu = ctx.device.type == "cpu"
     batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
     workers = data.default_workers(ctx.local_world_size) if cfg.workers is None else cfg.workers
     workers = min(workers, math.ceil(len(dataset) / (batch * ctx.world_size)))  # no idle workers to start
     sampler = data.ShardSampler(len(dataset), ctx.world_size, ctx.rank)
-    loader = data.make_loader(dataset, sampler, batch, workers, ctx.device)
+    # One pass, so no persistent workers: they end with the pass's iterator, which ``predict`` holds and drops.
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                        pin_memory=ctx.device.type == "cuda")
     model, precision, model_desc = _on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
                     display_names(classes), resize, crop, batch, workers, folder)
@@ -414,7 +271,7 @@ def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int
     """
     images = transforms.to_model_input(images, device, precision.channels_last)
     with precision.autocast():
-        logits = logits_of(model(images)).float()
+        logits = models.logits_of(model(images)).float()
     top_idx = logits.topk(k, dim=1).indices
     top_prob = logits.softmax(dim=1).gather(1, top_idx)
     targets = targets.to(device)
@@ -424,14 +281,6 @@ def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int
 
 
 BatchHook = Callable[[Predictions], None]
-
-
-def _stop_workers(loader: DataLoader) -> None:
-    """End the loader's worker processes now, not at exit: persistent workers outlive a loop that stops early, and
-    torch reports a worker that dies of the stop's signal as a failure (RuntimeError) until they are shut down."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):  # DataLoader has no public call for this
-        iterator._shutdown_workers()
 
 
 def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ", show_progress: bool = True,
@@ -447,10 +296,11 @@ def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
     progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
     parts: list[Predictions] = []
     model_seconds, start, done = 0.0, time.perf_counter(), 0
-    stop = faults.StopRequest().install()
+    stop, batches = faults.StopRequest().install(), None
     try:
         with torch.inference_mode():
-            for i, (images, targets, paths, ok) in enumerate(prep.loader):
+            batches = iter(prep.loader)
+            for i, (images, targets, paths, ok) in enumerate(batches):
                 _sync(ctx.device)
                 t0 = time.perf_counter()
                 top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device, prep.precision)
@@ -464,20 +314,20 @@ def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
                     on_batch(parts[-1])
                 progress.step(i)
                 if stop.signum:
-                    _stop_workers(prep.loader)
                     break
     except Exception:  # after a stop request, a failure of the loader is the stop's doing
         if not stop.signum:
             raise
         # A signal sent to the whole process group (Ctrl+C in a terminal, a scheduler's SIGTERM) also ends the loader
         # workers, and torch then raises RuntimeError, or ConnectionResetError mid-transfer of a batch.
-        _stop_workers(prep.loader)
     finally:
+        # The only reference to the iterator: dropping it shuts its workers down now rather than at exit, where torch
+        # would report one that died of the stop's signal as a failure.
+        del batches
         stop.uninstall()
         progress.close()
     if stop.signum:
-        raise faults.Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after {done} of "
-                                              f"{len(order)} images")
+        raise faults.Interrupted(stop.signum, f"after {done} of {len(order)} images")
     return concat(parts, k, time.perf_counter() - start, model_seconds)
 
 
@@ -489,27 +339,6 @@ def gather(preds: Predictions, ctx: DistContext) -> Predictions:
     dist.all_gather_object(parts, preds)
     joined = concat(parts, preds.top_idx.shape[1], max(p.seconds for p in parts), max(p.model_seconds for p in parts))
     return joined.select(joined.indices.argsort().tolist())
-
-
-def process_context(gpu: int | None, no_accel: bool, backend: str | None, timeout_s: float) -> DistContext:
-    """One process (``--gpu`` or the first accelerator or the CPU), or one rank of a torchrun job."""
-    env = distributed.torchrun_env()
-    if env is None:
-        return distributed.single_process(gpu, no_accel)
-    rank, world_size, local_rank, local_world_size = env
-    return distributed.init_process(rank, world_size, local_rank, "env://", backend, no_accel, local_world_size,
-                                    timeout_s)
-
-
-def run_in_context(args, run: Callable[[Any, DistContext], Any]) -> Any:
-    """``run(args, ctx)`` in this process's context (``--gpu``/``--no-accel``, or its torchrun rank): a signal stop
-    or a lost peer ends in one line, and the process group is left in every case."""
-    ctx = process_context(args.gpu, args.no_accel, args.dist_backend, args.dist_timeout)
-    with exit_on_stop(ctx):
-        try:
-            return run(args, ctx)
-        finally:
-            distributed.cleanup(ctx)
 
 
 def timing_line(preds: Predictions, prep: Prepared, device: torch.device) -> str:

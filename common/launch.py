@@ -6,19 +6,18 @@ needs a top-level function and two scripts use it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Iterator
 
-import torch.distributed as dist
+import torch
 import torch.multiprocessing as mp
 
-from common import data, distributed, engine, faults, images, models, options
+from common import data, distributed, engine, faults, files, images, models, options
 from common.errors import UserError, exit_on_user_error
+from common.process import exit_on_stop
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -26,38 +25,21 @@ def check_args(args: argparse.Namespace) -> None:
     options.check_training_args(args, models.available_archs())
     if not args.dummy:
         data.split_dirs(args.data)
-    gpus = distributed.accelerator_count(args.no_accel)
-    if args.gpu is not None and not 0 <= args.gpu < gpus:
+    gpu, gpus = getattr(args, "gpu", None), distributed.accelerator_count(args.no_accel)  # mp.spawn has no --gpu
+    if gpu is not None and gpu >= gpus:
         note = " (--no-accel was given)" if args.no_accel else ""
-        raise UserError(f"--gpu {args.gpu} does not exist: {gpus} GPU(s) can be used here{note}; "
+        raise UserError(f"--gpu {gpu} does not exist: {gpus} GPU(s) can be used here{note}; "
                         "choose one below that, or drop --gpu.")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
-    try:
-        faults.parse_interval(args.checkpoint_interval)
-    except ValueError:
-        raise UserError(f"--checkpoint-interval {args.checkpoint_interval!r} is neither a number of steps (500) "
-                        "nor of minutes (30m).") from None
-    engine.check_output_dir(args.output_dir)
+    files.check_output_dir(args.output_dir)
 
 
-@contextlib.contextmanager
-def exit_on_stop(ctx: distributed.DistContext) -> Iterator[None]:
-    """A signal stop exits with 128 + signal number; a lost peer process exits with 1; both in one line."""
-    try:
-        yield
-    except faults.Interrupted as exc:
-        if ctx.is_main:
-            print(f"=> {exc}", file=sys.stderr, flush=True)
-        distributed.cleanup(ctx)
-        sys.exit(128 + exc.signum)
-    except (dist.DistError, RuntimeError) as exc:
-        if not (ctx.distributed and _is_peer_failure(exc)):
-            raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        print(f"error: rank {ctx.rank} lost contact with another process, which died or stopped answering "
-              f"within --dist-timeout ({first}); its own output says why.", file=sys.stderr, flush=True)
-        sys.exit(1)
+def check_args_or_scan(args: argparse.Namespace) -> None:
+    """``check_args``; then, with ``--check-data``, scan the dataset and exit with its status instead of training."""
+    check_args(args)
+    if args.check_data:
+        sys.exit(check_data(args))
 
 
 def check_data(args: argparse.Namespace) -> int:
@@ -70,14 +52,6 @@ def check_data(args: argparse.Namespace) -> int:
                                   "training skips them with --bad-images skip, the default")
 
 
-def _is_peer_failure(exc: BaseException) -> bool:
-    """Whether an error raised inside a collective means that another process died or stopped answering."""
-    if isinstance(exc, dist.DistError):
-        return True
-    text = str(exc).lower()
-    return any(word in text for word in ("gloo", "nccl", "connection reset", "connection closed", "timed out"))
-
-
 def ddp_wrap(sync_bn: bool) -> engine.Wrap:
     return functools.partial(distributed.wrap_ddp, sync_bn=sync_bn)
 
@@ -85,7 +59,7 @@ def ddp_wrap(sync_bn: bool) -> engine.Wrap:
 def run_single(args: argparse.Namespace, wrap: engine.Wrap, log_name: str) -> dict:
     """One process on one device (``--gpu``, or the first accelerator, or the CPU)."""
     ctx = distributed.single_process(args.gpu, args.no_accel)
-    with exit_on_stop(ctx):
+    with exit_on_stop(ctx, args.output_dir):
         return engine.fit(args, ctx, wrap, log_name)
 
 
@@ -106,7 +80,7 @@ def run_torchrun(args: argparse.Namespace, log_name: str) -> dict:
         args.resume = args.resume or "auto"
     ctx = distributed.init_process(rank, world_size, local_rank, dist_url, args.dist_backend, args.no_accel,
                                    local_world_size, args.dist_timeout)
-    with exit_on_stop(ctx):
+    with exit_on_stop(ctx, args.output_dir):
         try:
             return engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
         finally:
@@ -132,7 +106,7 @@ def _spawned_worker(local_rank: int, args: argparse.Namespace, plan: SpawnPlan, 
         rank = plan.node_rank * plan.nprocs + local_rank
         ctx = distributed.init_process(rank, plan.world_size, local_rank, plan.dist_url, args.dist_backend,
                                        args.no_accel, plan.nprocs, args.dist_timeout)
-        with exit_on_stop(ctx):
+        with exit_on_stop(ctx, args.output_dir):
             try:
                 engine.fit(args, ctx, ddp_wrap(args.sync_bn), log_name)
             finally:
@@ -154,6 +128,15 @@ def spawn_plan(args: argparse.Namespace) -> SpawnPlan:
     return SpawnPlan(nprocs, nodes, node_rank, args.dist_url or f"tcp://127.0.0.1:{distributed.free_port()}")
 
 
+def check_batchnorm_batch(args: argparse.Namespace, world_size: int) -> None:
+    """``engine.check_batchnorm_batch`` in the parent, before any process is spawned, so that the refusal is one line
+    and not one per worker. The model is built on the meta device (no memory, no weights); the train set is taken
+    to hold at least one global batch, and each worker checks again with its real size."""
+    with torch.device("meta"):
+        model = models.create_model(args.arch, 2, width_mult=args.width_mult)
+    engine.check_batchnorm_batch(model, args.batch_size, args.batch_size, world_size, args.accum_steps)
+
+
 def run_spawn(args: argparse.Namespace, log_name: str) -> None:
     """Spawn one DDP worker per GPU (or ``--nprocs`` CPU workers with gloo) on this node and wait for them.
 
@@ -161,6 +144,7 @@ def run_spawn(args: argparse.Namespace, log_name: str) -> None:
     same step, checkpoint and exit; the parent then exits with their status.
     """
     plan = spawn_plan(args)
+    check_batchnorm_batch(args, plan.world_size)
     print(f"=> spawning {plan.nprocs} process(es) on node {plan.node_rank} of {plan.nodes} "
           f"(world size {plan.world_size}, rendezvous {plan.dist_url})", flush=True)
     context = mp.spawn(_spawned_worker, args=(args, plan, log_name), nprocs=plan.nprocs, join=False)
@@ -175,7 +159,7 @@ def run_spawn(args: argparse.Namespace, log_name: str) -> None:
         while not context.join():
             pass
     except mp.ProcessExitedException as exc:
-        if exc.exit_code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        if exc.exit_code in (2, 128 + signal.SIGTERM, 128 + signal.SIGINT):  # the worker said why in one line
             sys.exit(exc.exit_code)
         raise UserError(f"worker process {exc.error_index} stopped with exit code {exc.exit_code}; "
                         "its message is above.") from None

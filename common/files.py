@@ -1,0 +1,92 @@
+"""Output files and folders: every file a script writes for the user appears whole or not at all.
+
+* ``check_output_dir``: create the output folder and check that it is writable, before any work starts.
+* ``atomic_write``: write a temporary file beside the target, fsync it, rename it over the target; on any failure
+  the temporary file is removed and the target is left as it was. Checkpoints use it directly (a failed save is a
+  warning there, not the end of a run).
+* ``write_atomically`` / ``write_if_changed``: the same for reports (CSV, PNG, manifest), where a refused write
+  (full disk, read-only folder, file size limit, a name the filesystem cannot hold) ends in one sentence that names
+  the file and says that an earlier copy is kept.
+* ``csv_bytes``: CSV rows as bytes, with file names that are not UTF-8 written back as their original bytes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import BinaryIO
+
+from common.errors import UserError
+
+Writer = Callable[[BinaryIO], None]
+
+
+def check_output_dir(path: str, flag: str = "--output-dir") -> None:
+    """Create the output folder and make sure it is writable, before any work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {flag} {path!r} ({exc.strerror}); choose a writable folder.") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path!r} is not writable; choose a writable folder.")
+
+
+def atomic_write(path: str, write: Writer) -> None:
+    """Call ``write(file)`` on a temporary file in the target folder, fsync it, then rename it over ``path``.
+
+    Readers see the old file or the new one, never half of one. Errors propagate after the temporary file is
+    removed. The file gets the permissions a plain ``open()`` would give (mkstemp alone makes 0600 files).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomically(path: str, write: Writer) -> str:
+    """``atomic_write``, with a refusal of the system (or of ``write``) turned into one UserError naming ``path``;
+    returns ``path``."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); {kept}: free some disk space, choose a "
+                        "writable folder or a shorter name, and run it again.") from None
+    return path
+
+
+def write_if_changed(path: str, content: bytes) -> bool:
+    """``write_atomically`` ``content`` unless ``path`` already holds exactly it, so that a rerun changes nothing
+    (not even the modification time); returns whether the file was written."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == content:
+                return False
+    except OSError:
+        pass
+    write_atomically(path, lambda f: f.write(content))
+    return True
+
+
+def csv_bytes(header: list[str] | None, rows: Iterable[Iterable]) -> bytes:
+    """CSV rows (after an optional header) as UTF-8 bytes; names that are not UTF-8 (decoded by Python with
+    surrogate escapes) come back as their original bytes."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    if header is not None:
+        writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8", "surrogateescape")
