@@ -20,20 +20,25 @@ on them; --train-augment uses RandomResizedCrop + flip instead, and then every e
 SIGTERM or Ctrl+C stops after the step in hand with a checkpoint, as the training scripts do (exit status 143 or
 130); --resume auto continues from it.
 """
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
+    from common.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import argparse
 import os
-import signal
 import time
 
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from common import data, distributed, engine, faults, models, options, schedule
+from common import checkpoint, data, distributed, engine, faults, files, models, options, schedule
 from common.distributed import DistContext
 from common.errors import UserError, exit_on_user_error
-from common.launch import exit_on_stop
-from common.logger import CsvLog, Progress, epoch_row
+from common.process import exit_on_stop
+from common.logger import Progress
 from common.train_step import TrainStep
 
 LOG_NAME = "network.csv"
@@ -42,8 +47,9 @@ LOG_NAME = "network.csv"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a new classifier head on a frozen pretrained backbone (ImageNet weights or a file).",
-        parents=[options.data_parser(), options.model_parser("resnet50"), options.train_parser(),
-                 options.dist_parser()])
+        parents=[options.data_parser(), options.model_parser("resnet50", dropout=False),
+                 options.train_parser(recipes=False, mid_epoch_checkpoints=False, torchrun=False),
+                 options.device_parser()])
     parser.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=None,
                         help="compute the frozen backbone's features once and train the head on them (default: on, "
                              "unless --train-augment)")
@@ -56,14 +62,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Every check that can fail on the user's input, before any model is built."""
     options.check_training_args(args, models.available_archs())
-    if distributed.torchrun_env() is not None or args.world_size > 1 or (args.nprocs or 1) > 1:
+    if distributed.torchrun_env() is not None:
         raise UserError("network.py trains in one process (the frozen backbone's features are cheap to reuse); "
-                        "run it with python and drop --world-size/--nprocs.")
+                        "run it with python, not torchrun.")
     if args.weights and args.pretrained:
         raise UserError("--weights and --pretrained both name the backbone's weights; give one of them.")
-    if args.dropout is not None or args.checkpoint_interval:
-        raise UserError("network.py keeps the whole network in eval mode (no dropout) and checkpoints after every "
-                        "short epoch; drop --dropout and --checkpoint-interval.")
     if args.cache_features and args.train_augment:
         raise UserError("--cache-features needs the deterministic eval transform; drop --train-augment or use "
                         "--no-cache-features.")
@@ -71,7 +74,7 @@ def check_args(args: argparse.Namespace) -> None:
         data.split_dirs(args.data)
     if args.resume not in ("", "auto") and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path.")
-    engine.check_output_dir(args.output_dir)
+    files.check_output_dir(args.output_dir)
 
 
 def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str]]:
@@ -114,17 +117,55 @@ def feature_loader(features: FeatureSet, sampler, batch_size: int) -> DataLoader
     return DataLoader(features, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
 
 
-def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx: DistContext, prefix: str,
-                     print_freq: int, stop: faults.StopRequest | None = None) -> FeatureSet | None:
-    """The head's input for every image, in dataset order; None when layers follow the head (SqueezeNet).
+def tap_nodes(names: list[str], head_name: str) -> dict[str, str]:
+    """create_feature_extractor's return nodes in a graph of ``names``: the node before the head (the head's input,
+    checked on the first batch), the head, and the graph's last node when layers follow the head."""
+    where = names.index(head_name)  # ValueError when the head is not called as a module in this graph
+    if where == 0:
+        raise ValueError(f"{head_name} is the first node")
+    nodes = {names[where - 1]: "x", head_name: "y"}
+    if names[-1] != head_name:
+        nodes[names[-1]] = "out"
+    return nodes
+
+
+def head_taps(model: nn.Module, head_name: str) -> nn.Module | None:
+    """``model`` traced by torch.fx to return {"x": the head's input, "y": its output, and "out": the model's output
+    when layers follow the head}; None, with a notice, when fx cannot trace it."""
+    try:
+        train_nodes, eval_nodes = (tap_nodes(names, head_name)
+                                   for names in get_graph_node_names(model, suppress_diff_warning=True))
+        return create_feature_extractor(model, train_return_nodes=train_nodes, eval_return_nodes=eval_nodes,
+                                        suppress_diff_warning=True)
+    except Exception as exc:  # fx fails in many ways (TraceError, TypeError, ...) on Python it cannot follow
+        print(f"=> torch.fx cannot trace {type(model).__name__} up to its head {head_name} ({type(exc).__name__}), so "
+              "features are not cached; the backbone runs every epoch", flush=True)
+        return None
+
+
+def head_gives_output(head: nn.Module, taps: dict[str, torch.Tensor], first: bool) -> bool:
+    """True when the head's output is the model's output (no layers follow it, unlike SqueezeNet's); on the first
+    batch also that the tapped input is the head's input."""
+    out = taps.get("out", taps["y"])
+    if out is not taps["y"] and not torch.equal(out, taps["y"]):
+        return False
+    return not first or torch.allclose(head(taps["x"]), taps["y"], rtol=1e-4, atol=1e-5)
+
+
+def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: DistContext, show: engine.PassConfig,
+                     stop: faults.StopRequest | None = None) -> FeatureSet | None:
+    """The head's input for every image, in dataset order (torchvision's create_feature_extractor); None, with a
+    notice, when it cannot be cached: layers follow the head (SqueezeNet), or torch.fx cannot trace the model.
 
     A signal caught by ``stop`` ends it after the batch in hand (``faults.Interrupted``): nothing is trained yet.
     """
-    seen: dict[str, torch.Tensor] = {}
-    hook = head.register_forward_hook(lambda _m, inputs, output: seen.update(x=inputs[0], y=output))
-    progress = Progress(len(loader), [], prefix, print_freq, ctx.is_main)
+    taps = head_taps(model, head_name)
+    if taps is None:
+        return None
+    head = model.get_submodule(head_name)
+    progress = Progress(len(loader), [], show.prefix, show.print_freq, ctx.is_main)
     features, targets, pos = None, torch.empty(len(loader.dataset), dtype=torch.long), 0
-    model.eval()
+    taps.eval()
     try:
         with torch.no_grad():  # not inference_mode: the cached tensors are later used in autograd
             for i, batch in enumerate(loader):
@@ -132,8 +173,10 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
                     progress.step(i)
                     continue
                 images, target, _paths = batch
-                out = engine.logits_of(model(images.to(ctx.device, non_blocking=True)))
-                if out is not seen["y"] and not torch.equal(out, seen["y"]):
+                seen = taps(images.to(ctx.device, non_blocking=True))
+                if not head_gives_output(head, seen, first=features is None):
+                    print(f"=> layers follow the classifier {head_name}, so features are not cached; the backbone "
+                          "runs every epoch", flush=True)
                     return None
                 if features is None:  # (N, *head input shape), on the CPU so that ImageNet-sized caches fit
                     features = torch.empty((len(loader.dataset), *seen["x"].shape[1:]), dtype=seen["x"].dtype)
@@ -142,28 +185,26 @@ def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, ctx:
                 pos += len(target)
                 progress.step(i)
                 if stop is not None and stop.signum:
-                    raise faults.Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} while "
-                                                          "computing features, before training: run it again.")
+                    raise faults.Interrupted(stop.signum, "while computing features, before training", "run it again.")
     finally:
-        hook.remove()
         progress.close()
     if features is None:
         return None
     return FeatureSet(features[:pos], targets[:pos])  # fewer rows than images when unreadable ones were dropped
 
 
-def cache_loaders(args: argparse.Namespace, run: engine.Run, head: nn.Module, train_set: Dataset, ctx: DistContext,
+def cache_loaders(args: argparse.Namespace, run: engine.Run, head_name: str, train_set: Dataset, ctx: DistContext,
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
     ordered = data.make_loader(train_set, data.ShardSampler(len(train_set)), run.train_loader.batch_size,
                                run.train_loader.num_workers, ctx.device)
-    train_feats = extract_features(run.model, head, ordered, ctx, "Features train: ", args.print_freq, stop)
+    train_feats = extract_features(run.model, head_name, ordered, ctx,
+                                   engine.PassConfig("Features train: ", args.print_freq), stop)
     if train_feats is None:
-        print(f"=> {args.arch}: layers follow the classifier, so features are not cached; the backbone runs "
-              "every epoch")
         return None
-    val_feats = extract_features(run.model, head, run.val_loader, ctx, "Features val: ", args.print_freq, stop)
+    val_feats = extract_features(run.model, head_name, run.val_loader, ctx,
+                                 engine.PassConfig("Features val: ", args.print_freq), stop)
     size_mb = (train_feats.features.nbytes + val_feats.features.nbytes) / 2**20
     print(f"=> features of {len(train_feats)} train + {len(val_feats)} val images cached in {time.time() - t0:.1f} "
           f"s ({tuple(train_feats.features.shape[1:])} each, {size_mb:.1f} MiB)", flush=True)
@@ -188,34 +229,16 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
     return run, head_name, train_set
 
 
-def cached(run: engine.Run) -> bool:
-    return isinstance(run.train_loader.dataset, FeatureSet)
-
-
-def train_one_epoch(run: engine.Run, head: nn.Module, ctx: DistContext, control: engine.StepControl,
-                    print_freq: int) -> engine.EpochStats:
-    """One epoch of the head from step ``control.first_step``; the backbone stays in eval mode (its BatchNorm
-    statistics must not move)."""
-    sampler = run.train_loader.sampler
-    sampler = getattr(sampler, "sampler", sampler)  # the feature loader wraps it in a BatchSampler
-    sampler.set_epoch(control.epoch)
-    sampler.set_start(control.first_step)
-    run.model.eval()
-    head.train()
-    net = head if cached(run) else run.model
-    step = TrainStep(net, run.criterion, run.optimizer, run.scheduler, run.precision)
-    return engine.run_epoch(net, run.train_loader, run.criterion, ctx, f"Epoch: [{control.epoch}]", print_freq,
-                            step, control)
-
-
-def validate(run: engine.Run, head: nn.Module, ctx: DistContext, print_freq: int) -> engine.EpochStats:
-    return engine.evaluate(head if cached(run) else run.model, run.val_loader, run.criterion, ctx, print_freq)
+def trainee(run: engine.Run, head_name: str) -> engine.Trainee:
+    """The head alone on cached features; else the whole model, with only the head in training mode."""
+    head = run.model.get_submodule(head_name)
+    return engine.Trainee(head) if isinstance(run.train_loader.dataset, FeatureSet) else engine.Trainee(run.model, head)
 
 
 def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_name: str, cache: bool) -> str:
     """One short description of the run."""
     head = run.model.get_submodule(head_name)
-    trained = sum(p.numel() for p in head.parameters())
+    trained = models.count_params(head)
     source = args.weights or "ImageNet weights"
     transform = (f"RandomResizedCrop {args.train_crop_size} + flip" if args.train_augment else
                  f"Resize {args.val_resize_size} + CenterCrop {args.val_crop_size}")
@@ -227,38 +250,19 @@ def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_nam
             f"{'on' if cache else 'off'} | output {args.output_dir}")
 
 
-def train_loop(args: argparse.Namespace, run: engine.Run, head: nn.Module, ctx: DistContext,
-               start: engine.ResumePoint, stop: faults.StopRequest) -> dict:
-    """Epochs of head training + validation + CSV log + checkpoints holding the whole model, from ``start``.
-
-    A signal stops it after the step in hand, with a checkpoint of that step (or, when it came during validation,
-    after that epoch's checkpoint), as the training scripts do.
-    """
-    record, val, seen = engine.EpochRecorder(CsvLog(os.path.join(args.output_dir, LOG_NAME)), args.output_dir,
-                                             start.best_acc1), None, set()
-    timer = faults.CheckpointTimer(None)  # no mid-epoch checkpoints but the one a stop writes
-    for epoch in range(start.epoch, args.epochs):
-        if stop.signum:
-            raise engine.stopped_message(ctx, stop.signum, epoch, args.output_dir)
-        engine.seed_process(args.seed, offset=1000 * (epoch + 1))
-        lr, started = run.optimizer.param_groups[0]["lr"], time.time()
-        first_step = start.step if epoch == start.epoch else 0
-        control = engine.step_hook(run, ctx, args, epoch, first_step, record.best_acc1, stop, timer)
-        train = train_one_epoch(run, head, ctx, control, args.print_freq)
-        if train.stopped:
-            raise engine.stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
-        val = validate(run, head, ctx, args.print_freq)
-        bad = engine.count_bad_images(run.bad_log, ctx, seen)  # with the feature cache: met while caching
-        record.end_epoch(run, ctx, args, epoch, epoch_row(epoch, started, lr, train, val, bad), val)
-    return record.finish(ctx, val)
+def loop_config(args: argparse.Namespace) -> engine.LoopConfig:
+    """The engine loop's settings: a CSV row per epoch and a checkpoint of the whole model after every (short) epoch,
+    with no per-step log and no mid-epoch checkpoints but the one a stop writes."""
+    return engine.LoopConfig(args.epochs, args.output_dir, LOG_NAME, args.arch, checkpoint.plain_args(args),
+                             args.print_freq, args.seed, step_log=False)
 
 
 def train(args: argparse.Namespace, ctx: DistContext) -> dict:
-    """Build, resume, cache the features, then evaluate (``-e``) or train; SIGTERM/SIGINT stop it cleanly."""
+    """Build, resume, cache the features, then evaluate (``-e``) or train the head through the engine's loop;
+    SIGTERM/SIGINT stop it cleanly, with a checkpoint once training has started."""
     torch.backends.cudnn.benchmark = args.seed is None
     workers = data.default_workers() if args.workers is None else args.workers
     run, head_name, train_set = build_run(args, ctx, workers)
-    head = run.model.get_submodule(head_name)
     resume = engine.resume_path(args.resume, args.output_dir)
     start = engine.restore(resume, run, args.arch) if resume else engine.ResumePoint()
     if args.start_epoch is not None:
@@ -268,14 +272,16 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
     stop = faults.StopRequest().install()
     try:
         if cache:  # after resume, so that the features are those of the resumed backbone
-            loaders = cache_loaders(args, run, head, train_set, ctx, stop)
+            loaders = cache_loaders(args, run, head_name, train_set, ctx, stop)
             if loaders:
                 run.train_loader, run.val_loader = loaders
+        trained = trainee(run, head_name)
         if args.evaluate:
             stop.uninstall()  # nothing to save: a signal may stop the evaluation at once
-            val = validate(run, head, ctx, args.print_freq)
+            val = engine.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq)
             return {"best_acc1": val.top1, "best_epoch": None, "val": val}
-        return train_loop(args, run, head, ctx, start, stop)
+        run.step = TrainStep(trained.module, run.criterion, run.optimizer, run.scheduler, run.precision)
+        return engine.train_loop(run, ctx, loop_config(args), start, trained, stop)
     finally:
         stop.uninstall()
 
@@ -284,7 +290,7 @@ def main(args: argparse.Namespace) -> dict:
     with exit_on_user_error():
         check_args(args)
         ctx = distributed.single_process(args.gpu, args.no_accel)
-        with exit_on_stop(ctx):
+        with exit_on_stop(ctx, args.output_dir):
             return train(args, ctx)
 
 

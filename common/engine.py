@@ -1,7 +1,11 @@
 """The one training/evaluation engine that all four training scripts call through ``fit(args, ctx, wrap, log_name)``.
 
 A script only decides how processes start (``ctx``) and how the model is wrapped (``wrap``); everything else, from
-datasets to checkpoints, happens here. ``fit`` is the only function that reads ``args``.
+datasets to checkpoints, happens here. Only ``fit`` and the builders it calls (``build_run``, ``augment_config``,
+``data_config``, ``build_model``, ``header``, ``optimisation_line``, ``loop_config``) read ``args``. The loop below
+them takes small configs instead: ``train_loop`` a ``LoopConfig``, ``run_epoch`` a ``PassConfig``. ``train_loop``
+also takes a ``Trainee`` saying what is trained; that is how network.py trains only a new head, on cached features or
+through a frozen backbone, in the same loop as the training scripts.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +25,7 @@ import torch.nn as nn
 import torchvision
 from torch.utils.data import DataLoader
 
-from common import checkpoint, data, faults, models, optim, recipes, schedule, transforms
+from common import checkpoint, data, faults, files, models, optim, recipes, schedule, transforms
 from common.distributed import DistContext, all_reduce_sum, barrier, broadcast_buffers
 from common.errors import UserError
 from common.logger import Progress, epoch_row
@@ -29,7 +33,7 @@ from common.meters import AverageMeter
 from common.metrics import topk_correct
 from common.precision import Precision, choose_precision
 from common.train_step import TrainStep, logits_of
-from common.watch import RunLog
+from common.watch import TrainingLog
 
 Wrap = Callable[[nn.Module, DistContext], nn.Module]
 
@@ -106,14 +110,58 @@ def seed_process(seed: int | None, offset: int = 0) -> None:
     torch.manual_seed(seed + offset)
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext, prefix: str,
-              print_freq: int, step: TrainStep | None = None, control: StepControl | None = None,
-              precision: Precision | None = None) -> EpochStats:
-    """One pass over ``loader``: training when a ``step`` is given, else evaluation. Totals span all ranks."""
-    precision = precision or (step.precision if step is not None else Precision())
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """How a pass over a loader reports and places its batches: progress prefix, every how many batches a
+    progress line is printed, and whether images go to the model channels-last."""
+
+    prefix: str
+    print_freq: int = 10
+    channels_last: bool = False
+
+
+@dataclass
+class Trainee:
+    """What an epoch trains and validates (the loop's hook). The training scripts train the whole model; network.py
+    trains only a new head, either on cached features (``module`` is the head) or on images through a frozen
+    backbone (``module`` is the model, ``trained`` the head): the rest stays in eval mode, so its BatchNorm
+    statistics never move."""
+
+    module: nn.Module
+    trained: nn.Module | None = None
+
+    def train_mode(self) -> None:
+        """Put what is trained in training mode, and everything else in ``module`` in eval mode."""
+        if self.trained is None:
+            self.module.train()
+        else:
+            self.module.eval()
+            self.trained.train()
+
+
+def eval_forward(model: nn.Module, criterion: nn.Module, precision: Precision) -> Forward:
+    """``(images, target) -> (logits, loss)`` without gradients' bookkeeping, under ``precision``'s autocast."""
+
+    def forward(images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with precision.autocast():
+            output = logits_of(model(images))
+        return output, criterion(output.float(), target)
+
+    return forward
+
+
+def run_epoch(loader: DataLoader, forward: Forward, ctx: DistContext, show: PassConfig,
+              control: StepControl | None = None) -> EpochStats:
+    """One pass over ``loader``; ``forward`` is a training step (TrainStep) or an ``eval_forward``.
+
+    Totals span all ranks; ``control`` (training only) seeds each step and may stop the pass after one."""
     batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
-    progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], prefix, print_freq, ctx.is_main)
+    progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], show.prefix, show.print_freq,
+                        ctx.is_main)
     start = end = time.perf_counter()
     stopped = False
     for i, batch in enumerate(loader):
@@ -124,14 +172,9 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: D
         images, target, _paths = batch
         if control is not None:
             control.before_step(i)
-        images = transforms.to_model_input(images, ctx.device, precision.channels_last)
+        images = transforms.to_model_input(images, ctx.device, show.channels_last)
         target = target.to(ctx.device, non_blocking=True)
-        if step is not None:
-            output, loss = step(images, target)
-        else:
-            with precision.autocast():
-                output = logits_of(model(images))
-            loss = criterion(output.float(), target)
+        output, loss = forward(images, target)
         n = target.size(0)
         c1, c5 = topk_correct(output.detach(), target)
         losses.update(loss.item(), n)
@@ -153,24 +196,29 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: D
 def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext,
              print_freq: int = 10, precision: Precision | None = None, label: str = "") -> EpochStats:
     """Exact validation: the bare model with rank 0's buffers; each image counted once over all ranks."""
+    precision = precision or Precision()
     bare = checkpoint.unwrap(model)
     broadcast_buffers(bare, ctx)
     bare.eval()
     with torch.inference_mode():
-        stats = run_epoch(bare, loader, criterion, ctx, f"Test{label}: ", print_freq, precision=precision)
+        stats = run_epoch(loader, eval_forward(bare, criterion, precision), ctx,
+                          PassConfig(f"Test{label}: ", print_freq, precision.channels_last))
     if ctx.is_main:
         print(f" *{label} Acc@1 {stats.top1:.3f} Acc@5 {stats.top5:.3f} Loss {stats.loss:.4f} "
               f"on {stats.images} images", flush=True)
     return stats
 
 
-def train_one_epoch(run: Run, ctx: DistContext, print_freq: int, control: StepControl) -> EpochStats:
+def train_one_epoch(run: Run, trainee: Trainee, ctx: DistContext, print_freq: int,
+                    control: StepControl) -> EpochStats:
     """One training epoch from step ``control.first_step``; every rank shuffles alike for ``control.epoch``."""
-    run.train_loader.sampler.set_epoch(control.epoch)
-    run.train_loader.sampler.set_start(control.first_step)
-    run.model.train()
-    return run_epoch(run.model, run.train_loader, run.criterion, ctx, f"Epoch: [{control.epoch}]", print_freq,
-                     run.step, control)
+    sampler = run.train_loader.sampler
+    sampler = getattr(sampler, "sampler", sampler)  # a loader of cached features wraps it in a BatchSampler
+    sampler.set_epoch(control.epoch)
+    sampler.set_start(control.first_step)
+    trainee.train_mode()
+    return run_epoch(run.train_loader, run.step, ctx,
+                     PassConfig(f"Epoch: [{control.epoch}]", print_freq, run.step.precision.channels_last), control)
 
 
 def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
@@ -186,6 +234,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     model = precision.prepare_model(model)
     ema = optim.ModelEma(model, args.model_ema_decay) if args.model_ema else None
     model = wrap(model, ctx)
+    check_batchnorm_batch(model, len(train_set), args.batch_size, ctx.world_size, args.accum_steps)
     if args.compile:
         model = torch.compile(model)
     seed_process(args.seed, offset=ctx.rank)
@@ -198,6 +247,28 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     step = TrainStep(model, criterion, optimizer, scheduler, precision, args.accum_steps, args.clip_grad_norm,
                      optim.build_mix(args.mixup_alpha, args.cutmix_alpha, len(classes)), ema)
     return Run(model, train_loader, val_loader, criterion, optimizer, scheduler, classes, bad_log, step, ema, precision)
+
+
+def check_batchnorm_batch(model: nn.Module, num_samples: int, global_batch: int, world_size: int,
+                          accum_steps: int) -> None:
+    """Refuse, before training, settings that give a BatchNorm model a forward pass of a single image.
+
+    BatchNorm cannot normalise one value per channel, and where a layer's map is 1x1 (small crops, or the layers
+    after global pooling) one image is one value: training would stop with a traceback mid-epoch. The rule is kept
+    simple so that it is easy to predict: every forward pass of a BatchNorm model holds at least 2 images.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    replicas = len(model.device_ids) if isinstance(model, nn.DataParallel) and model.device_ids else 1
+    smallest = data.smallest_forward_batch(num_samples, global_batch, world_size, accum_steps, replicas)
+    if smallest >= 2:
+        return
+    where = (f"-b {global_batch} over {world_size} process(es)" + (f" and {replicas} GPUs" if replicas > 1 else "")
+             + (f" in --accum-steps {accum_steps} micro-batches" if accum_steps > 1 else "")
+             + (f" on a train set of {num_samples} images" if num_samples < global_batch else ""))
+    raise UserError(f"{type(checkpoint.unwrap(model)).__name__} has BatchNorm layers, which need at least 2 images "
+                    f"per forward pass, but {where} leaves a pass with {smallest}; raise -b/--batch-size, lower "
+                    "--accum-steps, use fewer processes, or add training images.")
 
 
 def augment_config(args: argparse.Namespace) -> transforms.AugmentConfig:
@@ -220,32 +291,38 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
                                args.width_mult, args.dropout)
 
 
+def restore_state(target: Any, state: dict | None, path: str, what: str) -> None:
+    """``target.load_state_dict(state)`` unless ``state`` is None; a state of another optimizer or of other
+    parameter groups becomes one UserError naming the file."""
+    if state is None:
+        return
+    try:
+        target.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise UserError(f"{path}: its {what} state does not fit this run ({str(exc).splitlines()[0][:120]}); "
+                        "resume with the flags it was trained with.") from None
+
+
 def restore(path: str, run: Run, arch: str) -> ResumePoint:
     """Load model, optimizer and schedule from a checkpoint; return where the run continues."""
     ckpt = checkpoint.load_file(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{path} is a bare state_dict, not a training checkpoint; start from it with --weights.")
+    checkpoint.check_fields(ckpt, path)
     if ckpt.get("arch", arch) != arch:
         raise UserError(f"{path} was trained with -a {ckpt['arch']}, not {arch}; pass -a {ckpt['arch']}.")
     if ckpt.get("classes", run.classes) != run.classes:
         raise UserError(f"{path} was trained on other classes than this dataset's; resume on the same data.")
-    checkpoint.unwrap(run.model).load_state_dict(checkpoint.strip_prefixes(ckpt["state_dict"]))
-    if "optimizer" in ckpt:
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-    if "scheduler" in ckpt:
-        run.scheduler.load_state_dict(ckpt["scheduler"])
+    checkpoint.load_exact(checkpoint.unwrap(run.model), checkpoint.strip_prefixes(ckpt["state_dict"]), path,
+                          "resume with the -a, --width-mult and dataset it was trained with.")
+    restore_state(run.optimizer, ckpt.get("optimizer"), path, "optimizer")
+    restore_state(run.scheduler, ckpt.get("scheduler"), path, "scheduler")
     if run.ema is not None and "state_dict_ema" in ckpt:
         run.ema.load(ckpt["state_dict_ema"], int(ckpt.get("ema_updates", 0)))
     point = ResumePoint(int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0)), ckpt.get("best_acc1"))
     where = f"epoch {point.epoch}" + (f", step {point.step}" if point.step else "")
     print(f"=> resumed from {path} ({where}, best Acc@1 {point.best_acc1 or 0.0:.3f})", flush=True)
     return point
-
-
-def resume(path: str, run: Run, arch: str) -> tuple[int, float | None]:
-    """``restore`` for callers that resume at epoch boundaries only: (next epoch, best top-1)."""
-    point = restore(path, run, arch)
-    return point.epoch, point.best_acc1
 
 
 def resume_path(resume_flag: str, output_dir: str) -> str | None:
@@ -283,14 +360,33 @@ def optimisation_line(args: argparse.Namespace, run: Run) -> str:
             f"{args.label_smoothing:g}, {args.epochs} epochs" + (f"; {', '.join(extras)}" if extras else ""))
 
 
-def check_output_dir(path: str) -> None:
-    """Create the output folder and make sure it is writable, before any training starts."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --output-dir {path!r} ({exc.strerror}); choose a writable folder.") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"--output-dir {path!r} is not writable; choose a writable folder.")
+@dataclass(frozen=True)
+class LoopConfig:
+    """The settings of the epoch loop, read from the flags once by ``fit`` (or network.py's ``train``).
+
+    ``saved_args`` are the flags as plain values (``checkpoint.plain_args``), stored in every checkpoint;
+    ``checkpoint_interval`` asks for mid-epoch checkpoints (``"500"`` steps or ``"30m"``); ``step_log`` writes
+    the per-step CSV beside the epoch CSV ``log_name``.
+    """
+
+    epochs: int
+    output_dir: str
+    log_name: str
+    arch: str
+    saved_args: dict
+    print_freq: int = 10
+    seed: int | None = None
+    checkpoint_interval: str | None = None
+    tensorboard: bool = False
+    step_log: bool = True
+    save_samples: bool = False
+
+
+def loop_config(args: argparse.Namespace, log_name: str) -> LoopConfig:
+    """The loop settings the training scripts' flags ask for."""
+    return LoopConfig(args.epochs, args.output_dir, log_name, args.arch, checkpoint.plain_args(args),
+                      args.print_freq, args.seed, args.checkpoint_interval, args.tensorboard,
+                      save_samples=args.save_samples)
 
 
 def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -> dict:
@@ -299,7 +395,7 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     Returns a summary: best top-1, the epoch it was reached, and the last validation stats.
     """
     if ctx.is_main:
-        check_output_dir(args.output_dir)
+        files.check_output_dir(args.output_dir)
     torch.backends.cudnn.benchmark = args.seed is None
     run = build_run(args, ctx, wrap)
     path = resume_path(args.resume, args.output_dir)
@@ -311,107 +407,141 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     if args.evaluate:
         val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq, run.precision)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
-    return train_loop(run, ctx, args, start, os.path.join(args.output_dir, log_name))
+    return train_loop(run, ctx, loop_config(args, log_name), start)
 
 
-def training_state(run: Run, args: argparse.Namespace, epoch: int, step: int, best_acc1: float | None,
+def training_state(run: Run, cfg: LoopConfig, epoch: int, step: int, best_acc1: float | None,
                    better: str = "raw") -> dict:
     """The checkpoint dict; ``(epoch, step)`` is where a resumed run continues. With EMA, ``state_dict_ema`` holds
     the averaged weights and ``best_weights`` says which of the two scored better on the last validation."""
-    state = {"epoch": epoch, "step": step, "arch": args.arch, "state_dict": checkpoint.unwrap(run.model).state_dict(),
+    state = {"epoch": epoch, "step": step, "arch": cfg.arch, "state_dict": checkpoint.unwrap(run.model).state_dict(),
              "best_acc1": float(best_acc1 or 0.0), "optimizer": run.optimizer.state_dict(),
-             "scheduler": run.scheduler.state_dict(), "args": checkpoint.plain_args(args), "classes": list(run.classes)}
+             "scheduler": run.scheduler.state_dict(), "args": dict(cfg.saved_args), "classes": list(run.classes)}
     if run.ema is not None:
         state.update(state_dict_ema=run.ema.module.state_dict(), ema_updates=int(run.ema.n_averaged),
                      best_weights=better)
     return state
 
 
-def step_hook(run: Run, ctx: DistContext, args: argparse.Namespace, epoch: int, first_step: int,
-              best_acc1: float | None, stop: faults.StopRequest, timer: faults.CheckpointTimer,
-              log: RunLog | None = None) -> StepControl:
+@dataclass
+class Loop:
+    """What one ``train_loop`` call holds across its epochs besides the run: signal stop, mid-epoch checkpoint
+    timer, rank 0's log (None on other ranks), and the fault a test planned for this rank (None: no cost per step)."""
+
+    run: Run
+    trainee: Trainee
+    ctx: DistContext
+    cfg: LoopConfig
+    stop: faults.StopRequest
+    log: TrainingLog | None = None
+    timer: faults.CheckpointTimer = dataclasses.field(default_factory=lambda: faults.CheckpointTimer(None))
+    fault: faults.Fault | None = None
+
+
+def step_hook(loop: Loop, epoch: int, first_step: int, best_acc1: float | None) -> StepControl:
     """The per-step control of one epoch: step log, fault injection, agreed stop on a signal, mid-epoch checkpoints."""
+    run, ctx, cfg = loop.run, loop.ctx, loop.cfg
     last = len(run.train_loader) - 1
 
     def after_step(i: int, loss: float) -> bool:
-        if log is not None and ((first_step + i) % args.print_freq == 0 or i == last):
-            log.step(epoch, first_step + i, run.scheduler.last_epoch - 1, run.step.last_lr, loss)
-        faults.inject_fault(ctx.rank, run.scheduler.last_epoch)
-        signum = stop.agreed(ctx)
-        if (signum or timer.due()) and ctx.is_main:
-            checkpoint.save_checkpoint(training_state(run, args, epoch, first_step + i + 1, best_acc1),
-                                       args.output_dir, is_best=False)
+        if loop.log is not None and ((first_step + i) % cfg.print_freq == 0 or i == last):
+            loop.log.step(epoch, first_step + i, run.scheduler.last_epoch - 1, run.step.last_lr, loss)
+        if loop.fault is not None:
+            loop.fault.check(run.scheduler.last_epoch)
+        signum = loop.stop.agreed(ctx)
+        if (signum or loop.timer.due()) and ctx.is_main:
+            checkpoint.save_checkpoint(training_state(run, cfg, epoch, first_step + i + 1, best_acc1),
+                                       cfg.output_dir, is_best=False)
         return bool(signum)
 
-    return StepControl(epoch, first_step, after_step, args.seed, ctx.rank)
+    return StepControl(epoch, first_step, after_step, cfg.seed, ctx.rank)
 
 
 @dataclass
 class EpochRecorder:
-    """What every training loop does after an epoch's validation: track the best top-1, and on rank 0 write the
+    """What the training loop does after an epoch's validation: track the best top-1, and on rank 0 write the
     CSV row and the checkpoint (``model_best.pth.tar`` too when top-1 improved); ``finish`` prints the footer.
 
     With EMA weights, an epoch scores the better of the raw and the EMA top-1, and the checkpoint marks which."""
 
-    log: RunLog
-    output_dir: str
+    log: TrainingLog | None
+    cfg: LoopConfig
     best_acc1: float | None = None
     best_epoch: int | None = None
     best_acc5: float | None = None
     started: float = dataclasses.field(default_factory=time.time)
 
-    def end_epoch(self, run: Run, ctx: DistContext, args: argparse.Namespace, epoch: int, row: dict,
-                  val: EpochStats, val_ema: EpochStats | None = None) -> None:
+    def end_epoch(self, run: Run, ctx: DistContext, epoch: int, row: dict, val: EpochStats,
+                  val_ema: EpochStats | None = None) -> None:
         better, score = ("ema", val_ema) if val_ema is not None and val_ema.top1 > val.top1 else ("raw", val)
         is_best = self.best_acc1 is None or score.top1 > self.best_acc1
         if is_best:
             self.best_acc1, self.best_acc5, self.best_epoch = score.top1, score.top5, epoch
         if ctx.is_main:
             self.log.write(row)
-            checkpoint.save_checkpoint(training_state(run, args, epoch + 1, 0, self.best_acc1, better),
-                                       self.output_dir, is_best)
+            checkpoint.save_checkpoint(training_state(run, self.cfg, epoch + 1, 0, self.best_acc1, better),
+                                       self.cfg.output_dir, is_best)
 
     def finish(self, ctx: DistContext, val: EpochStats | None) -> dict:
         if ctx.is_main:
             where = (f" (Acc@5 {self.best_acc5:.3f}) at epoch {self.best_epoch}" if self.best_epoch is not None
                      else "")
             print(f"=> done in {time.time() - self.started:.1f} s: best Acc@1 {self.best_acc1 or 0.0:.3f}{where}; "
-                  f"checkpoints in {self.output_dir}")
-            if isinstance(self.log, RunLog):
-                self.log.close()
+                  f"checkpoints in {self.cfg.output_dir}")
+            self.log.close()
         return {"best_acc1": self.best_acc1, "best_epoch": self.best_epoch, "val": val}
 
 
-def validate(run: Run, ctx: DistContext, print_freq: int) -> tuple[EpochStats, EpochStats | None]:
-    """Validation of the raw weights, and of the EMA weights when kept."""
-    val = evaluate(run.model, run.val_loader, run.criterion, ctx, print_freq, run.precision)
+def validate(run: Run, trainee: Trainee, ctx: DistContext, print_freq: int) -> tuple[EpochStats, EpochStats | None]:
+    """Validation of what is trained, and of the EMA weights when kept."""
+    val = evaluate(trainee.module, run.val_loader, run.criterion, ctx, print_freq, run.precision)
     if run.ema is None:
         return val, None
     return val, evaluate(run.ema.module, run.val_loader, run.criterion, ctx, print_freq, run.precision, " EMA")
 
 
-def train_loop(run: Run, ctx: DistContext, args: argparse.Namespace, start: ResumePoint, log_path: str) -> dict:
-    """Epochs of train + evaluate + log + checkpoint, from ``start`` to ``args.epochs``; stops cleanly on a signal."""
-    log = RunLog(log_path, args.tensorboard) if ctx.is_main else None
-    record, val = EpochRecorder(log, args.output_dir, start.best_acc1), None
-    stop, timer = faults.StopRequest().install(), faults.CheckpointTimer(args.checkpoint_interval)
-    seen: set[str] = set()
-    if args.save_samples and ctx.is_main:
-        save_samples(run.train_loader, start.epoch, os.path.join(args.output_dir, SAMPLES_NAME))
+def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
+                seen: set[str]) -> EpochStats:
+    """One epoch of train + validate + log + checkpoint; a signal stops it after the step in hand, with a checkpoint
+    of that step (``faults.Interrupted``). Returns the validation stats."""
+    run, ctx, cfg = loop.run, loop.ctx, loop.cfg
+    lr, started = run.optimizer.param_groups[0]["lr"], time.time()
+    control = step_hook(loop, epoch, first_step, record.best_acc1)
+    train = train_one_epoch(run, loop.trainee, ctx, cfg.print_freq, control)
+    if train.stopped:
+        raise stopped_message(ctx, loop.stop.signum or signal.SIGTERM, epoch, cfg.output_dir)
+    val, val_ema = validate(run, loop.trainee, ctx, cfg.print_freq)
+    bad = count_bad_images(run.bad_log, ctx, seen)  # with network.py's feature cache: met while caching
+    record.end_epoch(run, ctx, epoch, epoch_row(epoch, started, lr, train, val, bad, val_ema), val, val_ema)
+    return val
+
+
+def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, trainee: Trainee | None = None,
+               stop: faults.StopRequest | None = None) -> dict:
+    """Epochs of train + validate + log + checkpoint, from ``start`` to ``cfg.epochs``; stops cleanly on a signal.
+
+    ``trainee`` says what is trained (the whole model when None). A signal that arrives between epochs (during
+    validation) stops the run before the next one, after that epoch's checkpoint. A ``stop`` the caller installed
+    (network.py's, already listening while features are cached) is used and left to the caller to uninstall.
+    """
+    own_stop = stop is None
+    stop = faults.StopRequest().install() if stop is None else stop
+    log = (TrainingLog(os.path.join(cfg.output_dir, cfg.log_name), cfg.tensorboard, cfg.step_log)
+           if ctx.is_main else None)
+    loop = Loop(run, trainee or Trainee(run.model), ctx, cfg, stop, log,
+                faults.CheckpointTimer(cfg.checkpoint_interval), faults.planned_fault(ctx.rank))
+    record, val, seen = EpochRecorder(log, cfg, start.best_acc1), None, set()
+    if cfg.save_samples and ctx.is_main:
+        save_samples(run.train_loader, start.epoch, os.path.join(cfg.output_dir, SAMPLES_NAME))
     try:
-        for epoch in range(start.epoch, args.epochs):
-            lr, started = run.optimizer.param_groups[0]["lr"], time.time()
-            first_step = start.step if epoch == start.epoch else 0
-            control = step_hook(run, ctx, args, epoch, first_step, record.best_acc1, stop, timer, log)
-            train = train_one_epoch(run, ctx, args.print_freq, control)
-            if train.stopped:
-                raise stopped_message(ctx, stop.signum or signal.SIGTERM, epoch, args.output_dir)
-            val, val_ema = validate(run, ctx, args.print_freq)
-            bad = count_bad_images(run.bad_log, ctx, seen)
-            row = epoch_row(epoch, started, lr, train, val, bad, val_ema)
-            record.end_epoch(run, ctx, args, epoch, row, val, val_ema)
+        for epoch in range(start.epoch, cfg.epochs):
+            signum = stop.agreed(ctx)
+            if signum:
+                raise stopped_message(ctx, signum, epoch, cfg.output_dir)
+            val = train_epoch(loop, record, epoch, start.step if epoch == start.epoch else 0, seen)
     finally:
-        stop.uninstall()
+        if own_stop:
+            stop.uninstall()
     return record.finish(ctx, val)
 
 
@@ -449,6 +579,5 @@ def count_bad_images(bad_log: data.BadImageLog | None, ctx: DistContext, seen: s
 def stopped_message(ctx: DistContext, signum: int, epoch: int, output_dir: str) -> faults.Interrupted:
     """Wait until rank 0 has written its checkpoint, then describe the stop (raised by the caller)."""
     barrier(ctx)
-    name = signal.Signals(signum).name
-    return faults.Interrupted(signum, f"stopped by {name} during epoch {epoch}; rerun with --resume auto to "
-                                      f"continue from the last checkpoint written in {output_dir}.")
+    then = f"rerun with --resume auto to continue from the last checkpoint written in {output_dir}."
+    return faults.Interrupted(signum, f"during epoch {epoch}", then)

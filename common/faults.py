@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,11 +22,15 @@ FAULT_ENV = "TRAIN_INJECT_FAULT"  # "RANK:STEP:exit|hang", read only by tests of
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; ``signum`` is the signal."""
+    """The work stopped cleanly on a signal; ``signum`` is the signal, the message is ``stop_message``'s."""
 
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, signum: int, where: str, then: str = "") -> None:
+        super().__init__(stop_message(signum, where, then))
+        self.signum, self.where = signum, where
+
+    def then(self, text: str) -> Interrupted:
+        """The same stop, saying what to do next (and what was kept) with ``text``."""
+        return Interrupted(self.signum, self.where, text)
 
 
 class StopRequest:
@@ -96,18 +101,43 @@ def parse_interval(text: str | None) -> None:
         raise ValueError(text)
 
 
-def inject_fault(rank: int, global_step: int) -> None:
-    """Exit or hang at a given step on a given rank when TRAIN_INJECT_FAULT asks for it (first attempt only).
+def stop_message(signum: int, where: str, then: str = "") -> str:
+    """The one phrasing of a clean stop, e.g. ``stopped by SIGTERM during epoch 3; rerun with --resume auto ...``.
 
-    Tests use it to check elastic restarts and timeouts; torchrun counts attempts in TORCHELASTIC_RESTART_COUNT.
+    ``where`` says how far the work got ("during epoch 3", "after 12 of 40 images"), ``then`` what was kept and what
+    to do next; ``process.exit_on_stop`` prints the message after ``=> `` as the run's last line on stderr.
     """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
-    fault_rank, fault_step, kind = spec.split(":")
-    if rank == int(fault_rank) and global_step == int(fault_step):
-        print(f"=> injected fault on rank {rank} at step {global_step}: {kind}", flush=True)
-        if kind == "hang":
+    text = f"stopped by {signal.Signals(signum).name} {where}"
+    return f"{text}; {then}" if then else text
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault that TRAIN_INJECT_FAULT plans for this rank: exit or hang once the global step count reaches ``step``."""
+
+    rank: int
+    step: int
+    kind: str  # "exit" or "hang"
+
+    def check(self, global_step: int) -> None:
+        """Exit (status 17) or hang when ``global_step`` is the planned one; return otherwise."""
+        if global_step != self.step:
+            return
+        print(f"=> injected fault on rank {self.rank} at step {global_step}: {self.kind}", flush=True)
+        if self.kind == "hang":
             while True:
                 time.sleep(60)
         os._exit(17)
+
+
+def planned_fault(rank: int) -> Fault | None:
+    """The fault TRAIN_INJECT_FAULT ("RANK:STEP:exit|hang") plans for ``rank`` on the first attempt, else None.
+
+    Read once per run, so that a training step pays nothing for it unless a test asked for a fault. Tests use it to
+    check elastic restarts and timeouts; torchrun counts attempts in TORCHELASTIC_RESTART_COUNT.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    fault_rank, fault_step, kind = spec.split(":")
+    return Fault(rank, int(fault_step), kind) if rank == int(fault_rank) else None

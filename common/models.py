@@ -102,23 +102,16 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
 
 def load_weights_file(model: nn.Module, path: str) -> None:
     """Load a state_dict or project checkpoint into ``model``; a head of another shape is dropped with a notice."""
-    state = checkpoint.state_dict_from(checkpoint.load_file(path))
+    state = checkpoint.state_dict_from(checkpoint.checked(checkpoint.load_file(path), path))
     own = model.state_dict()
     head = classifier_name(model) + "."
-    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if any(not k.startswith(head) for k in mismatched):
-        raise UserError(f"{path} does not fit this architecture (shape differs for {mismatched[:3]}); "
-                        "pass the -a/--arch (and --width-mult) it was trained with.")
-    for key in mismatched:
+    other_head = [k for k in state if k.startswith(head) and k in own and state[k].shape != own[k].shape]
+    for key in other_head:
         del state[key]
-    if mismatched:
+    if other_head:
         print(f"=> {path}: its classifier has another number of classes; a new head is trained ({head[:-1]})")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in mismatched]
-    if missing or result.unexpected_keys:
-        raise UserError(f"{path} does not fit this architecture ({len(missing)} missing keys such as {missing[:2]}, "
-                        f"{len(result.unexpected_keys)} unexpected such as {result.unexpected_keys[:2]}); "
-                        "pass the -a/--arch (and --width-mult) it was trained with.")
+    checkpoint.load_exact(model, state, path, "pass the -a/--arch (and --width-mult) it was trained with.",
+                          optional=(head,) if other_head else ())
 
 
 def create_model(arch: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None,
@@ -178,3 +171,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
         return fuse(model.eval())
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors on code it cannot trace; the model still runs
         return None
+
+
+def logits_of(output) -> torch.Tensor:
+    """Main logits of a model output (GoogLeNet/Inception return a namedtuple with aux logits in training)."""
+    return getattr(output, "logits", output)

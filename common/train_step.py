@@ -10,13 +10,9 @@ import torch
 import torch.nn as nn
 
 from common import checkpoint
+from common.models import logits_of
 from common.optim import ModelEma
 from common.precision import Precision
-
-
-def logits_of(output) -> torch.Tensor:
-    """Main logits of a model output (GoogLeNet/Inception return a namedtuple with aux logits in training)."""
-    return getattr(output, "logits", output)
 
 
 @dataclass

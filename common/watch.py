@@ -24,13 +24,14 @@ def tensorboard_writer(log_dir: str):
     return SummaryWriter(log_dir=log_dir)
 
 
-class RunLog:
-    """Epoch rows to ``<name>.csv``, step rows to ``<name>_steps.csv``, both to TensorBoard when enabled."""
+class TrainingLog:
+    """The writer of a training run's records: epoch rows to ``<name>.csv``, step rows to ``<name>_steps.csv``
+    (unless ``steps`` is False), both to TensorBoard when enabled."""
 
-    def __init__(self, epoch_path: str, tensorboard: bool = False) -> None:
+    def __init__(self, epoch_path: str, tensorboard: bool = False, steps: bool = True) -> None:
         stem, _ = os.path.splitext(epoch_path)
         self.epochs = CsvLog(epoch_path)
-        self.steps = CsvLog(stem + "_steps.csv", STEP_FIELDS)
+        self.steps = CsvLog(stem + "_steps.csv", STEP_FIELDS) if steps else None
         self.tb = tensorboard_writer(os.path.join(os.path.dirname(epoch_path), "tensorboard")) if tensorboard else None
 
     def write(self, row: dict) -> None:
@@ -44,7 +45,8 @@ class RunLog:
 
     def step(self, epoch: int, step: int, iteration: int, lr: float, loss: float) -> None:
         """One training step: ``iteration`` counts optimizer steps over the run, ``lr`` is the one it used."""
-        self.steps.write({"epoch": epoch, "step": step, "iteration": iteration, "lr": lr, "loss": loss})
+        if self.steps is not None:
+            self.steps.write({"epoch": epoch, "step": step, "iteration": iteration, "lr": lr, "loss": loss})
         if self.tb is not None:
             self.tb.add_scalar("lr/step", lr, iteration)
             self.tb.add_scalar("loss/train_step", loss, iteration)

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from common import checkpoint
+from common import checkpoint, model_loading
+from common.errors import UserError
 from conftest import ROOT, SMALL, make_image_folder, run_script
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL[:6], "-j", "1",
@@ -92,3 +94,53 @@ def test_a_save_that_fails_mid_run_keeps_the_previous_checkpoint_and_the_next_sa
     assert kept["epoch"] == 1 and leftovers == []  # as it was during the failed save, with nothing left behind
     assert checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 3  # the next save went through
     assert "Traceback" not in "".join(output)
+
+
+# ---------------------------------------------------------------------------------------------------- damaged files
+
+DAMAGE = [
+    ("width_mult", lambda c: c["args"].update(width_mult=1e6), "'args.width_mult' entry is 1000000.0"),
+    ("crop", lambda c: c["args"].update(val_crop_size=10**6), "'args.val_crop_size' entry is 1000000"),
+    ("best", lambda c: c.update(best_acc1=float("nan")), "'best_acc1' entry is nan, not a percentage"),
+    ("epoch", lambda c: c.update(epoch=-1), "'epoch' entry is -1"),
+    ("classes", lambda c: c.update(classes=["a", "a", "b", "c"]), "'classes' entry is ['a', 'a', 'b', 'c']"),
+    ("optimizer", lambda c: c.update(optimizer="sgd"), "'optimizer' entry is 'sgd'"),
+    ("arch", lambda c: c.update(arch=7), "'arch' entry is 7, not an architecture name"),
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_a_damaged_checkpoint_field_is_named_before_anything_is_built(trained_ckpt, tmp_path, damage):
+    _name, tamper, words = damage
+    ckpt = checkpoint.load_file(trained_ckpt)
+    tamper(ckpt)
+    path = str(tmp_path / "damaged.pth.tar")
+    torch.save(ckpt, path)
+    with pytest.raises(UserError) as err:
+        model_loading.load_model(model_loading.ModelSource(path))
+    assert words in str(err.value) and str(err.value).startswith(path) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_in_one_line_on_resume(tiny_data, trained_ckpt, tmp_path):
+    ckpt = checkpoint.load_file(trained_ckpt)
+    ckpt["optimizer"]["param_groups"] = ckpt["optimizer"]["param_groups"][:1]  # another optimizer's groups
+    ckpt["optimizer"]["param_groups"][0]["params"] = [0]
+    bad_optimizer = str(tmp_path / "optimizer.pth.tar")
+    torch.save(ckpt, bad_optimizer)
+    common = [*TRAIN, "--epochs", "2", "--output-dir", str(tmp_path / "out")]
+    for resume, words in ((bad_optimizer, f"{bad_optimizer}: its optimizer state does not fit this run"),
+                          (trained_ckpt, f"{trained_ckpt} does not fit this model (")):
+        extra = ["--width-mult", "0.5"] if resume == trained_ckpt else []
+        done = run_script("train_main.py", tiny_data, *common, "--resume", resume, *extra, check=False)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr
+
+
+def test_network_py_refuses_to_resume_a_checkpoint_of_another_setting(tiny_data, trained_ckpt, tmp_path):
+    # trained_ckpt is a whole-model run of train_main.py: its optimizer holds every weight, network.py's the head only
+    done = run_script("network.py", tiny_data, "-a", "ghostnet", "--weights", trained_ckpt, "--resume", trained_ckpt,
+                      "--epochs", "2", "-b", "16", *SMALL, "--output-dir", str(tmp_path / "probe"), check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {trained_ckpt}: its optimizer state does not fit this run")
+    assert not os.path.exists(tmp_path / "probe" / "checkpoint.pth.tar")

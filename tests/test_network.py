@@ -15,6 +15,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from common import models
+from common.engine import PassConfig
 from common.logger import CSV_FIELDS
 from conftest import SMALL
 from inprocess import call_main, load_script
@@ -122,11 +123,11 @@ def test_features_are_cached_only_when_the_head_gives_the_model_output():
     loader = DataLoader(images, batch_size=4)
     ctx = network.distributed.single_process(no_accel=True)
     linear_last = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    feats = network.extract_features(linear_last, linear_last[1], loader, ctx, "", 100)
+    feats = network.extract_features(linear_last, "1", loader, ctx, PassConfig("", 100))
     torch.testing.assert_close(feats.features, torch.stack([x for x, _, _ in images]).flatten(1))
     assert feats.targets.tolist() == [i % 3 for i in range(10)]
     relu_after = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.ReLU())  # like SqueezeNet: layers after the head
-    assert network.extract_features(relu_after, relu_after[1], loader, ctx, "", 100) is None
+    assert network.extract_features(relu_after, "1", loader, ctx, PassConfig("", 100)) is None
 
 
 def test_cache_features_with_train_augment_is_refused(tiny_data, tmp_path, capsys):

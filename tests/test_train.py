@@ -12,7 +12,7 @@ import torch
 
 from common import checkpoint, models
 from common.logger import CSV_FIELDS
-from conftest import SMALL, make_image_folder, run_script
+from conftest import COLORS, SMALL, make_image_folder, run_script
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "1", "--no-accel", *SMALL]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -118,3 +118,37 @@ def test_user_errors_are_one_line_without_traceback(argv, message):
     proc = run_script("train_main.py", *argv, check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+BN_CASES = [
+    ("train_main.py", ["-b", "1"], "-b 1 over 1 process(es) leaves a pass with 1"),
+    ("train_main.py", ["-b", "4", "--accum-steps", "4"], "in --accum-steps 4 micro-batches leaves a pass with 1"),
+    ("train_multiprocessing.py", ["-b", "2", "--nprocs", "2"], "-b 2 over 2 process(es) leaves a pass with 1"),
+    ("train_main.py", ["-b", "16", "--data", "ONE"], "on a train set of 1 images leaves a pass with 1"),
+]
+
+
+@pytest.mark.parametrize("script, flags, words", BN_CASES, ids=["b1", "accum", "two-procs", "one-image"])
+def test_a_batchnorm_model_is_never_given_a_single_image_pass(tiny_data, tmp_path, script, flags, words):
+    if "ONE" in flags:
+        flags = [f if f != "ONE" else make_image_folder(str(tmp_path / "one"), 1, 1, COLORS[:1]) for f in flags]
+    else:
+        flags = [tiny_data, *flags]
+    base = [f for f in TRAIN if f not in ("-b", "16")]
+    done = run_script(script, *base, *flags, "--epochs", "1", "--output-dir", str(tmp_path / "out"), check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: GhostNet has BatchNorm layers, which need at least 2 images per forward pass")
+    assert words in lines[0] and not os.path.exists(tmp_path / "out" / "checkpoint.pth.tar")
+
+
+def test_the_batchnorm_rule_spares_models_without_batchnorm_and_counts_dataparallel_replicas():
+    from common import engine
+
+    engine.check_batchnorm_batch(models.create_model("squeezenet1_1", 4), 100, 1, 1, 1)  # no BatchNorm: allowed
+    ghostnet = models.create_model("ghostnet", 4)
+    engine.check_batchnorm_batch(ghostnet, 100, 2, 1, 1)
+    replicated = torch.nn.DataParallel(ghostnet)
+    replicated.device_ids = [0, 1, 2]  # as on three GPUs: 5 images are split 2, 2, 1
+    with pytest.raises(Exception, match="over 1 process\\(es\\) and 3 GPUs leaves a pass with 1"):
+        engine.check_batchnorm_batch(replicated, 100, 5, 1, 1)
