@@ -9,24 +9,16 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from common.demo import pink_noise
+
 # ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
 PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))
 
 
-def _field(rng: np.random.Generator, h: int, w: int, exponent: float) -> np.ndarray:
-    """(h, w) float32 noise with a 1/f**exponent amplitude spectrum (natural images: about 1), unit variance."""
-    fy, fx = np.fft.fftfreq(h).astype(np.float32)[:, None], np.fft.rfftfreq(w).astype(np.float32)[None, :]
-    amplitude = np.maximum(np.hypot(fx, fy), np.float32(1 / max(h, w))) ** np.float32(-exponent)
-    amplitude[0, 0] = 0
-    noise = rng.standard_normal((2, *amplitude.shape), dtype=np.float32)
-    field = np.fft.irfft2((noise[0] + 1j * noise[1]) * amplitude, s=(h, w)).astype(np.float32)
-    return field / field.std()
-
-
 def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """An RGB 'photo': 1/f luminance texture, smoother colour, a few flat objects with soft edges, sensor noise."""
-    lum = 50 * _field(rng, height, width, 1.2)
-    red_green, blue_yellow = 18 * _field(rng, height, width, 1.6), 18 * _field(rng, height, width, 1.6)
+    lum = 50 * pink_noise(rng, height, width, 1.2)
+    red_green, blue_yellow = 18 * pink_noise(rng, height, width, 1.6), 18 * pink_noise(rng, height, width, 1.6)
     rgb = np.stack([lum + red_green, lum - 0.5 * (red_green + blue_yellow), lum + blue_yellow], -1)
     image = Image.fromarray(np.clip(rgb + rng.uniform(60, 190, 3).astype(np.float32), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)

@@ -1,8 +1,46 @@
-"""Shared building blocks of the training, fine-tuning, evaluation and sorting scripts.
+"""Shared building blocks of the training, fine-tuning, evaluation and sorting scripts; one job per module.
 
-One job per module: options (argparse groups), errors (user-facing failures), distributed (process setup),
-launch (how training processes start), data (datasets, transforms, samplers, loaders), images (robust decoding),
-models (create_model, heads), meters, metrics, schedule, checkpoint (save/load), logger (CSV log, progress),
-engine (train/evaluate/fit), faults (signals, mid-epoch checkpoints), inference (batched prediction for test.py and
-classify_test_data.py) and figures (confusion matrix and contact-sheet images). Nothing here imports a script.
+Command line and errors
+    options        argparse groups that each script composes, value checks in ``type=``, recipe and --demo defaults
+    recipes        named sets of optimisation defaults (resnet, ghostnet, ghostnet-finetune)
+    errors         UserError and the one-line exit for mistakes a user can make
+
+Processes and devices
+    distributed    process context (one process, torchrun or SLURM rank), DDP and DataParallel wrappers, collectives
+    launch         how the training scripts start their processes (one, mp.spawn, torchrun)
+    process        how any script's process ends: a signal stop or a lost peer in one line
+    faults         signal stop requests, mid-epoch checkpoint timing, the fault that tests inject
+
+Data
+    data           datasets, the global-permutation samplers, loaders, unreadable-image bookkeeping
+    samples        a dataset's sample list in numpy arrays, shared by loader workers without copies
+    images         decoding any image file into RGB, or naming why it cannot be decoded
+    transforms     the uint8 training and evaluation pipelines and per-batch normalisation
+    demo           the generated six-class dataset of ``--demo``
+
+Models
+    models         create_model for torchvision classifiers and GhostNet, heads, parameter and MAC counts
+    model_loading  a model to predict with, from a checkpoint, a state_dict or ImageNet weights
+    checkpoint     checkpoint save (atomic) and load (weights only, every field validated)
+    precision      autocast dtype, gradient scaler and memory format of a run
+
+Training
+    engine         fit(): build the run, then the one epoch loop (train, validate, log, checkpoint)
+    train_step     one optimizer step: MixUp/CutMix, gradient accumulation, autocast, clipping, EMA update
+    optim          SGD with weight-decay groups, model EMA, batch mixing
+    schedule       learning-rate schedules stepped per iteration
+    meters         running (sum, count) averages reduced over ranks
+    metrics        top-k counts, confusion matrix, per-class scores
+
+Prediction
+    inference      batched prediction over a folder or a list of files (test.py, classify_test_data.py)
+
+Output
+    files          output folders and atomic writes of reports, CSV bytes
+    logger         the epoch CSV log and the progress display
+    watch          what rank 0 records while a run goes: epoch and step CSVs, TensorBoard
+    figures        matplotlib charts (confusion matrix) and contact sheets of images
+    report         ``python -m common.report RUN_DIR``: training curves as a PNG
+
+Nothing here imports a script, and test.py and classify_test_data.py load neither ``engine`` nor ``launch``.
 """

@@ -7,6 +7,9 @@ import sys
 from collections.abc import Iterator
 
 
+INTERRUPTED = "=> interrupted by Ctrl+C (SIGINT)"
+
+
 class UserError(Exception):
     """An error the user caused (bad path, bad flag, wrong checkpoint); its message says what to do."""
 
@@ -49,5 +52,19 @@ def exit_on_user_error() -> Iterator[None]:
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("=> interrupted by Ctrl+C (SIGINT)", file=sys.stderr, flush=True)
+            print(INTERRUPTED, file=sys.stderr, flush=True)
             sys.exit(128 + signal.SIGINT)
+
+
+def quiet_ctrl_c() -> None:
+    """Make a Ctrl+C that no handler catches (one during the start-up imports of torch) print one line instead of a
+    traceback. The scripts call it first thing when run as a program; Python still exits as killed by SIGINT."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -117,3 +117,41 @@ def test_a_ctrl_c_that_no_loop_caught_exits_130_in_one_line(capsys):
     with pytest.raises(SystemExit) as exc, exit_on_user_error():
         raise KeyboardInterrupt
     assert exc.value.code == 130 and capsys.readouterr().err == "=> interrupted by Ctrl+C (SIGINT)\n"
+
+
+def test_a_loader_worker_killed_from_outside_ends_in_one_line_naming_memory_and_the_checkpoint(tiny_data, tmp_path):
+    # As the kernel's out-of-memory killer does: SIGKILL to the loader workers, not to the training process.
+    out = str(tmp_path / "out")
+    flags = [tiny_data, "-a", "ghostnet", "-b", "16", "--seed", "0", "--no-accel", "--epochs", "50", *SMALL[:6],
+             "-j", "1", "-p", "1", "--output-dir", out]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *flags], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("Epoch: [1][ 3/"):  # epoch 0's checkpoint is written
+                break
+        for pid in processes_in_group(proc.pid):
+            if pid != proc.pid:
+                os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    last = os.path.join(out, "checkpoint.pth.tar")
+    assert proc.returncode == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("error: a data loading worker died (DataLoader worker (pid")
+    assert "lower -j/--workers or -b/--batch-size" in stderr and f"the last checkpoint, {last}, with --resume auto" in stderr
+    assert checkpoint.load_file(last)["epoch"] == 1
+
+
+@pytest.mark.parametrize("script", ["train_main.py", "test.py", "classify_test_data.py", "network.py"])
+def test_ctrl_c_while_the_script_starts_prints_one_line(script):
+    # Python itself starts in ~30 ms, torch takes seconds to import: 0.4 s lands inside the imports.
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--help"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT and stdout == "", (proc.returncode, stdout)  # killed by SIGINT: 130
+    assert stderr == "=> interrupted by Ctrl+C (SIGINT)\n"
