@@ -166,3 +166,14 @@ def test_signal_finishes_the_step_checkpoints_and_leaves_no_process(script, extr
     resumed = run_script(script, *flags[:-2], "--epochs", "1", "-p", "100", "--output-dir", str(tmp_path),
                          "--resume", "auto")
     assert f"epoch 0, step {ckpt['step']}" in resumed.stdout
+
+
+def test_a_node_that_never_arrives_ends_in_one_line_naming_the_address(tiny_data, tmp_path):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    done = run_script("train_main.py", tiny_data, "-a", "ghostnet", "-b", "16", "--no-accel", *SMALL,
+                      "--multiprocessing-distributed", "--world-size", "2", "--rank", "0", "--nprocs", "1",
+                      "--dist-url", url, "--dist-timeout", "3", "--output-dir", str(tmp_path), check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"error: rank 0 of 2 gave up on the rendezvous at {url} after --dist-timeout 3 s")
+    assert "Check that every node was started, with the same address, port and world size" in lines[0]
