@@ -139,8 +139,9 @@ def write_predictions(path: str, preds: inference.Predictions, classes: list[str
         idx, prob = preds.top_idx[row].tolist(), preds.top_prob[row].tolist()
         true = int(preds.targets[row])
         top5 = ";".join(f"{classes[c]}:{p:.6f}" for c, p in zip(idx[:TOP5], prob[:TOP5]))
-        rows.append([file, classes[true], classes[idx[0]], f"{prob[0]:.6f}", int(idx[0] == true),
-                     f"{float(preds.loss[row]):.6f}", top5])
+        loss = max(0.0, float(preds.loss[row]))  # no "-0.000000" from rounding
+        rows.append([file, classes[true], classes[idx[0]], f"{prob[0]:.6f}", int(idx[0] == true), f"{loss:.6f}",
+                     top5])
     header = ["path", "true", "predicted", "confidence", "correct", "loss", "top5"]
     files.write_atomically(path, lambda f: f.write(files.csv_bytes(header, rows)))
 
