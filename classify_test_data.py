@@ -13,9 +13,9 @@ most confident mistakes. Running again into the same DIR_OUT updates it in place
 Images are placed batch by batch as the model judges them. Ctrl+C or SIGTERM stops after the batch in hand (exit
 status 130 or 143): manifest.csv then lists what was placed, and the same command run again sorts the rest.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
@@ -29,7 +29,6 @@ import time
 
 from common import distributed, faults, figures, files, inference, metrics, model_loading, options, process
 from common.distributed import DistContext
-from common.errors import UserError, exit_on_user_error
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
 MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.png"

@@ -20,9 +20,9 @@ on them; --train-augment uses RandomResizedCrop + flip instead, and then every e
 SIGTERM or Ctrl+C stops after the step in hand with a checkpoint, as the training scripts do (exit status 143 or
 130); --resume auto continues from it.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
@@ -36,7 +36,6 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from common import checkpoint, data, distributed, engine, faults, files, models, options, schedule
 from common.distributed import DistContext
-from common.errors import UserError, exit_on_user_error
 from common.process import exit_on_stop
 from common.logger import Progress
 from common.train_step import TrainStep

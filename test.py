@@ -23,9 +23,9 @@ List the unreadable files of the labelled folder (or of IMAGE...) without evalua
 
 Ctrl+C or SIGTERM stops after the batch in hand, with one line and exit status 130 or 143; no report is written.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
@@ -37,7 +37,6 @@ import torch
 
 from common import data, distributed, faults, figures, files, images, inference, metrics, model_loading, options
 from common import process
-from common.errors import UserError, exit_on_user_error
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"

@@ -6,24 +6,22 @@
 Without a GPU it trains in one CPU process, with a notice. DistributedDataParallel (train_multiprocessing.py,
 train_distributed.py) is faster on several GPUs; DataParallel is the simplest to start.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
 import functools
 
 from common import distributed, launch, options
-from common.errors import UserError, exit_on_user_error
 
 LOG_NAME = "dataparallel.csv"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train on ImageNet-style folders with nn.DataParallel over the visible GPUs.",
-        parents=options.training_parents(options.device_parser()))
+    parser = options.training_parser("Train on ImageNet-style folders with nn.DataParallel over the visible GPUs.",
+                                     ddp=False)
     parser.add_argument("--gpus", default=None, metavar="IDS", help="comma-separated GPU ids (default: all)")
     return parser
 

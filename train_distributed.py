@@ -15,24 +15,21 @@ MASTER_ADDR and MASTER_PORT, or pass --dist-url):
     srun --nodes 2 --ntasks-per-node 8 python train_distributed.py --data /imagenet -a ghostnet
 Started with plain ``python``, it trains in one process. -b is the global batch over all processes.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
 
 from common import distributed, launch, options
-from common.errors import exit_on_user_error
 
 LOG_NAME = "distributed.csv"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
-        parents=options.training_parents(options.device_parser(), options.process_group_parser(),
-                                         options.launch_parser(spawn=False)))
+    parser = options.training_parser("Train on ImageNet-style folders with torchrun + DistributedDataParallel.",
+                                     spawn=False)
     parser.add_argument("--local-rank", "--local_rank", type=options.NON_NEGATIVE_INT, default=None,
                         help="set by torch.distributed.launch; LOCAL_RANK from the environment takes precedence")
     return parser

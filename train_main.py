@@ -20,24 +20,21 @@ MASTER_ADDR/MASTER_PORT):
 
     srun --ntasks-per-node 4 python train_main.py --data /imagenet -a ghostnet
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
 
 from common import distributed, launch, options
-from common.errors import exit_on_user_error
 
 LOG_NAME = "main.csv"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.",
-        parents=options.training_parents(options.device_parser(), options.process_group_parser(),
-                                         options.launch_parser()))
+    parser = options.training_parser(
+        "Train on ImageNet-style folders: one device, DataParallel, mp.spawn DDP or torchrun DDP.")
     parser.add_argument("--multiprocessing-distributed", action="store_true",
                         help="spawn one DDP process per GPU (or --nprocs CPU processes) on each node")
     return parser

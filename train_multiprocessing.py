@@ -10,24 +10,21 @@ Several nodes: the same command on each, with its --rank, the node count and nod
 
 -b is the global batch, split evenly over all processes. Rendezvous defaults to tcp://127.0.0.1:<free port>.
 """
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    from common.errors import quiet_ctrl_c
+from common.errors import exit_on_user_error, quiet_ctrl_c
 
+if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
     quiet_ctrl_c()
 
 import argparse
 
 from common import launch, options
-from common.errors import exit_on_user_error
 
 LOG_NAME = "multiprocessing_distributed.csv"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        description="Train on ImageNet-style folders with mp.spawn + DistributedDataParallel.",
-        parents=options.training_parents(options.device_parser(gpu=False), options.process_group_parser(),
-                                         options.launch_parser()))
+    return options.training_parser("Train on ImageNet-style folders with mp.spawn + DistributedDataParallel.",
+                                   gpu=False)
 
 
 def main(args: argparse.Namespace) -> None:

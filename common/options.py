@@ -337,11 +337,15 @@ def dist_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False, parents=[device_parser(), process_group_parser(), launch_parser()])
 
 
-def training_parents(*devices: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """Every flag group of the four training scripts, in the order ``--help`` shows them, ending with ``devices``:
-    the device and distributed groups that the script's launcher honours."""
-    return [data_parser(demo=True), model_parser(), train_parser(), recipe_parser(), augment_parser(), speed_parser(),
-            check_data_parser(), *devices]
+def training_parser(description: str, gpu: bool = True, ddp: bool = True,
+                    spawn: bool = True) -> argparse.ArgumentParser:
+    """The parser of a training script: every flag group the four share, in the order ``--help`` shows them, then
+    the device and distributed flags its launcher honours: ``--gpu`` (``gpu``), the process group and DDP flags
+    (``ddp``), and among those the mp.spawn flags (``spawn``)."""
+    devices = [device_parser(gpu)] + ([process_group_parser(), launch_parser(spawn)] if ddp else [])
+    groups = [data_parser(demo=True), model_parser(), train_parser(), recipe_parser(), augment_parser(),
+              speed_parser(), check_data_parser()]
+    return argparse.ArgumentParser(description=description, parents=groups + devices)
 
 
 def resolve_data_dir(args: argparse.Namespace) -> None:
@@ -381,8 +385,7 @@ def check_positive(args: argparse.Namespace, names: list[str]) -> None:
 
 def _declared_defaults() -> dict[str, object]:
     """The argparse default of every training flag, by dest."""
-    parents = training_parents(device_parser(), process_group_parser(), launch_parser())
-    return {action.dest: action.default for parent in parents for action in parent._actions}
+    return {action.dest: action.default for action in training_parser("")._actions}
 
 
 def apply_demo_defaults(args: argparse.Namespace) -> None:
