@@ -15,8 +15,7 @@ status 130 or 143): manifest.csv then lists what was placed, and the same comman
 """
 from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    quiet_ctrl_c()
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
 import argparse
 import contextlib

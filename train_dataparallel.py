@@ -8,8 +8,7 @@ train_distributed.py) is faster on several GPUs; DataParallel is the simplest to
 """
 from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
-if __name__ == "__main__":  # before torch loads: a Ctrl+C during start-up prints one line, not a traceback
-    quiet_ctrl_c()
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
 import argparse
 import functools

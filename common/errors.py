@@ -56,9 +56,12 @@ def exit_on_user_error() -> Iterator[None]:
             sys.exit(128 + signal.SIGINT)
 
 
-def quiet_ctrl_c() -> None:
-    """Make a Ctrl+C that no handler catches (one during the start-up imports of torch) print one line instead of a
-    traceback. The scripts call it first thing when run as a program; Python still exits as killed by SIGINT."""
+def quiet_ctrl_c(module_name: str) -> None:
+    """When ``module_name`` is ``"__main__"`` (a script run as a program, not imported), make a Ctrl+C that no
+    handler catches (one during the start-up imports of torch) print one line instead of a traceback. The scripts
+    call it before their other imports; Python still exits as killed by SIGINT. Imported, it does nothing."""
+    if module_name != "__main__":
+        return
     previous = sys.excepthook
 
     def hook(kind, value, traceback) -> None:

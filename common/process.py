@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -39,9 +41,9 @@ def _is_lost_worker(exc: BaseException) -> bool:
     text = str(exc)
     if "DataLoader worker" in text and ("killed by signal" in text or "exited unexpectedly" in text):
         return True
-    frames = traceback.extract_tb(exc.__traceback__)
+    inside = f"torch{os.sep}utils{os.sep}data"  # frames' file names, read without opening any source file
     return isinstance(exc, (ConnectionError, EOFError)) and any(
-        f"torch{os.sep}utils{os.sep}data" in frame.filename for frame in frames)
+        inside in frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def lost_worker_message(exc: BaseException, checkpoint_dir: str | None) -> str:
@@ -69,6 +71,10 @@ def exit_on_stop(ctx: DistContext, checkpoint_dir: str | None = None) -> Iterato
         distributed.cleanup(ctx)
         sys.exit(128 + exc.signum)
     except (dist.DistError, RuntimeError, ConnectionError, EOFError) as exc:
+        if threading.current_thread() is threading.main_thread():
+            # The DataLoader's SIGCHLD handler raises again for each worker that ends from now on; the process is
+            # ending, so let it say what happened once.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if _is_lost_worker(exc):
             print(lost_worker_message(exc, checkpoint_dir), file=sys.stderr, flush=True)
             sys.exit(1)

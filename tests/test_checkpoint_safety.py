@@ -104,6 +104,9 @@ DAMAGE = [
     ("best", lambda c: c.update(best_acc1=float("nan")), "'best_acc1' entry is nan, not a percentage"),
     ("epoch", lambda c: c.update(epoch=-1), "'epoch' entry is -1"),
     ("classes", lambda c: c.update(classes=["a", "a", "b", "c"]), "'classes' entry is ['a', 'a', 'b', 'c']"),
+    ("no-classes", lambda c: c.update(classes=[]), "'classes' entry is [], not a non-empty list"),
+    ("epoch-text", lambda c: c.update(epoch="three"), "'epoch' entry is 'three', not a whole number"),
+    ("width-text", lambda c: c["args"].update(width_mult="wide"), "'args.width_mult' entry is 'wide'"),
     ("optimizer", lambda c: c.update(optimizer="sgd"), "'optimizer' entry is 'sgd'"),
     ("arch", lambda c: c.update(arch=7), "'arch' entry is 7, not an architecture name"),
 ]
