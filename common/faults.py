@@ -92,15 +92,6 @@ class CheckpointTimer:
         return False
 
 
-def parse_interval(text: str | None) -> None:
-    """Raise ValueError unless ``text`` is None, a positive integer, or a positive number followed by m."""
-    if text is None:
-        return
-    value = float(text[:-1]) if text.lower().endswith("m") else int(text)
-    if value <= 0:
-        raise ValueError(text)
-
-
 def stop_message(signum: int, where: str, then: str = "") -> str:
     """The one phrasing of a clean stop, e.g. ``stopped by SIGTERM during epoch 3; rerun with --resume auto ...``.
 
