@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ def exit_on_user_error() -> Iterator[None]:
     Also the one place where every script's output becomes safe for any file name (``tolerant_console``), and where
     a Ctrl+C that no loop turned into a clean stop (during start-up, or a second Ctrl+C) exits 130 in one line.
     """
+    if signal.getsignal(signal.SIGINT) is _stop_at_once:  # main has started: Ctrl+C is a KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with tolerant_console():
         try:
             yield
@@ -56,18 +59,18 @@ def exit_on_user_error() -> Iterator[None]:
             sys.exit(128 + signal.SIGINT)
 
 
+def _stop_at_once(_signum, _frame) -> None:
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(128 + signal.SIGINT)  # nothing to clean up yet; an exception could be swallowed by a library's import
+
+
 def quiet_ctrl_c(module_name: str) -> None:
-    """When ``module_name`` is ``"__main__"`` (a script run as a program, not imported), make a Ctrl+C that no
-    handler catches (one during the start-up imports of torch) print one line instead of a traceback. The scripts
-    call it before their other imports; Python still exits as killed by SIGINT. Imported, it does nothing."""
-    if module_name != "__main__":
-        return
-    previous = sys.excepthook
+    """When ``module_name`` is ``"__main__"`` (a script run as a program, not imported), a Ctrl+C before ``main``
+    starts (during the seconds that torch takes to import) ends the process at once with one line and status 130.
 
-    def hook(kind, value, traceback) -> None:
-        if issubclass(kind, KeyboardInterrupt):
-            print(INTERRUPTED, file=sys.stderr, flush=True)
-        else:
-            previous(kind, value, traceback)
-
-    sys.excepthook = hook
+    A signal handler, not an exception: an exception raised inside torch's imports was seen to be swallowed, and the
+    script then ran on. ``exit_on_user_error``, which every ``main`` enters first, restores Python's own handler.
+    Imported, it does nothing.
+    """
+    if module_name == "__main__":
+        signal.signal(signal.SIGINT, _stop_at_once)
