@@ -38,10 +38,11 @@ WARMUP_IMAGES = 16
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Images/s of classify_test_data.py versus the original one-image-at-a-time loop.",
-        parents=[options.data_parser(), options.model_parser("ghostnet"), options.inference_parser(),
-                 options.dist_parser()])
-    parser.add_argument("--images", type=int, default=512, help="generated photos (default: 512)")
-    parser.add_argument("--classes", type=int, default=8, help="classes of the generated photos (default: 8)")
+        parents=[options.data_parser(training=False), options.model_parser("ghostnet", dropout=False),
+                 options.inference_parser(), options.device_parser()])
+    parser.add_argument("--images", type=options.POSITIVE_INT, default=512, help="generated photos (default: 512)")
+    parser.add_argument("--classes", type=options.POSITIVE_INT, default=8,
+                        help="classes of the generated photos (default: 8)")
     return parser
 
 
@@ -159,7 +160,6 @@ def report(rows: list[dict], path: str) -> None:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         options.resolve_data_dir(args)
-        options.check_positive(args, ["images", "classes", "batch_size"])  # -b/-j: override the defaults
         rows = run(args)
         report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{rows[0]['device']}.csv"))
 

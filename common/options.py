@@ -332,11 +332,6 @@ def launch_parser(spawn: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def dist_parser() -> argparse.ArgumentParser:
-    """Every device and distributed flag in one group, for tools that forward them all (the benchmarks)."""
-    return argparse.ArgumentParser(add_help=False, parents=[device_parser(), process_group_parser(), launch_parser()])
-
-
 def training_parser(description: str, gpu: bool = True, ddp: bool = True,
                     spawn: bool = True) -> argparse.ArgumentParser:
     """The parser of a training script: every flag group the four share, in the order ``--help`` shows them, then
@@ -375,14 +370,6 @@ def check_arch(arch: str, choices: list[str]) -> None:
     raise UserError(f"unknown architecture {arch!r}: use a torchvision classification model or ghostnet.{hint}")
 
 
-def check_positive(args: argparse.Namespace, names: list[str]) -> None:
-    """Refuse non-positive values for the given integer/float flags (for parsers without ``Number`` types)."""
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}.")
-
-
 def _declared_defaults() -> dict[str, object]:
     """The argparse default of every training flag, by dest."""
     return {action.dest: action.default for action in training_parser("")._actions}
@@ -409,8 +396,8 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
     """Validate the flags every training script shares, before any work starts (their values are checked by
     their ``type=``; these are the checks across flags), and fill the defaults that depend on other flags."""
     resolve_data_dir(args)
-    demo = getattr(args, "demo", False)
-    if demo:
+    use_demo = getattr(args, "demo", False)  # network.py has no --demo
+    if use_demo:
         apply_demo_defaults(args)
     fill_size_defaults(args)
     apply_recipe(args)
@@ -422,10 +409,10 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
                         f"{args.val_resize_size}; make the crop at most the resize size.")
     if getattr(args, "sync_bn", False) and args.no_accel:
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU); drop --sync-bn or --no-accel.")
-    if demo:
-        from common import demo as demo_data
+    if use_demo:
+        from common import demo
 
-        args.data = demo_data.ensure_dataset(demo_data.DEFAULT_DIR)
+        args.data = demo.ensure_dataset(demo.DEFAULT_DIR)
     elif not args.data and not args.dummy:
         raise UserError("no dataset given: pass DIR (or --data DIR) holding train/<class>/* and val/<class>/*, "
                         "--dummy for synthetic images, or --demo for the built-in demo dataset.")
