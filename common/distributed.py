@@ -111,7 +111,7 @@ def rendezvous_failure(rank: int, world_size: int, dist_url: str, timeout_s: flo
               else "it could not reach rank 0 there, or rank 0 stopped waiting")
     first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
     return (f"rank {rank} of {world_size} gave up on the rendezvous at {address} after --dist-timeout "
-            f"{timeout_s:g} s: {waited} ({first}). Check that every node was started, with the same address, port "
+            f"{timeout_s:g} s: {waited} ({first}); check that every node was started, with the same address, port "
             f"and world size ({world_size} processes), and that the port is open between the nodes.")
 
 

@@ -176,4 +176,4 @@ def test_a_node_that_never_arrives_ends_in_one_line_naming_the_address(tiny_data
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith(f"error: rank 0 of 2 gave up on the rendezvous at {url} after --dist-timeout 3 s")
-    assert "Check that every node was started, with the same address, port and world size" in lines[0]
+    assert "; check that every node was started, with the same address, port and world size" in lines[0]

@@ -3,6 +3,7 @@ line, the defaults that --help shows are the recipes', and the prediction script
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_a_number_type_accepts_its_bounds_and_says_what_it_wants():
     assert options.FRACTION.describe() == "a number in [0, 1)"
     assert options.checkpoint_interval("30m") == "30m" and options.checkpoint_interval("500") == "500"
     for bad in ("0", "-3m", "m", "1.5", "nanm"):
-        with pytest.raises(Exception, match="positive number of steps"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive number of steps"):
             options.checkpoint_interval(bad)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common import checkpoint, models
+from common.errors import UserError
 from common.logger import CSV_FIELDS
 from conftest import COLORS, SMALL, make_image_folder, run_script
 
@@ -150,5 +151,5 @@ def test_the_batchnorm_rule_spares_models_without_batchnorm_and_counts_dataparal
     engine.check_batchnorm_batch(ghostnet, 100, 2, 1, 1)
     replicated = torch.nn.DataParallel(ghostnet)
     replicated.device_ids = [0, 1, 2]  # as on three GPUs: 5 images are split 2, 2, 1
-    with pytest.raises(Exception, match="over 1 process\\(es\\) and 3 GPUs leaves a pass with 1"):
+    with pytest.raises(UserError, match="over 1 process\\(es\\) and 3 GPUs leaves a pass with 1"):
         engine.check_batchnorm_batch(replicated, 100, 5, 1, 1)
