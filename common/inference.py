@@ -167,9 +167,9 @@ class Prepared:
     source_dir: str | None  # the labelled folder, or None for loose image files
 
 
-def _on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tuple[nn.Module, Precision, str]:
+def on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tuple[nn.Module, Precision, str]:
     """The model to run on ``device``, its numeric format and a description of both, as the speed flags and the
-    device choose them."""
+    device choose them (also evaluation/compare.py's way of running a model)."""
     precision = choose_precision(device, model, speed.amp, speed.amp_dtype, speed.channels_last)
     desc = [precision.describe()]
     folded = models.fold_batchnorm(model) if speed.fold_bn else None
@@ -203,7 +203,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     # One pass, so no persistent workers: they end with the pass's iterator, which ``predict`` holds and drops.
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                         pin_memory=ctx.device.type == "cuda")
-    model, precision, model_desc = _on_device(loaded.model, ctx.device, speed)
+    model, precision, model_desc = on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
                     display_names(classes), resize, crop, batch, workers, folder)
 

@@ -265,8 +265,10 @@ def augment_parser() -> argparse.ArgumentParser:
 AMP_DTYPES = ("auto", "bf16", "fp16")
 
 
-def speed_parser() -> argparse.ArgumentParser:
-    """Speed features; each is on by default where it leaves results unchanged, and each can be switched off."""
+def speed_parser(pipeline: bool = True) -> argparse.ArgumentParser:
+    """Speed features; each is on by default where it leaves results unchanged, and each can be switched off.
+
+    ``pipeline`` adds ``--uint8-pipeline``, which only scripts that load images read."""
     parser, g = _group("speed")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="automatic mixed precision (default: on for CUDA; on the CPU, on with native bf16 for models "
@@ -277,9 +279,10 @@ def speed_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format for the model and its inputs (default: on)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
-    g.add_argument("--uint8-pipeline", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode JPEGs with libjpeg-turbo and augment uint8 tensors in the workers, normalise each "
-                        "batch on the device; --no-uint8-pipeline: the classic PIL transforms (default: on)")
+    if pipeline:
+        g.add_argument("--uint8-pipeline", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode JPEGs with libjpeg-turbo and augment uint8 tensors in the workers, normalise "
+                            "each batch on the device; --no-uint8-pipeline: the classic PIL transforms (default: on)")
     return parser
 
 

@@ -1,0 +1,62 @@
+"""Published ImageNet-1k figures of a model's weights, with their source and the eval preprocessing they expect.
+
+torchvision models: everything comes from the DEFAULT weights' own metadata (``meta["_metrics"]``, ``num_params``,
+``_ops``) and ``weights.transforms()``, so no number is typed in here. GhostNet has no library that holds its
+figures: 1.0x is the official release (huawei-noah/ghostnet, ``state_dict_73.98.pth``, top-1 73.98, top-5 91.46,
+evaluated at 256/224 bilinear by its validate.py), and 0.5x and 1.3x are Table 7 of the paper (arXiv:1911.11907),
+which gives top-1 only and for which no weights were released.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torchvision
+
+from common import models
+
+# width: (top-1, top-5 or None, source); the eval sizes of the official validate.py: Resize(256), CenterCrop(224)
+GHOSTNET_PUBLISHED = {
+    1.0: (73.98, 91.46, f"official release ({models.GHOSTNET_URL.rsplit('/', 1)[-1]})"),
+    0.5: (66.2, None, "paper, Table 7 (no weights released)"),
+    1.3: (75.7, None, "paper, Table 7 (no weights released)"),
+}
+GHOSTNET_EVAL = (256, 224, "bilinear")
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the literature says about one model; None where its source gives no figure."""
+
+    top1: float | None = None
+    top5: float | None = None
+    source: str = ""
+    resize: int | None = None  # eval: shorter side resized to this, then centre-cropped to ``crop``
+    crop: int | None = None
+    interpolation: str = ""
+    num_params: int | None = None
+    macs: int | None = None  # torchvision's ``_ops`` (GFLOPS, counted as multiply-adds), in MACs
+
+
+def _torchvision(arch: str) -> Published:
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):  # a builder without published weights
+        return Published()
+    meta, preprocess = weights.meta, weights.transforms()
+    metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
+    ops = meta.get("_ops")
+    return Published(metrics.get("acc@1"), metrics.get("acc@5"), f"torchvision {weights}",
+                     preprocess.resize_size[0], preprocess.crop_size[0], preprocess.interpolation.value,
+                     meta.get("num_params"), None if ops is None else round(ops * 1e9))
+
+
+def published(arch: str, width: float = 1.0) -> Published:
+    """The published figures of ``arch`` (at ``width`` for GhostNet); an empty Published where none exist."""
+    if arch != "ghostnet":
+        return _torchvision(arch)
+    if width not in GHOSTNET_PUBLISHED:
+        return Published()
+    top1, top5, source = GHOSTNET_PUBLISHED[width]
+    if width != 1.0:  # no weights, so no preprocessing they expect
+        return Published(top1, top5, source)
+    return Published(top1, top5, source, *GHOSTNET_EVAL)
