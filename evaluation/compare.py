@@ -162,11 +162,13 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
            "eval_interpolation": pub.interpolation, "device": str(args.device), "batch_size": budget.batch_size}
     try:
         model = models.create_model(arch, models.IMAGENET_CLASSES, width_mult=width).eval()
-        # counted on the meta device: shapes only, no arithmetic
-        row.update(params=models.count_params(model),
-                   macs=models.count_macs(copy.deepcopy(model).to("meta"), budget.input_size))
-    except Exception as exc:  # noqa: BLE001 - a model that cannot be built at this size keeps its row
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be built keeps its row
         return {**row, "error": f"build: {_reason(exc)}"}
+    row["params"] = models.count_params(model)
+    try:  # on the meta device: shapes only, no arithmetic
+        row["macs"] = models.count_macs(copy.deepcopy(model).to("meta"), budget.input_size)
+    except Exception as exc:  # noqa: BLE001 - e.g. an input too small for the model's pooling
+        return {**row, "error": f"forward at {budget.input_size} px: {_reason(exc)}"}
     speed, errors = measure_setups(model, args.device, setups, budget)
     return {**row, **speed, "error": "; ".join(errors)}
 

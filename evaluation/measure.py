@@ -89,18 +89,24 @@ def _images(batch: int, size: int, device: torch.device, precision: Precision) -
     return x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x
 
 
+def latencies(model: nn.Module, device: torch.device, precision: Precision, budget: Budget) -> list[float]:
+    """Seconds of each of ``budget.repeats`` batch-1 inference runs of ``model`` after ``budget.warmup`` others."""
+    one = _images(1, budget.input_size, device, precision)
+    with torch.inference_mode(), precision.autocast():
+        _timed(lambda: model(one), device, budget.warmup)
+        return _timed(lambda: model(one), device, budget.repeats)
+
+
 def infer_figures(base: nn.Module, device: torch.device, setup: Setup,
                   budget: Budget) -> tuple[list[float], float, str]:
     """(batch-1 latencies in seconds, images/s at ``budget.batch_size``, description) of ``setup``'s inference."""
     model, precision, desc = inference.on_device(copy.deepcopy(base).eval(), device, setup.speed)
-    one = _images(1, budget.input_size, device, precision)
+    one_each = latencies(model, device, precision, budget)
     batch = _images(budget.batch_size, budget.input_size, device, precision)
     with torch.inference_mode(), precision.autocast():
-        _timed(lambda: model(one), device, budget.warmup)
-        latencies = _timed(lambda: model(one), device, budget.repeats)
         _timed(lambda: model(batch), device, 1)
         seconds = sum(_timed(lambda: model(batch), device, budget.steps))
-    return latencies, budget.batch_size * budget.steps / seconds, desc
+    return one_each, budget.batch_size * budget.steps / seconds, desc
 
 
 def train_step(base: nn.Module, device: torch.device, speed: inference.SpeedConfig) -> TrainStep:
@@ -137,8 +143,8 @@ def train_figures(base: nn.Module, device: torch.device, setup: Setup, budget: B
 def measure(base: nn.Module, device: torch.device, setup: Setup, budget: Budget) -> Figures:
     """Every figure of ``base`` (an eval-ready model on the CPU, left unchanged) run ``setup``'s way on ``device``."""
     train_img_s, peak_mib, train_desc = train_figures(base, device, setup, budget)
-    latencies, infer_img_s, infer_desc = infer_figures(base, device, setup, budget)
-    ms = sorted(1000 * s for s in latencies)
+    seconds, infer_img_s, infer_desc = infer_figures(base, device, setup, budget)
+    ms = sorted(1000 * s for s in seconds)
     p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
     return Figures(statistics.median(ms), p90, infer_img_s, train_img_s, peak_mib, infer_desc, train_desc)
 
