@@ -260,41 +260,23 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: int = 224) -> int:
-    """Multiply-accumulates of Conv2d and Linear layers for one (1, 3, input_size, input_size) image.
+    """Multiply-adds for one (1, 3, input_size, input_size) image, as torch's FlopCounterMode counts them (FLOPs / 2).
 
-    Conv: output elements * (in_channels / groups) * kh * kw. Linear: output elements * in_features. BatchNorm,
-    activations, pooling, the SE gate product and residual additions are not counted (the usual convention, as in
-    the paper's FLOPs). Runs one eval-mode forward under no_grad and restores the model's training mode.
+    That covers convolutions and matrix products (the classifier); BatchNorm, activations, pooling, the SE gate
+    product and residual additions are not counted (the usual convention, as in the paper's FLOPs). Runs one
+    eval-mode forward under no_grad and restores the model's training mode.
     """
-    total = 0
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    def linear_hook(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return total
+    return counter.get_total_flops() // 2
 
 
 def get_args_parser() -> argparse.ArgumentParser:

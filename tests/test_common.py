@@ -270,13 +270,35 @@ def test_create_model_and_replace_head(arch):
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3) and name in dict(model.named_modules())
 
 
+def hook_macs(model: torch.nn.Module, input_size: int) -> int:
+    """A reference count by hand: output elements x (in_channels / groups) x kernel area for each Conv2d, output
+    elements x in_features for each Linear, over one forward."""
+    total = []
+
+    def conv(m, _inputs, out):
+        total.append(out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1])
+
+    def linear(m, _inputs, out):
+        total.append(out.numel() * m.in_features)
+
+    handles = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, input_size, input_size))
+    for handle in handles:
+        handle.remove()
+    model.train(was_training)
+    return sum(total)
+
+
 @pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small"])
 def test_macs_from_flop_counter_equal_conv_and_linear_hooks(arch):
-    """FlopCounterMode's count, halved, is the paper's convention: the hook-based count of ghost_net.py."""
-    from ghost_net import count_macs as hook_macs
+    """FlopCounterMode's count, halved, is the paper's convention: a count of Conv2d and Linear layers by hand."""
+    from ghost_net import count_macs as ghost_net_macs
 
     model = models.create_model(arch, num_classes=10).train()
-    assert models.count_macs(model, 64) == hook_macs(model, 64) > 0
+    assert models.count_macs(model, 64) == ghost_net_macs(model, 64) == hook_macs(model, 64) > 0
     assert model.training
 
 

@@ -149,6 +149,9 @@ def parse(*argv: str) -> None:
     (["--models", "ghostnet:0"], "the width must be a number in (0, 4]"),
     (["--device", "tpu"], "not a device name"),
     (["--repeats", "0"], "--repeats: must be an integer in [1, 100000]"),
+    (["--input-size", "0"], "--input-size: must be an integer in [1, 4096]"),
+    (["--threads", "1.5"], "--threads: must be an integer in [1, 1024]"),
+    (["-b", "-1"], "--batch-size: must be a positive integer"),
 ])
 def test_bad_flags_are_refused_in_one_line(argv, message, tmp_path):
     assert message in refusal(parse, *argv, "--output-dir", str(tmp_path))
