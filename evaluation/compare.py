@@ -54,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Parameters, multiply-adds, published top-1/top-5 and measured speed of several networks.",
         parents=[options.speed_parser(pipeline=False)])
     parser.add_argument("--models", nargs="+", default=None, metavar="ARCH",
-                        help="-a names to compare; ghostnet:W for GhostNet at width W (default: 20 lightweight "
-                             "networks and resnet18/resnet50, see the README)")
+                        help="-a names to compare; ghostnet:W for GhostNet at width W (default: 18 lightweight "
+                             "networks, listed in the README, and resnet18/resnet50 as references)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     parser.add_argument("--input-size", type=options.PIXELS, default=None, metavar="PX",
                         help="square input size for MACs and every speed figure (default: 224)")
@@ -225,12 +225,19 @@ def budget_of(args: argparse.Namespace) -> measure.Budget:
                           warmup=max(2, args.repeats // 5))
 
 
+def speed_flags(args: argparse.Namespace) -> str:
+    amp = {None: "AMP where it pays", True: f"AMP {args.amp_dtype}", False: "no AMP"}[args.amp]
+    return ", ".join([amp, "channels_last" if args.channels_last else "NCHW", "BatchNorm folded for inference"]
+                     + ["torch.compile"] * args.compile)
+
+
 def describe(args: argparse.Namespace, budget: measure.Budget) -> str:
     where = (torch.cuda.get_device_name(args.device) if args.device.type == "cuda"
              else f"cpu, {torch.get_num_threads()} thread(s)")
     return (f"{len(args.specs)} models on {args.device} ({where}), torch {torch.__version__}: {budget.input_size} px, "
             f"latency over {budget.repeats} batch-1 runs, throughputs over {budget.steps} batch(es) of "
-            f"{budget.batch_size}; defaults = the project's speed flags, fp32 = plain fp32 NCHW eager")
+            f"{budget.batch_size}; defaults = the project's speed flags ({speed_flags(args)}), fp32 = plain fp32 "
+            "NCHW eager")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -240,7 +247,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     speed = inference.SpeedConfig(amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
                                   compile=args.compile)
     setups = [measure.Setup("defaults", speed), measure.FP32]
-    caption = f"Measured with `python evaluation/compare.py`: {describe(args, budget)}."
+    caption = f"Measured by `evaluation/compare.py`: {describe(args, budget)}."
     print(f"=> {describe(args, budget)}", flush=True)
     rows: list[dict] = []
     bar = tqdm(args.specs, unit="model", dynamic_ncols=True)

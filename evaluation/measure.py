@@ -137,7 +137,8 @@ def train_figures(base: nn.Module, device: torch.device, setup: Setup, budget: B
     with peak_memory(device) as peak:
         run()
     seconds = sum(_timed(run, device, budget.steps))
-    return budget.batch_size * budget.steps / seconds, peak[0], step.precision.describe()
+    desc = step.precision.describe() + (" + torch.compile" if setup.speed.compile else "")
+    return budget.batch_size * budget.steps / seconds, peak[0], desc
 
 
 def measure(base: nn.Module, device: torch.device, setup: Setup, budget: Budget) -> Figures:
