@@ -24,11 +24,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _log_labels(ax: Axes) -> None:
-    """Plain numbers on the log cost axis, at 1, 2 and 5 times each power of ten (not 6 x 10^0)."""
+    """Plain numbers on the log cost axis (not 6 x 10^0): at every tick when it spans less than a factor of ten, else
+    at 1, 2 and 5 times each power of ten."""
     from matplotlib import ticker
 
     def label(value: float, _pos) -> str:
-        return f"{value:g}" if f"{value:.0e}"[0] in "125" else ""
+        low, high = ax.get_xlim()
+        return f"{value:g}" if high < 10 * low or f"{value:.0e}"[0] in "125" else ""
 
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(label))
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(label))
@@ -63,7 +65,7 @@ def _panel(ax: Axes, points: list[tuple[str, float, float]], xlabel: str, title:
     ax.scatter([], [], s=110, marker="*", color=GHOST_COLOUR, label="GhostNet")
     ax.margins(x=0.12, y=0.06)
     _log_labels(ax)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)  # where it hides the fewest points
     return labels
 
 
