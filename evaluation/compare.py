@@ -152,6 +152,17 @@ def measure_setups(model: torch.nn.Module, device: torch.device, setups: list[me
     return row, errors
 
 
+def count_macs(model: torch.nn.Module, input_size: int) -> int:
+    """``models.count_macs`` on a meta-device copy (shapes only, no arithmetic), or on the model itself for one whose
+    forward needs real values (a data-dependent branch)."""
+    try:
+        return models.count_macs(copy.deepcopy(model).to("meta"), input_size)
+    except (NotImplementedError, RuntimeError) as exc:
+        if "meta" not in str(exc):  # a real failure, such as an input too small: the same on the CPU
+            raise
+        return models.count_macs(model, input_size)
+
+
 def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[measure.Setup],
               budget: measure.Budget) -> dict:
     """Every column of one model; what could not be built or run is named in ``error``."""
@@ -165,8 +176,8 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built keeps its row
         return {**row, "error": f"build: {_reason(exc)}"}
     row["params"] = models.count_params(model)
-    try:  # on the meta device: shapes only, no arithmetic
-        row["macs"] = models.count_macs(copy.deepcopy(model).to("meta"), budget.input_size)
+    try:
+        row["macs"] = count_macs(model, budget.input_size)
     except Exception as exc:  # noqa: BLE001 - e.g. an input too small for the model's pooling
         return {**row, "error": f"forward at {budget.input_size} px: {_reason(exc)}"}
     speed, errors = measure_setups(model, args.device, setups, budget)
