@@ -1,7 +1,7 @@
 """Published ImageNet-1k figures of a model's weights, with their source and the eval preprocessing they expect.
 
-torchvision models: everything comes from the DEFAULT weights' own metadata (``meta["_metrics"]``, ``num_params``,
-``_ops``) and ``weights.transforms()``, so no number is typed in here. GhostNet has no library that holds its
+torchvision models: everything comes from the DEFAULT weights' own metadata (``meta["_metrics"]``) and
+``weights.transforms()``, so no number is typed in here. GhostNet has no library that holds its
 figures: 1.0x is the official release (huawei-noah/ghostnet, ``state_dict_73.98.pth``, top-1 73.98, top-5 91.46,
 evaluated at 256/224 bilinear by its validate.py), and 0.5x and 1.3x are Table 7 of the paper (arXiv:1911.11907),
 which gives top-1 only and for which no weights were released.
@@ -33,8 +33,6 @@ class Published:
     resize: int | None = None  # eval: shorter side resized to this, then centre-cropped to ``crop``
     crop: int | None = None
     interpolation: str = ""
-    num_params: int | None = None
-    macs: int | None = None  # torchvision's ``_ops`` (GFLOPS, counted as multiply-adds), in MACs
 
 
 def _torchvision(arch: str) -> Published:
@@ -44,10 +42,8 @@ def _torchvision(arch: str) -> Published:
         return Published()
     meta, preprocess = weights.meta, weights.transforms()
     metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
-    ops = meta.get("_ops")
     return Published(metrics.get("acc@1"), metrics.get("acc@5"), f"torchvision {weights}",
-                     preprocess.resize_size[0], preprocess.crop_size[0], preprocess.interpolation.value,
-                     meta.get("num_params"), None if ops is None else round(ops * 1e9))
+                     preprocess.resize_size[0], preprocess.crop_size[0], preprocess.interpolation.value)
 
 
 def published(arch: str, width: float = 1.0) -> Published:

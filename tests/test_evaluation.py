@@ -37,7 +37,7 @@ def _meta(arch: str) -> dict:
 
 @pytest.mark.parametrize("spec", TORCHVISION_DEFAULTS)
 def test_params_equal_torchvision_num_params(default_set, spec):
-    assert models.count_params(default_set[spec]) == _meta(spec)["num_params"] == published.published(spec).num_params
+    assert models.count_params(default_set[spec]) == _meta(spec)["num_params"]
 
 
 def test_ghostnet_1x_has_5_182_508_params_and_141m_macs(default_set):
