@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from common import data, distributed, faults, figures, files, images, inference, metrics, model_loading, options
+from common import data, distributed, faults, figures, files, images, inference, metrics, options
 from common import process
 
 TOP5 = 5
@@ -199,8 +199,7 @@ def report_folder(preds: inference.Predictions, prep: inference.Prepared, out: s
 
 
 def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list | None:
-    source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                                       args.unsafe_load)
+    source = inference.model_source(args)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
     prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images, speed=inference.speed_config(args))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
