@@ -93,6 +93,10 @@ def check_args(args: argparse.Namespace) -> Target:
     options.resolve_data_dir(args)
     if args.weights and args.ckpt:
         raise UserError("--weights and --ckpt both name the model file; give one of them.")
+    given = args.ckpt or args.weights
+    if given and given.lower().endswith(".onnx"):
+        raise UserError(f"{given} is already an ONNX model; export.py reads the PyTorch checkpoint it came from "
+                        "(test.py --model runs the ONNX file).")
     ext = os.path.splitext(args.output)[1].lower()
     fmt = args.format or FORMATS.get(ext)
     if fmt is None:
@@ -271,7 +275,11 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 def check(blob: bytes, target: Target, pixels: torch.Tensor, reference: torch.Tensor, tolerance: float,
           where: str) -> dict[str, Any]:
     """Run the exported bytes against the PyTorch logits; print the comparison; refuse a model that differs."""
-    diff, agree, ok = compare(reference, run_exported(blob, target, pixels), tolerance)
+    exported = run_exported(blob, target, pixels)
+    if exported.shape != reference.shape:
+        raise UserError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
+                        f"{tuple(reference.shape)}, so {target.path} was not written; this is a bug of the export.")
+    diff, agree, ok = compare(reference, exported, tolerance)
     scale = max(1.0, float(reference.abs().max()))
     print(f"=> check on {len(pixels)} {where} images: largest logit difference {diff:.2e} (accepted: "
           f"{tolerance * scale:.2e} = --tolerance {tolerance:g} x {scale:.3g}), top-1 agreement {agree:.1f}%",
