@@ -3,6 +3,7 @@
     python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data /data/flowers --out runs/sorted
     python classify_test_data.py --ckpt model_best.pth.tar --data /data/flowers/val --out sorted --mode symlink
     torchrun --nproc_per_node 4 classify_test_data.py --ckpt model_best.pth.tar --data /imagenet --out sorted
+    python classify_test_data.py --model model.onnx --data /data/flowers --out runs/sorted    # export.py, onnxruntime
 
 DIR is a dataset root (its val/ is used) or a folder of class folders. A wrong image keeps its name with the
 predicted class added (``img7__pred-tulip.jpg``); images of nested folders are named ``sub__img7.jpg``. The source

@@ -14,6 +14,12 @@ predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png wr
     python test.py --ckpt state_dict.pth -a resnet18 --data /data/flowers --val-resize-size 64 --val-crop-size 56
     torchrun --nproc_per_node 4 test.py --ckpt model_best.pth.tar --data /imagenet --output-dir runs/eval
 
+An ONNX model written by export.py runs with onnxruntime (CPU, or CUDA with onnxruntime-gpu), with the class names
+and eval sizes of its metadata; a foreign ONNX classifier takes its classes from --classes (else indices):
+
+    python test.py --model model.onnx --data /data/flowers --output-dir runs/eval_onnx
+    python test.py --model other.onnx --classes classes.txt photo1.jpg
+
 The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
 unless --unsafe-load is given, because loading them runs arbitrary code.
 
