@@ -158,8 +158,11 @@ def reference_logits(model: nn.Module, pixels: torch.Tensor, arch: str, crop: in
 def sha256(path: str | None) -> str | None:
     if not path or not os.path.isfile(path):
         return None
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def source_file(source: model_loading.ModelSource, arch: str) -> str | None:
@@ -293,7 +296,7 @@ def check(blob: bytes, target: Target, pixels: torch.Tensor, reference: torch.Te
 
 def header(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target,
            meta: dict[str, Any]) -> str:
-    what = "ONNX opset {}".format(target.opset) if target.fmt == "onnx" else "torch.export"
+    what = f"ONNX opset {target.opset}" if target.fmt == "onnx" else "torch.export"
     note = f" ({loaded.note})" if loaded.note else ""
     return (f"=> {loaded.arch} from {meta['source']}{note}: {meta['params'] / 1e6:.2f} M params, "
             f"{loaded.num_classes} classes | {what}, input {meta['input_name']} (batch, 3, {meta['val_crop_size']}, "

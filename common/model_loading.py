@@ -3,8 +3,9 @@
 ``load_model`` accepts a checkpoint written by this project (the architecture, class names and eval sizes come with
 it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``), an
 ONNX file (``--model``, run by onnxruntime: ``onnx_model``) or, only when asked, a whole pickled model. A
-``--classes`` file names the classes of a file that has none, and must agree with those of a file that has them. Every mistake of the user's becomes a one-sentence UserError. Training
-restores its own checkpoints with ``checkpoint``; this module is for models that only predict.
+``--classes`` file names the classes of a file that has none, and must agree with those of a file that has them.
+Every mistake of the user's becomes a one-sentence UserError. Training restores its own checkpoints with
+``checkpoint``; this module is for models that only predict.
 """
 from __future__ import annotations
 

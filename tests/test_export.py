@@ -194,8 +194,12 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_file(exported, jpegs, t
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     onnx_path, ckpt, out = exported["ghostnet"]["path"], exported["ghostnet_ckpt"], str(tmp_path / "out.onnx")
-    evaluate = lambda *argv: call_main("test.py", "--data", jpegs, "--output-dir", str(tmp_path / "eval"), *argv)  # noqa: E731
-    export = lambda *argv: call_main("export.py", "--output", out, *argv)  # noqa: E731
+    def evaluate(*argv: str):
+        return call_main("test.py", "--data", jpegs, "--output-dir", str(tmp_path / "eval"), *argv)
+
+    def export(*argv: str):
+        return call_main("export.py", "--output", out, *argv)
+
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("cat\ndog\nfox\nowl\n")
     three = tmp_path / "three.txt"
