@@ -222,3 +222,19 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_file(exported, jpegs, t
     assert "pip install onnx onnxscript onnxruntime" in refusal(evaluate, "--model", onnx_path)
     left = sorted(os.listdir(tmp_path))
     assert left == ["junk.onnx", "three.txt", "wrong.txt"] or left == ["eval", "junk.onnx", "three.txt", "wrong.txt"]
+
+
+def test_the_ema_weights_a_checkpoint_marks_as_better_are_the_ones_exported(tmp_path):
+    torch.manual_seed(0)
+    raw, ema = models.create_model("resnet18", 4), models.create_model("resnet18", 4)
+    path = str(tmp_path / "ema.pth.tar")
+    torch.save({"epoch": 2, "arch": "resnet18", "state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict(),
+                "best_weights": "ema", "best_acc1": 50.0, "classes": CLASSES, "args": {}}, path)
+    script = load_script("export.py")
+    source = model_loading.ModelSource(path)
+    loaded = model_loading.load_model(source)
+    assert all(torch.equal(v, ema.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    sizes = {"resize": 36, "crop": 32, "mean": transforms.IMAGENET_MEAN, "std": transforms.IMAGENET_STD,
+             "interpolation": "bilinear"}
+    meta = script.metadata(loaded, source, script.Target("onnx", "x.onnx", False, 18), sizes, True)
+    assert meta["source_note"].endswith("EMA weights") and meta["classes"] == CLASSES
