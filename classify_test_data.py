@@ -3,6 +3,7 @@
     python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data /data/flowers --out runs/sorted
     python classify_test_data.py --ckpt model_best.pth.tar --data /data/flowers/val --out sorted --mode symlink
     torchrun --nproc_per_node 4 classify_test_data.py --ckpt model_best.pth.tar --data /imagenet --out sorted
+    python classify_test_data.py --model model.onnx --data /data/flowers --out runs/sorted    # export.py, onnxruntime
 
 DIR is a dataset root (its val/ is used) or a folder of class folders. A wrong image keeps its name with the
 predicted class added (``img7__pred-tulip.jpg``); images of nested folders are named ``sub__img7.jpg``. The source
@@ -26,7 +27,7 @@ import os
 import shutil
 import time
 
-from common import distributed, faults, figures, files, inference, metrics, model_loading, options, process
+from common import distributed, faults, figures, files, inference, metrics, options, process
 from common.distributed import DistContext
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
@@ -299,8 +300,7 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
 
 def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     t0 = time.perf_counter()
-    source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                                       args.unsafe_load)
+    source = inference.model_source(args)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
     prep = inference.prepare(source, cfg, ctx, root=args.data, speed=inference.speed_config(args))
     if ctx.is_main:

@@ -14,6 +14,12 @@ predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png wr
     python test.py --ckpt state_dict.pth -a resnet18 --data /data/flowers --val-resize-size 64 --val-crop-size 56
     torchrun --nproc_per_node 4 test.py --ckpt model_best.pth.tar --data /imagenet --output-dir runs/eval
 
+An ONNX model written by export.py runs with onnxruntime (CPU, or CUDA with onnxruntime-gpu), with the class names
+and eval sizes of its metadata; a foreign ONNX classifier takes its classes from --classes (else indices):
+
+    python test.py --model model.onnx --data /data/flowers --output-dir runs/eval_onnx
+    python test.py --model other.onnx --classes classes.txt photo1.jpg
+
 The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
 unless --unsafe-load is given, because loading them runs arbitrary code.
 
@@ -34,7 +40,7 @@ import sys
 
 import torch
 
-from common import data, distributed, faults, figures, files, images, inference, metrics, model_loading, options
+from common import data, distributed, faults, figures, files, images, inference, metrics, options
 from common import process
 
 TOP5 = 5
@@ -199,8 +205,7 @@ def report_folder(preds: inference.Predictions, prep: inference.Prepared, out: s
 
 
 def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list | None:
-    source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                                       args.unsafe_load)
+    source = inference.model_source(args)
     cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
     prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images, speed=inference.speed_config(args))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON

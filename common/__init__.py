@@ -22,6 +22,7 @@ Models
     models         create_model for torchvision classifiers and GhostNet, heads, parameter and MAC counts
     model_loading  a model to predict with, from a checkpoint, a state_dict or ImageNet weights
     checkpoint     checkpoint save (atomic) and load (weights only, every field validated)
+    onnx_model     an exported ONNX model run by onnxruntime behind the nn.Module interface, and its metadata
     precision      autocast dtype, gradient scaler and memory format of a run
 
 Training
@@ -33,7 +34,7 @@ Training
     metrics        top-k counts, confusion matrix, per-class scores
 
 Prediction
-    inference      batched prediction over a folder or a list of files (test.py, classify_test_data.py)
+    inference      batched prediction over a folder or a list of files (test.py, classify_test_data.py, export.py)
 
 Output
     files          output folders and atomic writes of reports, CSV bytes

@@ -29,6 +29,7 @@ from common.images import BadImage, load_rgb
 from common.logger import Progress
 from common.meters import AverageMeter
 from common.model_loading import LoadedModel, ModelSource, class_names, display_names, eval_sizes, load_model
+from common.onnx_model import OnnxModel
 from common.precision import Precision, choose_precision
 
 # What PIL raises for a file it cannot decode: unknown format (OSError), truncated data, bogus headers, huge images.
@@ -138,6 +139,13 @@ class SpeedConfig:
     fold_bn: bool = True
 
 
+def model_source(args) -> ModelSource:
+    """The ModelSource of parsed ``options.model_parser`` and ``options.inference_parser`` flags."""
+    onnx = getattr(args, "model", None)
+    return ModelSource(onnx or args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
+                       args.unsafe_load, args.classes, onnx=bool(onnx))
+
+
 def speed_config(args) -> SpeedConfig:
     """The SpeedConfig of parsed ``options.speed_parser`` and ``options.inference_parser`` flags."""
     return SpeedConfig(args.uint8_pipeline, args.amp, args.amp_dtype, args.channels_last, args.compile, args.fold_bn)
@@ -170,6 +178,8 @@ class Prepared:
 def on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tuple[nn.Module, Precision, str]:
     """The model to run on ``device``, its numeric format and a description of both, as the speed flags and the
     device choose them (also evaluation/compare.py's way of running a model)."""
+    if isinstance(model, OnnxModel):  # onnxruntime runs it, in fp32: torch's speed features do not apply
+        return model.on(device), Precision(device.type), model.describe()
     precision = choose_precision(device, model, speed.amp, speed.amp_dtype, speed.channels_last)
     desc = [precision.describe()]
     folded = models.fold_batchnorm(model) if speed.fold_bn else None
@@ -186,6 +196,8 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files."""
     loaded = load_model(source)
     resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
+    if isinstance(loaded.model, OnnxModel):
+        loaded.model.check_size(crop)
     transform = transforms.eval_transform(resize, crop, speed.fast)
     folder = labelled_dir(root) if root else None
     if folder:
@@ -213,7 +225,8 @@ def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
     what = source.path or f"ImageNet weights of {prep.loaded.arch}"
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
     data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir}" if prep.source_dir else "")
-    return (f"=> {prep.loaded.arch} from {what}{note}: {models.count_params(prep.loaded.model) / 1e6:.2f} M params, "
+    params = getattr(prep.loaded.model, "num_params", None) or models.count_params(prep.loaded.model)  # ONNX: its own
+    return (f"=> {prep.loaded.arch} from {what}{note}: {params / 1e6:.2f} M params, "
             f"{len(prep.classes)} classes | {data_desc} | {transforms.describe_eval(prep.resize, prep.crop, prep.fast)}"
             f" | {prep.model_desc} | batch {prep.batch_size}, {prep.workers} workers | "
             f"{ctx.world_size} process(es) on {ctx.device.type}")

@@ -1,9 +1,11 @@
 """Load a model to run (test.py, classify_test_data.py, the benchmarks) from any file, with what the file says about it.
 
 ``load_model`` accepts a checkpoint written by this project (the architecture, class names and eval sizes come with
-it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``) or,
-only when asked, a whole pickled model. Every mistake of the user's becomes a one-sentence UserError. Training
-restores its own checkpoints with ``checkpoint``; this module is for models that only predict.
+it), a plain or DataParallel/DDP state_dict (``-a`` names the architecture), ImageNet weights (``--pretrained``), an
+ONNX file (``--model``, run by onnxruntime: ``onnx_model``) or, only when asked, a whole pickled model. A
+``--classes`` file names the classes of a file that has none, and must agree with those of a file that has them.
+Every mistake of the user's becomes a one-sentence UserError. Training restores its own checkpoints with
+``checkpoint``; this module is for models that only predict.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ class ModelSource:
     pretrained: bool = False
     width_mult: float = 1.0
     unsafe: bool = False
+    classes_file: str | None = None  # --classes: one class name per line
+    onnx: bool = False  # --model: ``path`` is an ONNX file
 
 
 @dataclass
@@ -121,14 +125,66 @@ def _from_file(source: ModelSource) -> LoadedModel:
     classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
     best = float(meta.get("best_acc1", 0.0))
     note = f"after {meta['epoch']} epochs, best Acc@1 {best:.3f}" if "epoch" in meta else ""
+    if meta.get("best_weights") == "ema" and isinstance(meta.get("state_dict_ema"), dict):  # state_dict_from's pick
+        note = f"{note}, EMA weights" if note else "EMA weights"
     return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note)
+
+
+def _from_onnx(source: ModelSource) -> LoadedModel:
+    """An exported ONNX model; its metadata gives the classes and eval preprocessing that train_args would."""
+    from common import onnx_model, transforms
+
+    model, meta, num_classes = onnx_model.load_onnx(source.path, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    size = model.input_size
+    train_args = {k: meta[k] for k in ("val_resize_size", "val_crop_size", "interpolation", "mean", "std")
+                  if k in meta}
+    if size and "val_crop_size" not in train_args:  # a foreign file: its fixed input size is the crop
+        train_args["val_crop_size"] = size[0]
+        train_args.setdefault("val_resize_size", max(size[0], round(size[0] * options.VAL_RESIZE_SIZE
+                                                                   / options.VAL_CROP_SIZE)))
+    classes = meta.get("classes")
+    classes = [str(c) for c in classes] if isinstance(classes, list) else None
+    note = f"ONNX, opset {meta['opset']}" if "opset" in meta else "ONNX without export.py metadata"
+    note += f", exported from {meta['source']}" if meta.get("source") else ""
+    return LoadedModel(model, str(meta.get("arch", "onnx")), num_classes, classes, train_args, note)
+
+
+def read_classes_file(path: str) -> list[str]:
+    """The class names of a ``--classes`` file: one per line, in output order (blank lines ignored)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--classes {path!r} cannot be read ({getattr(exc, 'strerror', None) or exc}); pass a text "
+                        "file with one class name per line.") from None
+    if not names or len(set(names)) != len(names):
+        raise UserError(f"--classes {path!r} {'is empty' if not names else 'repeats a class name'}; list each class "
+                        "once, one per line, in the order of the model's outputs.")
+    return names
+
+
+def _apply_classes_file(loaded: LoadedModel, source: ModelSource) -> None:
+    """Name the classes from ``--classes``; refuse a file of another count, or of other names than the model's."""
+    names = read_classes_file(source.classes_file)
+    what = source.path or f"the {loaded.arch} ImageNet weights"
+    if len(names) != loaded.num_classes:
+        raise UserError(f"--classes {source.classes_file!r} lists {len(names)} classes but {what} has "
+                        f"{loaded.num_classes} outputs; pass the class list the model was trained on.")
+    if loaded.classes is not None and loaded.classes != names:
+        diff = next(i for i, (a, b) in enumerate(zip(loaded.classes, names)) if a != b)
+        raise UserError(f"{what} was trained on another class list than --classes {source.classes_file!r} (class "
+                        f"{diff} is {loaded.classes[diff]!r} there, {names[diff]!r} in the file); drop --classes, "
+                        "or pass the model trained on these classes.")
+    loaded.classes = names
 
 
 def load_model(source: ModelSource) -> LoadedModel:
     """The model ``source`` names, in eval mode on the CPU; every user mistake becomes a one-sentence UserError."""
     if source.path and source.pretrained:
         raise UserError("--ckpt and --pretrained both name the weights; give one of them.")
-    if source.path:
+    if source.path and (source.onnx or source.path.lower().endswith(".onnx")):
+        loaded = _from_onnx(source)
+    elif source.path:
         loaded = _from_file(source)
     elif source.pretrained:
         if not source.arch:
@@ -143,6 +199,8 @@ def load_model(source: ModelSource) -> LoadedModel:
     if loaded.classes is not None and len(loaded.classes) != loaded.num_classes:
         raise UserError(f"{source.path} names {len(loaded.classes)} classes but its classifier has "
                         f"{loaded.num_classes} outputs; the file is inconsistent, re-save it.")
+    if source.classes_file:
+        _apply_classes_file(loaded, source)
     return loaded
 
 

@@ -447,12 +447,20 @@ INFER_BATCH_SIZE_GPU = 64
 INFER_BATCH_SIZE_CPU = 16
 
 
-def inference_parser() -> argparse.ArgumentParser:
-    """The model file and batch size of the evaluation scripts (test.py, classify_test_data.py)."""
+def inference_parser(onnx: bool = True) -> argparse.ArgumentParser:
+    """The model file and batch size of the evaluation scripts (test.py, classify_test_data.py, export.py);
+    ``onnx`` adds ``--model`` (an exported ONNX file), which export.py does not read."""
     parser, g = _group("inference")
     g.add_argument("--ckpt", default=None, metavar="PATH",
                    help="checkpoint written by this project (train_*.py, network.py), or a state_dict saved with "
                         "torch.save (then give -a); 'module.' prefixes of DataParallel/DDP are stripped")
+    if onnx:
+        g.add_argument("--model", default=None, metavar="MODEL.onnx",
+                       help="an ONNX model (export.py, or any (N, 3, H, W) image classifier) to run with onnxruntime "
+                            "instead of --ckpt; class names and eval sizes come from its metadata")
+    g.add_argument("--classes", default=None, metavar="FILE",
+                   help="text file naming the model's classes, one per line in output order: for files that record "
+                        "none (a state_dict, a foreign ONNX model); a file that records them must agree")
     g.add_argument("--unsafe-load", action="store_true",
                    help="also accept files holding pickled Python objects, such as whole models saved with "
                         "torch.save(model); loading them can run arbitrary code, so use it only for trusted files")
@@ -470,3 +478,17 @@ def check_inference_args(args: argparse.Namespace) -> None:
     resolve_data_dir(args)
     if args.weights and args.ckpt:
         raise UserError("--weights and --ckpt both name the model file; give one of them.")
+    if getattr(args, "model", None):
+        check_onnx_args(args)
+
+
+def check_onnx_args(args: argparse.Namespace) -> None:
+    """``--model``: refuse another model source and the speed flags that onnxruntime cannot honour."""
+    other = [f for f, on in (("--ckpt", args.ckpt), ("--weights", args.weights), ("--pretrained", args.pretrained))
+             if on]
+    if other:
+        raise UserError(f"--model and {other[0]} both name the model; give one of them.")
+    torch_only = [f for f, on in (("--compile", args.compile), ("--amp", args.amp)) if on]
+    if torch_only:
+        raise UserError(f"{torch_only[0]} is a PyTorch feature that does not apply to an ONNX model (onnxruntime "
+                        f"runs it in fp32); drop {torch_only[0]}.")

@@ -15,7 +15,7 @@ from common.recipes import RECIPES
 from conftest import ROOT, refusal
 
 SCRIPTS = ("train_main", "train_multiprocessing", "train_distributed", "train_dataparallel", "network", "test",
-           "classify_test_data")
+           "classify_test_data", "export")
 TRAINING_ONLY = ("--dummy", "--dropout", "--train-crop-size", "--epochs", "--lr", "--resume", "--world-size",
                  "--nprocs", "--sync-bn", "--dist-url", "--checkpoint-interval", "--demo")
 

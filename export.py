@@ -1,0 +1,314 @@
+"""Export a model of this project for deployment: ONNX (onnxruntime and other runtimes) or torch.export (.pt2).
+
+Any model that test.py reads: a checkpoint of train_*.py or network.py (its EMA weights when the checkpoint marks
+them as the better ones, as test.py does), a state_dict with -a, or ImageNet weights with --pretrained -a ARCH. The
+model is exported in eval mode with its BatchNorms folded into the convolutions, for the checkpoint's eval crop
+(--val-crop-size to change it), with a dynamic batch dimension:
+
+    python export.py --ckpt runs/probe/model_best.pth.tar --output model.onnx
+    python export.py --ckpt runs/probe/model_best.pth.tar --output model_uint8.onnx --with-preprocess
+    python export.py --ckpt runs/probe/model_best.pth.tar --output model.pt2        # --format torch-export
+    python export.py --ckpt state_dict.pth -a resnet18 --classes classes.txt --output model.onnx
+    python export.py --pretrained -a ghostnet --output ghostnet.onnx --data /data/imagenet/val -b 32
+
+Then ``python test.py --model model.onnx --data DIR`` evaluates the ONNX file with onnxruntime, and
+``torch.export.load("model.pt2").module()`` runs the program without this project's code.
+
+ONNX: the dynamo exporter (torch.onnx.export(dynamo=True)) at --opset (default 18). The input is the float32 batch
+(N, 3, H, W) normalised with the metadata's mean/std; --with-preprocess makes it uint8 RGB pixels (N, 3, H, W) and
+puts the conversion and normalisation into the graph. Decoding, resizing and centre-cropping stay outside: they work
+on images of any size (a fixed-shape graph cannot take them), their antialiased resize is implemented differently
+by every runtime (so the same image would not give the same pixels), and a deployer's decoder usually resizes
+better and cheaper itself; the metadata says exactly what to do (``preprocess_outside``). The file's metadata_props
+hold the class names, architecture, input shape and format, mean/std, eval resize/crop/interpolation, the source
+file and its sha256; a .pt2 carries the same JSON as its extra file ``metadata.json``.
+
+Before anything is written, the exported model and the PyTorch model (unfolded, fp32) run on the same batch: the
+first -b images of --data, or generated ones. The largest logit difference must stay within --tolerance times
+max(1, largest |logit|) and the top-1 classes must agree on every image (where the PyTorch logits of the two
+classes tie within the tolerance, either counts); otherwise the exit status is 2 and no file is written.
+--no-check skips it. The file is written whole (temporary file, then rename) or not at all.
+"""
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from common import data, files, inference, model_loading, models, onnx_model, options, transforms
+
+FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
+DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
+CHECK_IMAGES = 16
+INPUT_NAME, UINT8_INPUT_NAME, OUTPUT_NAME = "input", "pixels", "logits"
+METADATA_FILE = "metadata.json"  # the metadata's name among a .pt2's extra files
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a model to ONNX or torch.export, checked against PyTorch before it is written.",
+        parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
+                 options.inference_parser(onnx=False)])
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="the file to write: *.onnx (ONNX) or *.pt2 (torch.export)")
+    parser.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None,
+                        help="onnx or torch-export (default: from the --output extension)")
+    parser.add_argument("--with-preprocess", action="store_true",
+                        help="the exported model takes uint8 RGB pixels (N, 3, H, W), already resized and "
+                             "centre-cropped, and normalises them itself (default: normalised float32 input)")
+    parser.add_argument("--opset", type=options.Number(int, DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--no-check", action="store_true",
+                        help="write the file without running it against the PyTorch model first")
+    parser.add_argument("--tolerance", type=options.Number(float, 0, 1, low_open=True), default=1e-3,
+                        help="largest logit difference accepted, times max(1, largest |logit|) (default: 1e-3)")
+    return parser
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to write: the format, the path, whether the graph takes uint8 pixels, and the ONNX opset."""
+
+    fmt: str
+    path: str
+    uint8: bool
+    opset: int
+
+
+def check_args(args: argparse.Namespace) -> Target:
+    """Check the flags; return what to write."""
+    options.resolve_data_dir(args)
+    if args.weights and args.ckpt:
+        raise UserError("--weights and --ckpt both name the model file; give one of them.")
+    given = args.ckpt or args.weights
+    if given and given.lower().endswith(".onnx"):
+        raise UserError(f"{given} is already an ONNX model; export.py reads the PyTorch checkpoint it came from "
+                        "(test.py --model runs the ONNX file).")
+    ext = os.path.splitext(args.output)[1].lower()
+    fmt = args.format or FORMATS.get(ext)
+    if fmt is None:
+        raise UserError(f"--output {args.output!r}: name it *.onnx or *.pt2, or give --format onnx|torch-export.")
+    if FORMATS.get(ext, fmt) != fmt:
+        raise UserError(f"--output {args.output!r} has the extension of the other format than --format {fmt}; name "
+                        f"it *{next(e for e, f in FORMATS.items() if f == fmt)}.")
+    if os.path.isdir(args.output):
+        raise UserError(f"--output {args.output!r} is a folder; give a file name.")
+    files.check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
+    if fmt == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            onnx_model.require(module, "export.py --format onnx")
+    return Target(fmt, args.output, args.with_preprocess, args.opset)
+
+
+class Deployable(nn.Module):
+    """The model as exported: logits of a normalised float batch, or (``uint8``) of RGB pixels it normalises."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], uint8: bool) -> None:
+        super().__init__()
+        self.model, self.uint8 = model, uint8
+        self.register_buffer("mean", 255 * torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", 255 * torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8:  # (N, 3, H, W) uint8 -> normalised float32, as transforms.to_model_input computes it
+            x = (x.to(torch.float32) - self.mean) / self.std
+        return models.logits_of(self.model(x))
+
+
+def generated_pixels(n: int, crop: int) -> torch.Tensor:
+    """(n, 3, crop, crop) uint8 images with smooth colour regions and noise, the same on every run."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(n, 3, 6, 6, generator=gen) * 255
+    smooth = nn.functional.interpolate(coarse, size=(crop, crop), mode="bilinear", align_corners=False)
+    return (smooth + 12 * torch.randn(n, 3, crop, crop, generator=gen)).round().clamp(0, 255).to(torch.uint8)
+
+
+def data_pixels(root: str, n: int, resize: int, crop: int, workers: int | None) -> torch.Tensor:
+    """The first ``n`` images of the labelled folder ``root`` through the project's eval transform, as uint8."""
+    dataset = data.image_folder(inference.labelled_dir(root), transforms.eval_transform(resize, crop), fast=True)
+    subset = Subset(dataset, range(min(n, len(dataset))))
+    loader = DataLoader(subset, batch_size=len(subset), num_workers=data.default_workers() if workers is None
+                        else min(workers, len(subset)))
+    return next(iter(loader))[0]
+
+
+def reference_logits(model: nn.Module, pixels: torch.Tensor, arch: str, crop: int) -> torch.Tensor:
+    """The PyTorch model's fp32 logits on ``pixels``, normalised as test.py does; a size it cannot take is refused."""
+    try:
+        with torch.inference_mode():
+            return models.logits_of(model(transforms.to_model_input(pixels, torch.device("cpu")))).float()
+    except RuntimeError as exc:
+        raise UserError(f"{arch} cannot run on {crop}x{crop} px inputs ({str(exc).splitlines()[0][:120]}); pass a "
+                        "larger --val-crop-size (and --val-resize-size).") from None
+
+
+def sha256(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_file(source: model_loading.ModelSource, arch: str) -> str | None:
+    """The file the weights came from: the checkpoint, or the hub cache file of --pretrained."""
+    return source.path or (models.cache_path(models.weights_url(arch)) if source.pretrained else None)
+
+
+def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target, sizes: dict,
+             folded: bool) -> dict[str, Any]:
+    """What a deployer needs to feed the exported model and read its output, and where it came from."""
+    resize, crop, mean, std, interpolation = (sizes[k] for k in ("resize", "crop", "mean", "std", "interpolation"))
+    norm = "" if target.uint8 else ", scale to [0, 1] and normalise with mean/std"
+    return {"producer": "export.py (imagenet toolkit)", "arch": loaded.arch,
+            "classes": model_loading.class_names(loaded), "num_classes": loaded.num_classes,
+            "input_name": UINT8_INPUT_NAME if target.uint8 else INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input_shape": ["batch", 3, crop, crop],
+            "input_format": onnx_model.INPUT_UINT8 if target.uint8 else onnx_model.INPUT_FLOAT,
+            "mean": list(mean), "std": list(std), "val_resize_size": resize, "val_crop_size": crop,
+            "interpolation": interpolation,
+            "preprocess_outside": f"decode to RGB, resize the shorter side to {resize} px ({interpolation}, "
+                                  f"antialiased), centre-crop {crop}x{crop} px{norm}",
+            "opset": target.opset if target.fmt == "onnx" else None,
+            "source": source.path or f"ImageNet weights of {loaded.arch}", "source_note": loaded.note or None,
+            "source_sha256": sha256(source_file(source, loaded.arch)), "batchnorm_folded": folded,
+            "params": models.count_params(loaded.model)}
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporters' progress lines and warnings would bury the report; a failure still raises."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_onnx(net: Deployable, example: torch.Tensor, target: Target, meta: dict[str, Any]) -> bytes:
+    """The ONNX file's bytes: dynamo export with a dynamic batch dimension, metadata in metadata_props."""
+    import onnx
+
+    name = meta["input_name"]
+    with quiet_exporter():
+        program = torch.onnx.export(net, (example,), dynamo=True, input_names=[name], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: "batch"},), opset_version=target.opset, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, onnx_model.encode_metadata(meta))
+    return proto.SerializeToString()
+
+
+def export_program(net: Deployable, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    """The .pt2 file's bytes: torch.export with a dynamic batch dimension, the metadata as ``metadata.json``."""
+    with quiet_exporter():
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(meta)})
+    return buffer.getvalue()
+
+
+def run_exported(blob: bytes, target: Target, pixels: torch.Tensor) -> torch.Tensor:
+    """The exported file's logits on ``pixels`` (uint8, or normalised first for a float input), read from ``blob``."""
+    feed = pixels if target.uint8 else transforms.to_model_input(pixels, torch.device("cpu"))
+    if target.fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: feed.numpy()})[0])
+    with torch.inference_mode():
+        return torch.export.load(io.BytesIO(blob)).module()(feed)
+
+
+def compare(reference: torch.Tensor, exported: torch.Tensor, tolerance: float) -> tuple[float, float, bool]:
+    """(largest logit difference, top-1 agreement in percent, whether both are within what is accepted)."""
+    scale = max(1.0, float(reference.abs().max()))
+    diff = float((exported - reference).abs().max())
+    top = exported.argmax(dim=1)
+    # A class the exported model prefers counts as agreeing when PyTorch's logit for it ties with PyTorch's top one.
+    tie = reference.gather(1, top[:, None]).squeeze(1) >= reference.max(dim=1).values - tolerance * scale
+    agree = 100.0 * float(((top == reference.argmax(dim=1)) | tie).float().mean())
+    return diff, agree, diff <= tolerance * scale and agree == 100.0
+
+
+def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    """Load, export, check and write; return what the footer reports (for callers such as tests)."""
+    source = inference.model_source(args)
+    loaded = model_loading.load_model(source)
+    resize, crop = model_loading.eval_sizes(loaded.train_args, args.val_resize_size, args.val_crop_size)
+    sizes = {"resize": resize, "crop": crop, "mean": tuple(loaded.train_args.get("mean") or transforms.IMAGENET_MEAN),
+             "std": tuple(loaded.train_args.get("std") or transforms.IMAGENET_STD),
+             "interpolation": loaded.train_args.get("interpolation") or "bilinear"}
+    folded = models.fold_batchnorm(loaded.model) if args.fold_bn else None
+    net = Deployable(folded or loaded.model, sizes["mean"], sizes["std"], target.uint8).eval()
+    n = args.batch_size or CHECK_IMAGES
+    pixels = data_pixels(args.data, n, resize, crop, args.workers) if args.data else generated_pixels(n, crop)
+    reference = reference_logits(loaded.model, pixels, loaded.arch, crop)
+    meta = metadata(loaded, source, target, sizes, folded is not None)
+    print(header(loaded, source, target, meta), flush=True)
+    example = pixels[:2] if len(pixels) >= 2 else pixels.expand(2, -1, -1, -1)  # batch 1 would fix the dimension
+    example = example if target.uint8 else transforms.to_model_input(example, torch.device("cpu"))
+    t0 = time.perf_counter()
+    try:
+        blob = export_onnx(net, example, target, meta) if target.fmt == "onnx" else export_program(net, example, meta)
+    except Exception as exc:  # noqa: BLE001 - the exporters raise many types; one line says which model failed
+        raise UserError(f"{target.fmt} export of {loaded.arch} failed ({str(exc).strip().splitlines()[0][:160]}); "
+                        "nothing was written. Try another --opset, --no-fold-bn or --format.") from None
+    seconds = time.perf_counter() - t0
+    result = {"path": target.path, "bytes": len(blob), "seconds": seconds, "metadata": meta}
+    if not args.no_check:
+        result.update(check(blob, target, pixels, reference, args.tolerance, "--data" if args.data else "generated"))
+    files.write_atomically(target.path, lambda f: f.write(blob))
+    print(f"=> wrote {target.path} ({len(blob) / 2**20:.1f} MiB, exported in {seconds:.1f} s)", flush=True)
+    return result
+
+
+def check(blob: bytes, target: Target, pixels: torch.Tensor, reference: torch.Tensor, tolerance: float,
+          where: str) -> dict[str, Any]:
+    """Run the exported bytes against the PyTorch logits; print the comparison; refuse a model that differs."""
+    exported = run_exported(blob, target, pixels)
+    if exported.shape != reference.shape:
+        raise UserError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
+                        f"{tuple(reference.shape)}, so {target.path} was not written; this is a bug of the export.")
+    diff, agree, ok = compare(reference, exported, tolerance)
+    scale = max(1.0, float(reference.abs().max()))
+    print(f"=> check on {len(pixels)} {where} images: largest logit difference {diff:.2e} (accepted: "
+          f"{tolerance * scale:.2e} = --tolerance {tolerance:g} x {scale:.3g}), top-1 agreement {agree:.1f}%",
+          flush=True)
+    if not ok:
+        raise UserError(f"the exported model differs from PyTorch (largest logit difference {diff:.2e}, top-1 "
+                        f"agreement {agree:.1f}%), so {target.path} was not written; try another --opset or "
+                        "--no-fold-bn, or raise --tolerance if the difference is acceptable.")
+    return {"max_diff": diff, "agreement": agree}
+
+
+def header(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target,
+           meta: dict[str, Any]) -> str:
+    what = f"ONNX opset {target.opset}" if target.fmt == "onnx" else "torch.export"
+    note = f" ({loaded.note})" if loaded.note else ""
+    return (f"=> {loaded.arch} from {meta['source']}{note}: {meta['params'] / 1e6:.2f} M params, "
+            f"{loaded.num_classes} classes | {what}, input {meta['input_name']} (batch, 3, {meta['val_crop_size']}, "
+            f"{meta['val_crop_size']}) {'uint8' if target.uint8 else 'float32'}, dynamic batch | BatchNorm "
+            f"{'folded' if meta['batchnorm_folded'] else 'kept'} | outside the graph: {meta['preprocess_outside']}")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Export the model the flags name; returns the file's path, size, metadata and check results."""
+    with exit_on_user_error():
+        return export(args, check_args(args))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
