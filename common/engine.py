@@ -340,7 +340,7 @@ def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
     model = (f"=> {args.arch}: {models.count_params(bare) / 1e6:.2f} M params, {macs / 1e6:.1f} M MACs at "
              f"{args.train_crop_size} px, {len(run.classes)} classes")
     where = (f"=> data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images"
-             f"{' (synthetic)' if args.dummy else ''}; {ctx.world_size} process(es) on {ctx.device.type}"
+             f" ({data.describe_source(args.data, args.dummy)}); {ctx.world_size} process(es) on {ctx.device.type}"
              f" ({type(getattr(run.model, '_orig_mod', run.model)).__name__}); {run.precision.describe()}"
              f"{', torch.compile' if args.compile else ''}; output {args.output_dir}")
     pipeline = (f"=> input: {transforms.describe(augment_config(args), args.uint8_pipeline)}; "

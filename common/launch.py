@@ -24,7 +24,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Every check that can fail on the user's input, run once in the launching process before any worker."""
     options.check_training_args(args, models.available_archs())
     if not args.dummy:
-        data.split_dirs(args.data)
+        data.check_source(args.data)
     gpu, gpus = getattr(args, "gpu", None), distributed.accelerator_count(args.no_accel)  # mp.spawn has no --gpu
     if gpu is not None and gpu >= gpus:
         note = " (--no-accel was given)" if args.no_accel else ""
