@@ -33,12 +33,11 @@ import numpy as np
 from tqdm import tqdm
 
 from common import data, files, hfdata, options
-from common.images import signature_format
+from common.images import extension_of
 
 TARGETS = ("parquet", "shards", "folder")
 STATE_NAME, MANIFEST_NAME, CLASSES_NAME = ".convert-state.json", "manifest.json", "classes.txt"
 ROWS_PER_GROUP = 100  # what the Hub's image datasets use: random access reads one group
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -99,15 +98,9 @@ def open_source(src: str) -> Source:
     hfdata.import_pyarrow()
     classes = hfdata.class_names(root)
     tables = {split: hfdata.TableImages(root, split, classes, None) for split in ("train", "val")}
-    items = {split: [Item(row_name(key), t, ("row", split, i)) for i, (key, t) in enumerate(ds.samples)]
+    items = {split: [Item(hfdata.row_name(key), t, ("row", split, i)) for i, (key, t) in enumerate(ds.samples)]
              for split, ds in tables.items()}
     return Source(fmt, classes, items, tables)
-
-
-def row_name(key: str) -> str:
-    """A file name stem for a table row: ``data/train-00000.parquet:17`` becomes ``train-00000-17``."""
-    file, row = key.rsplit(":", 1)
-    return f"{os.path.splitext(os.path.basename(file))[0]}-{row}"
 
 
 def plan(source: Source, to: str, seed: int) -> dict[str, list[Item]]:
@@ -138,8 +131,7 @@ def sha256_of(path: str) -> str:
 
 def extension(name: str, payload: bytes) -> str:
     """The file extension of an image: its name's when it has one, else the one its content says."""
-    ext = os.path.splitext(name)[1].lower()
-    return ext if ext and ":" not in ext else EXTENSIONS.get(signature_format(payload[:16]) or "", ".bin")
+    return os.path.splitext(name)[1].lower() or extension_of(payload)
 
 
 def parquet_bytes(rows: list[tuple[Item, bytes]], classes: list[str]) -> bytes:
@@ -265,8 +257,8 @@ def finish(out: str, source: Source, fmt: str, entries: list[dict]) -> None:
     if fmt == "shards":
         names = "".join(f"{c}\n" for c in source.classes).encode("utf-8", "surrogateescape")
         files.write_atomically(os.path.join(out, CLASSES_NAME), lambda f: f.write(names))
-    manifest = {"format": fmt, "classes": source.classes, "source_format": source.fmt,
-                "images": {split: sum(e["images"] for e in entries if e["split"] == split) for split in ("train", "val")},
+    counts = {split: sum(e["images"] for e in entries if e["split"] == split) for split in ("train", "val")}
+    manifest = {"format": fmt, "classes": source.classes, "source_format": source.fmt, "images": counts,
                 "files": [{k: v for k, v in e.items() if k not in ("start", "end")} for e in entries]}
     text = json.dumps(manifest, indent=1).encode()
     files.write_atomically(os.path.join(out, MANIFEST_NAME), lambda f: f.write(text))

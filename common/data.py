@@ -284,6 +284,32 @@ def decoder(fast: bool) -> Callable[[bytes, str], Any]:
     return transforms.decode_uint8 if fast else decode_rgb
 
 
+def table_split(root: str, split: str, transform, fast: bool) -> Dataset:
+    """One split (``train`` or ``val``) of the Hugging Face dataset at ``root``, for evaluation or sorting."""
+    from common import hfdata
+
+    hfdata.import_pyarrow()
+    return hfdata.TableImages(root, split, hfdata.class_names(root), decoder(fast), transform, substitute=False)
+
+
+def check_table(root: str, splits: tuple[str, ...], hint: str = "", limit: int | None = None) -> int:
+    """``--check-data`` of a Hugging Face dataset: decode every row of ``splits`` (the first ``limit`` of each), print
+    ``unreadable: <file>:<row>: <reason>`` for each bad one and a summary; return 1 if any is unreadable, else 0."""
+    bad, total = [], 0
+    for split in splits:
+        ds = table_split(root, split, None, fast=False)
+        for i in range(min(len(ds), limit or len(ds))):
+            try:
+                ds[i]
+            except BadImage as exc:
+                bad.append(exc)
+                print(f"unreadable: {exc}")
+            total += 1
+    print(f"=> checked {total} images in {root}: {len(bad)} unreadable" + (f" ({hint})" if bad and hint else ""),
+          flush=True)
+    return 1 if bad else 0
+
+
 def table_datasets(root: str, cfg: DataConfig, train_tf, val_tf) -> tuple[Dataset, Dataset, list[str]]:
     """The train and validation splits of a Hugging Face parquet or ``save_to_disk`` dataset at ``root``."""
     from common import hfdata

@@ -245,6 +245,12 @@ class TableImages(Dataset):
         return data.load_or_skip(self, index, lambda i, key: self.decode(self.encoded(i), key))
 
 
+def row_name(key: str) -> str:
+    """A file name stem for a row: ``data/train-00000.parquet:17`` becomes ``train-00000-17``."""
+    file, row = key.rsplit(":", 1)
+    return f"{os.path.splitext(os.path.basename(file))[0]}-{row}"
+
+
 def class_names(root: str) -> list[str]:
     """The class names shared by both splits: the train split's ClassLabel names, else ``0``..``K-1``."""
     names = None

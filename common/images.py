@@ -140,6 +140,14 @@ def signature_format(head: bytes | None) -> str | None:
     return next((kind for signature, kind in _SIGNATURES if head.startswith(signature)), None)
 
 
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+
+
+def extension_of(data: bytes) -> str:
+    """The file extension that an encoded image's content calls for (``.jpg``, ``.png``...), ``.bin`` if unknown."""
+    return _EXTENSIONS.get(signature_format(data[:16]) or "", ".bin")
+
+
 def _check_one(path: str) -> BadImage | None:
     """``load_rgb``'s verdict on one file: None when it decodes."""
     try:

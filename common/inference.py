@@ -187,8 +187,12 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     loaded = load_model(source)
     resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
     transform = transforms.eval_transform(resize, crop, speed.fast)
-    folder = labelled_dir(root) if root else None
-    if folder:
+    fmt, root = data.resolve_source(root) if root else (None, None)
+    folder = labelled_dir(root) if fmt == "folder" else root
+    if fmt in ("parquet", "arrow"):  # the validation split of a Hugging Face dataset
+        base = data.table_split(root, "val", transform, speed.fast)
+        classes = align_classes(base, loaded)
+    elif folder:
         base = data.image_folder(folder, transform, fast=speed.fast)
         classes = align_classes(base, loaded)
     else:
@@ -212,7 +216,8 @@ def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
     """One line saying which model runs on what, at which size, with which batching."""
     what = source.path or f"ImageNet weights of {prep.loaded.arch}"
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
-    data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir}" if prep.source_dir else "")
+    data_desc = f"{len(prep.dataset)} image(s)" + (
+        f" from {prep.source_dir} ({data.describe_source(prep.source_dir)})" if prep.source_dir else "")
     return (f"=> {prep.loaded.arch} from {what}{note}: {models.count_params(prep.loaded.model) / 1e6:.2f} M params, "
             f"{len(prep.classes)} classes | {data_desc} | {transforms.describe_eval(prep.resize, prep.crop, prep.fast)}"
             f" | {prep.model_desc} | batch {prep.batch_size}, {prep.workers} workers | "

@@ -46,6 +46,9 @@ def check_data(args: argparse.Namespace) -> int:
     """``--check-data``: decode every image of train/ and val/ and list the unreadable ones; 1 if there are any."""
     if args.dummy:
         raise UserError("--check-data scans a dataset folder; give DIR instead of --dummy.")
+    fmt, root = data.resolve_source(args.data)
+    if fmt in ("parquet", "arrow"):
+        return data.check_table(root, ("train", "val"), "training skips them with --bad-images skip, the default")
     paths = [path for split in data.split_dirs(args.data) for path, _ in data.image_folder(split, None).samples]
     workers = data.default_workers() if args.workers is None else args.workers
     return images.list_unreadable(paths, f"under {args.data}", workers,
