@@ -6,6 +6,7 @@ global batch; evaluation shards the set without padding so that every image is c
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import multiprocessing
@@ -199,6 +200,10 @@ def check_source(data: str) -> str:
     fmt, root = resolve_source(data)
     if fmt == "folder":
         split_dirs(root)
+    elif fmt == "shards":
+        from common import shards
+
+        shards.read_classes(root)
     elif fmt in ("parquet", "arrow"):
         from common import hfdata
 
@@ -270,8 +275,9 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
     if fmt in ("parquet", "arrow"):
         return table_datasets(root, cfg, train_tf, val_tf)
     if fmt == "shards":
-        raise UserError(f"{root!r} holds WebDataset shards, which this version does not read yet; convert them "
-                        "back to a folder or to parquet.")
+        from common import shards
+
+        return shards.datasets(root, decoder(cfg.fast), train_tf, val_tf, cfg.bad_log)
     train_dir, val_dir = split_dirs(root)
     train = image_folder(train_dir, train_tf, cfg.bad_log, substitute=True, fast=cfg.fast)
     val = image_folder(val_dir, val_tf, cfg.bad_log, substitute=False, fast=cfg.fast)
@@ -456,6 +462,12 @@ def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers
 
     With a ``seed``, each training sample's augmentation is seeded by (seed, epoch, index) (see SeededSamples).
     """
+    if hasattr(train_set, "assignment"):  # WebDataset shards: streams that deal shards to ranks and workers
+        from common import shards
+
+        cfg = shards.StreamConfig(batch_size, ctx.world_size, ctx.rank, workers, seed=seed)
+        return (shards.ShardLoader(train_set, cfg, ctx.device),
+                shards.ShardLoader(val_set, dataclasses.replace(cfg, train=False), ctx.device))
     seeded = seed is not None
     train_sampler = GlobalBatchSampler(len(train_set), batch_size, ctx.world_size, ctx.rank, seed=seed or 0,
                                        seed_samples=seeded)
