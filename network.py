@@ -195,8 +195,7 @@ def cache_loaders(args: argparse.Namespace, run: engine.Run, head_name: str, tra
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
-    ordered = data.make_loader(train_set, data.ShardSampler(len(train_set)), run.train_loader.batch_size,
-                               run.train_loader.num_workers, ctx.device)
+    ordered = data.ordered_loader(train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
                                    engine.PassConfig("Features train: ", args.print_freq), stop)
     if train_feats is None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from common import data, files, hfdata, options
+from common import data, files, hfdata, options, shards
 from common.images import extension_of
 
 TARGETS = ("parquet", "shards", "folder")
@@ -75,10 +75,15 @@ class Source:
         if item.read[0] == "file":
             with open(item.read[1], "rb") as f:
                 return f.read()
+        if item.read[0] == "span":  # a member of a tar shard: (path, offset, size)
+            with open(item.read[1], "rb") as f:
+                f.seek(item.read[2])
+                return f.read(item.read[3])
         return self.tables[item.read[1]].encoded(item.read[2])
 
     def size(self, item: Item) -> int | None:
-        return os.path.getsize(item.read[1]) if item.read[0] == "file" else None
+        return os.path.getsize(item.read[1]) if item.read[0] == "file" else item.read[-1] if item.read[0] == "span" \
+            else None
 
 
 def open_source(src: str) -> Source:
@@ -93,14 +98,38 @@ def open_source(src: str) -> Source:
             items[split] = [Item(os.path.relpath(p, folder), t, ("file", p)) for p, t in ds.samples]
         return Source(fmt, classes, items, {})
     if fmt == "shards":
-        raise UserError(f"{root!r} holds WebDataset shards, which this version cannot read yet; convert from the "
-                        "folder or parquet they came from.")
+        classes = shards.read_classes(root)
+        return Source(fmt, classes, {split: shard_items(root, split, len(classes)) for split in ("train", "val")}, {})
     hfdata.import_pyarrow()
     classes = hfdata.class_names(root)
     tables = {split: hfdata.TableImages(root, split, classes, None) for split in ("train", "val")}
     items = {split: [Item(hfdata.row_name(key), t, ("row", split, i)) for i, (key, t) in enumerate(ds.samples)]
              for split, ds in tables.items()}
     return Source(fmt, classes, items, tables)
+
+
+def shard_items(root: str, split: str, classes: int) -> list[Item]:
+    """The samples of a split's shards as Items that read their image straight from its place in the tar file."""
+    found = shards.shard_files(root, split)
+    if not found:
+        raise UserError(f"{root!r} has no {split} shards ({' or '.join(shards.SPLIT_PATTERNS[split])}).")
+    items = []
+    for path in found:
+        shards.count_shard(path, classes)  # refuses samples without .cls, labels outside the class list
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                groups.setdefault(key, {})[ext.lower()] = member
+            for key, members in groups.items():
+                ext = next((e for e in shards.IMAGE_EXTS if e in members), None)
+                if ext is None or "cls" not in members:
+                    continue
+                label = int(tar.extractfile(members["cls"]).read())
+                image = members[ext]
+                items.append(Item(f"{key.replace('/', '__')}.{ext}", label, ("span", path, image.offset_data,
+                                                                             image.size)))
+    return items
 
 
 def plan(source: Source, to: str, seed: int) -> dict[str, list[Item]]:

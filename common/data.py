@@ -456,6 +456,15 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
                       collate_fn=collate_fn)
 
 
+def ordered_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device):
+    """A loader over every sample of ``dataset`` once, in its order (shards: in shard order), in one process."""
+    if hasattr(dataset, "assignment"):
+        from common import shards
+
+        return shards.ShardLoader(dataset, shards.StreamConfig(batch_size, workers=workers, train=False), device)
+    return make_loader(dataset, ShardSampler(len(dataset)), batch_size, workers, device)
+
+
 def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers: int, ctx: DistContext,
                   seed: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders for this rank; ``batch_size`` is per process.

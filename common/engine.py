@@ -552,8 +552,12 @@ def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> 
     """The first training batch of ``epoch`` (at most ``count`` images), augmented exactly as training will see it
     before MixUp/CutMix, as a grid of 8 images per row."""
     loader.sampler.set_epoch(epoch)
-    keys = list(itertools.islice(iter(loader.sampler), min(count, loader.batch_size)))
-    images = torch.stack([loader.dataset[key][0] for key in keys])
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):  # shards: the first batch of the stream
+        images = next(iter(loader))[0][:count]
+        keys = range(len(images))
+    else:
+        keys = list(itertools.islice(iter(loader.sampler), min(count, loader.batch_size)))
+        images = torch.stack([loader.dataset[key][0] for key in keys])
     if images.dtype == torch.uint8:
         images = images.float() / 255
     else:  # normalised floats: undo the normalisation for display

@@ -188,6 +188,9 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
     transform = transforms.eval_transform(resize, crop, speed.fast)
     fmt, root = data.resolve_source(root) if root else (None, None)
+    if fmt == "shards":
+        raise UserError(f"{root!r} holds WebDataset shards, which are read as a stream, and predictions are reported "
+                        f"per image in order; convert them first: python -m common.convert {root} OUT --to parquet.")
     folder = labelled_dir(root) if fmt == "folder" else root
     if fmt in ("parquet", "arrow"):  # the validation split of a Hugging Face dataset
         base = data.table_split(root, "val", transform, speed.fast)

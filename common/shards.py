@@ -23,6 +23,7 @@ What holds, per epoch ``e`` of a run with ``--seed s`` (``ShardStream``):
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -318,9 +319,10 @@ class ShardLoader:
     Workers start anew each epoch, so that they see the epoch and start step."""
 
     def __init__(self, dataset: ShardStream, cfg: StreamConfig, device: torch.device) -> None:
+        dataset = copy.copy(dataset)  # its own epoch and settings: network.py reads the train split twice
         dataset.configure(cfg)
         self.dataset = self.sampler = dataset
-        self.batch_size, self.cfg, self.device = cfg.batch_size, cfg, device
+        self.batch_size, self.num_workers, self.cfg, self.device = cfg.batch_size, cfg.workers, cfg, device
 
     def __len__(self) -> int:
         return self.dataset.steps()

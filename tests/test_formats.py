@@ -50,7 +50,7 @@ def test_two_seeded_epochs_on_folder_and_parquet_end_with_identical_weights(jpeg
     for source in (jpeg_folder, parquet_copy):
         out = str(tmp_path / os.path.basename(source))
         _, printed = call_main("train_main.py", source, "-a", "resnet18", "--epochs", "2", "-b", "8", "--lr", "0.01",
-                               "--seed", "0", "--output-dir", out, *SMALL)
+                               "--seed", "0", "--no-amp", "--output-dir", out, *SMALL)
         assert ("(Hugging Face parquet)" if source == parquet_copy else "(ImageFolder)") in printed
         weights.append(torch.load(os.path.join(out, "checkpoint.pth.tar"), weights_only=False)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
@@ -165,6 +165,8 @@ def test_shards_hold_every_image_once_shuffled_with_labels_and_class_list(jpeg_f
                 train_labels += [label] if entry["split"] == "train" else []
     assert sorted(got) == folder_bytes(jpeg_folder)
     assert train_labels != sorted(train_labels)  # shuffled once, not in class order
+    run_convert(str(out), str(tmp_path / "back"), "folder")
+    assert folder_bytes(str(tmp_path / "back")) == folder_bytes(jpeg_folder)
 
 
 def test_convert_resumes_after_an_interruption_without_rewriting_finished_files(jpeg_folder, tmp_path, monkeypatch):

@@ -42,8 +42,8 @@ def fake_decode(payload: bytes, name: str) -> torch.Tensor:
 def keys_of(root: str, split: str, cfg: shards.StreamConfig, epoch: int = 0, start: int = 0) -> list[list[str]]:
     stream = shards.ShardStream(root, split, shards.read_classes(root), fake_decode, None, data.BadImageLog("skip"))
     loader = shards.ShardLoader(stream, cfg, torch.device("cpu"))
-    stream.set_epoch(epoch)
-    stream.set_start(start)
+    loader.sampler.set_epoch(epoch)  # as the engine does
+    loader.sampler.set_start(start)
     batches = [list(keys) for _images, _targets, keys in loader]
     assert len(batches) == len(loader) - start or not cfg.train
     return batches
