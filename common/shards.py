@@ -8,11 +8,12 @@ reads; the ``webdataset`` package is not needed.
 What holds, per epoch ``e`` of a run with ``--seed s`` (``ShardStream``):
 * the training shards are permuted by ``(s, e)`` and dealt round-robin to ranks, then to each rank's loader workers;
   each worker shuffles its stream through a buffer of ``buffer`` samples seeded by ``(s, e, rank, worker)``;
-* every rank runs the same number of steps, whatever the shard sizes: each worker yields a fixed quota of whole
-  batches, computed before the epoch from the shards' sample counts (``manifest.json`` or a scan of the headers),
-  so no rank waits in a collective for another. Where shards are uneven, the quotas follow the smallest rank, and
-  the samples beyond them are left out of that epoch (others in the next, as the permutation changes); when every
-  worker's share is a multiple of the batch, every training sample is seen exactly once per epoch;
+* every rank runs the same number of steps, ``images // (world_size * batch)``, in every epoch, whatever the
+  shard sizes: each worker yields a fixed quota of whole batches, computed before the epoch from the shards' sample
+  counts (``manifest.json`` or a scan of the headers), so no rank waits in a collective for another and the
+  schedule's steps per epoch stay fixed. Where the shards dealt to a rank hold fewer samples than its steps need, its
+  workers start their shards again (some samples twice); where they hold more, the rest sits out that epoch. When
+  every worker's share is a multiple of the batch, every training sample is seen exactly once per epoch;
 * each sample's augmentation is seeded by ``(s, e, sample id)``, its id its position in the sorted shard list;
 * validation shards are dealt to ranks and workers the same way, without quotas: each sample is counted once;
 * ``--resume`` continues an epoch at its step: each worker skips, unread by the decoder, the batches that it had
@@ -179,18 +180,20 @@ class ShardStream(IterableDataset):
         return [[mine[k::w] for k in range(w)] for mine in ranks]
 
     def quotas(self) -> list[int] | None:
-        """Batches each of this rank's workers yields this epoch (None in evaluation: everything, once)."""
+        """Batches each of this rank's workers yields this epoch (None in evaluation: everything, once).
+
+        Every rank runs ``len(self) // (world_size * batch_size)`` steps in every epoch, whatever the shards dealt to
+        it (so the schedule's steps per epoch never change), shared over its workers in proportion to their samples.
+        A worker whose share falls short starts its shards again; one with more leaves the rest for another epoch."""
         if not self.cfg.train:
             return None
-        per_rank = [[sum(self.counts[i] for i in shards) // self.cfg.batch_size for shards in workers]
-                    for workers in self.assignment()]
-        steps = min(sum(q) for q in per_rank)
-        mine = per_rank[self.cfg.rank]
-        quotas, extra = list(mine), sum(mine) - steps
-        while extra:  # take the surplus from the largest quotas: the rank matches the slowest one
-            k = max(range(len(quotas)), key=lambda j: quotas[j])
-            quotas[k] -= 1
-            extra -= 1
+        steps = len(self) // (self.cfg.world_size * self.cfg.batch_size)
+        samples = [sum(self.counts[i] for i in shards) for shards in self.assignment()[self.cfg.rank]]
+        total = max(1, sum(samples))
+        quotas = [steps * m // total for m in samples]
+        by_remainder = sorted(range(len(samples)), key=lambda k: -(steps * samples[k] % total))
+        for k in by_remainder[:steps - sum(quotas)]:
+            quotas[k] += 1
         return quotas
 
     def steps(self) -> int:
@@ -198,8 +201,8 @@ class ShardStream(IterableDataset):
         quotas = self.quotas()
         if quotas is not None:
             return sum(quotas)
-        shards = [i for worker in self.assignment()[self.cfg.rank] for i in worker]
-        return sum(-(-self.counts[i] // self.cfg.batch_size) for i in shards)
+        workers = self.assignment()[self.cfg.rank]  # each worker batches its own shards' samples
+        return sum(-(-sum(self.counts[i] for i in shards) // self.cfg.batch_size) for shards in workers)
 
     def resumed_role(self, worker: int, quotas: list[int]) -> tuple[int | None, int]:
         """``(role, batches already delivered by it)`` of DataLoader worker ``worker`` when the epoch starts at step
