@@ -45,13 +45,16 @@ def folder_bytes(root: str) -> list[tuple[str, str, str]]:
                   for split in ("train", "val") for p in glob.glob(os.path.join(root, split, "*", "*")))
 
 
-def test_two_seeded_epochs_on_folder_and_parquet_end_with_identical_weights(jpeg_folder, parquet_copy, tmp_path):
-    weights = []
-    for source in (jpeg_folder, parquet_copy):
-        out = str(tmp_path / os.path.basename(source))
-        _, printed = call_main("train_main.py", source, "-a", "resnet18", "--epochs", "2", "-b", "8", "--lr", "0.01",
-                               "--seed", "0", "--no-amp", "--output-dir", out, *SMALL)
-        assert ("(Hugging Face parquet)" if source == parquet_copy else "(ImageFolder)") in printed
+def test_two_seeded_epochs_on_folder_and_parquet_end_with_identical_weights(tmp_path):
+    folder = make_image_folder(str(tmp_path / "folder"), 8, 1, classes=((200, 30, 30), (30, 30, 200)), ext="jpg")
+    parquet = str(tmp_path / "parquet")
+    run_convert(folder, parquet, "parquet", "--max-shard-mb", "0.005")  # several files and row groups
+    weights, tiny = [], ["--train-crop-size", "16", "--val-resize-size", "16", "--val-crop-size", "16"]
+    for source in (folder, parquet):
+        out = str(tmp_path / f"run_{os.path.basename(source)}")
+        _, printed = call_main("train_main.py", source, "-a", "ghostnet", "--width-mult", "0.25", "--epochs", "2", "-b", "8", "--lr", "0.01",
+                               "--seed", "0", "--no-amp", "--output-dir", out, *SMALL, *tiny)
+        assert ("(Hugging Face parquet)" if source == parquet else "(ImageFolder)") in printed
         weights.append(torch.load(os.path.join(out, "checkpoint.pth.tar"), weights_only=False)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
