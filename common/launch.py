@@ -49,6 +49,10 @@ def check_data(args: argparse.Namespace) -> int:
     fmt, root = data.resolve_source(args.data)
     if fmt in ("parquet", "arrow"):
         return data.check_table(root, ("train", "val"), "training skips them with --bad-images skip, the default")
+    if fmt == "shards":
+        from common import shards
+
+        return shards.check(root, images.decode_rgb, "training skips them with --bad-images skip, the default")
     paths = [path for split in data.split_dirs(args.data) for path, _ in data.image_folder(split, None).samples]
     workers = data.default_workers() if args.workers is None else args.workers
     return images.list_unreadable(paths, f"under {args.data}", workers,

@@ -336,6 +336,33 @@ class ShardLoader:
         return iter(loader)
 
 
+def check(root: str, decode, hint: str = "") -> int:
+    """``--check-data`` of a shard folder: decode every sample of both splits, print ``unreadable: shard:KEY: why``
+    for each bad one (and for a truncated shard) and a summary; 1 if anything is unreadable, else 0."""
+    classes, bad, total = read_classes(root), 0, 0
+    for split in ("train", "val"):
+        stream = ShardStream(root, split, classes, decode, None)
+        for i in range(len(stream.files)):
+            notes: list[str] = []
+            shard = os.path.basename(stream.files[i])
+            for key, members in iter_samples(stream.files[i], notes):
+                total += 1
+                payload = next((members[e] for e in IMAGE_EXTS if e in members), None)
+                try:
+                    if payload is None:
+                        raise BadImage(f"{shard}:{key}", "no image member")
+                    decode(payload, f"{shard}:{key}")
+                except BadImage as exc:
+                    bad += 1
+                    print(f"unreadable: {exc}")
+            for note in notes:
+                bad += 1
+                print(f"unreadable: {note}")
+    print(f"=> checked {total} samples in {root}: {bad} unreadable" + (f" ({hint})" if bad and hint else ""),
+          flush=True)
+    return 1 if bad else 0
+
+
 def datasets(root: str, decode, train_tf, val_tf, bad_log=None) -> tuple[ShardStream, ShardStream, list[str]]:
     """The train and validation streams of the shard folder ``root`` and its class names."""
     classes = read_classes(root)

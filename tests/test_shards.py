@@ -111,6 +111,8 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_named(tmp_path):
     loader = shards.ShardLoader(stream, shards.StreamConfig(1, train=False), torch.device("cpu"))
     assert sum(len(keys) for *_, keys in loader) == sum(stream.counts)
     assert any("train-000001.tar" in name and "truncated" in reason for name, reason in log.drain())
+    write_shards(root, "val", [2])
+    assert shards.check(root, fake_decode) == 1  # --check-data names the truncated shard
 
 
 def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
