@@ -20,6 +20,7 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import io
@@ -27,7 +28,8 @@ import os
 import shutil
 import time
 
-from common import distributed, faults, figures, files, inference, metrics, options, process
+from common import distributed, faults, figures, files, hfdata, images, inference, metrics, options
+from common import process
 from common.distributed import DistContext
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
@@ -190,12 +192,43 @@ class PlaceFailed(Exception):
         self.rows = rows
 
 
-def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str, counts: dict[str, int]) -> None:
-    """Place these readable images; count in ``counts`` how each got there."""
+def write_out(payload: bytes, dest: str) -> str:
+    """Write an image held in a dataset file (a parquet row) to ``dest``, whole or not at all; "kept" when the same
+    bytes are already there."""
+    if os.path.isfile(dest) and not os.path.islink(dest) and os.path.getsize(dest) == len(payload):
+        with open(dest, "rb") as f:
+            if f.read() == payload:
+                return "kept"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    files.atomic_write(dest, lambda f: f.write(payload))
+    return "copy"
+
+
+class RowNames:
+    """File names of the rows of a parquet or Arrow dataset, where there is no file to link: the row's key with the
+    extension that its bytes call for (``validation-00000-17.jpg``), worked out on first use."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.cache = dataset, {}
+
+    def __getitem__(self, index: int) -> str:
+        if index not in self.cache:
+            key = self.dataset.samples[index][0]
+            self.cache[index] = hfdata.row_name(key) + images.extension_of(self.dataset.encoded(index))
+        return self.cache[index]
+
+
+def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str, counts: dict[str, int],
+                rows=None) -> None:
+    """Place these readable images; count in ``counts`` how each got there. ``rows``: a parquet or Arrow dataset,
+    whose images are written out instead of linked."""
     for row, (index, src) in enumerate(zip(preds.indices.tolist(), preds.paths)):
         if index in dests:
             try:
-                counts[place(src, dests[index], mode)] += 1
+                if rows is not None:
+                    counts[write_out(rows.encoded(index), dests[index])] += 1
+                else:
+                    counts[place(src, dests[index], mode)] += 1
             except OSError as exc:
                 raise PlaceFailed(row, dests[index], exc) from None
 
@@ -287,6 +320,8 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
         os.remove(partial)
     rows = summary_rows(ok, prep.classes)
     print(write_summary(out, rows))
+    if isinstance(prep.dataset.base, hfdata.TableImages):  # the sheet reads the images from where they were written
+        ok = dataclasses.replace(ok, paths=[dests[i] for i in ok.indices.tolist()])
     sheet = mistakes_sheet(ok, prep.names, os.path.join(out, SHEET_NAME), args.sheet_size) if args.sheet_size else 0
     unreadable = [p for p, r in zip(preds.paths, preds.readable.tolist()) if not r]
     hard, copy, sym, kept = (int(c) for c in counts)
@@ -307,12 +342,14 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
         print(inference.header(prep, source, ctx), flush=True)
         claim_output(args.output_dir, args.overwrite)
     distributed.barrier(ctx)  # nobody places a file before DIR_OUT is claimed (and emptied)
-    names = file_names(prep.dataset.base.samples, prep.source_dir, prep.classes)
+    base = prep.dataset.base
+    rows = base if isinstance(base, hfdata.TableImages) else None  # nothing to link: write each image out
+    names = RowNames(base) if rows is not None else file_names(base.samples, prep.source_dir, prep.classes)
     counts, done = dict.fromkeys(PLACED, 0), []
 
     def place_batch(batch: inference.Predictions) -> None:  # as soon as judged, so that a stop keeps them
         try:
-            place_share(batch, plan(batch, names, prep.classes, args.output_dir), args.mode, counts)
+            place_share(batch, plan(batch, names, prep.classes, args.output_dir), args.mode, counts, rows)
         except PlaceFailed as failed:
             done.append(batch.select(list(range(failed.rows))))
             raise

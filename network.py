@@ -69,7 +69,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cache-features needs the deterministic eval transform; drop --train-augment or use "
                         "--no-cache-features.")
     if not args.dummy:
-        data.split_dirs(args.data)
+        data.check_source(args.data)
     if args.resume not in ("", "auto") and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path.")
     files.check_output_dir(args.output_dir)
@@ -195,8 +195,7 @@ def cache_loaders(args: argparse.Namespace, run: engine.Run, head_name: str, tra
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
-    ordered = data.make_loader(train_set, data.ShardSampler(len(train_set)), run.train_loader.batch_size,
-                               run.train_loader.num_workers, ctx.device)
+    ordered = data.ordered_loader(train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
                                    engine.PassConfig("Features train: ", args.print_freq), stop)
     if train_feats is None:
@@ -242,8 +241,8 @@ def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_nam
                  f"Resize {args.val_resize_size} + CenterCrop {args.val_crop_size}")
     return (f"=> {args.arch} from {source}, new head {head_name} ({head}) | "
             f"{(models.count_params(run.model) - trained) / 1e6:.2f} M params frozen, {trained / 1e3:.2f} k trained"
-            f" | data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images, "
-            f"{len(run.classes)} classes | 1 process on {ctx.device.type} | batch {args.batch_size} | lr {args.lr} "
+            f" | data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images "
+            f"({data.describe_source(args.data, args.dummy)}), {len(run.classes)} classes | 1 process on {ctx.device.type} | batch {args.batch_size} | lr {args.lr} "
             f"{args.lr_schedule} schedule | epochs {args.epochs} | train transform: {transform} | feature cache "
             f"{'on' if cache else 'off'} | output {args.output_dir}")
 

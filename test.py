@@ -89,6 +89,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_data(args: argparse.Namespace) -> int:
     """``--check-data``: decode the files that an evaluation would read and list the unreadable ones; 1 if any."""
+    fmt, root = data.resolve_source(args.data) if args.data else (None, None)
+    if fmt in ("parquet", "arrow"):
+        return data.check_table(root, ("val",), "an evaluation skips them and counts them apart", args.limit)
     if args.data:
         folder = inference.labelled_dir(args.data)
         paths, where = [path for path, _ in data.image_folder(folder, None).samples][:args.limit], f"under {folder}"

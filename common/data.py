@@ -6,12 +6,16 @@ global batch; evaluation shards the set without padding so that every image is c
 """
 from __future__ import annotations
 
+import dataclasses
+import glob
 import math
 import multiprocessing
 import os
 import queue
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -21,7 +25,7 @@ from torchvision.transforms import v2
 from common import transforms
 from common.distributed import DistContext
 from common.errors import UserError
-from common.images import BadImage, load_rgb
+from common.images import BadImage, decode_rgb, load_rgb
 from common.samples import CompactSamples
 
 MAX_SUBSTITUTES = 50
@@ -84,23 +88,35 @@ class ImageFolderWithPaths(datasets.ImageFolder):
         return classes, {name: i for i, name in enumerate(classes)}
 
     def __getitem__(self, index: int):
-        for attempt in range(MAX_SUBSTITUTES):
-            path, target = self.samples[(index + attempt) % len(self.samples)]
-            try:
-                image = self.loader(path)
-            except BadImage as exc:
-                if self.bad_log is None:
-                    raise
-                if self.bad_log.policy == "fail":
-                    raise UserError(f"unreadable image {exc}; remove or replace it, "
-                                    "or pass --bad-images skip.") from None
-                self.bad_log.report(exc)
-                if not self.substitute:
-                    return None
-                continue
-            return (self.transform(image) if self.transform is not None else image), target, path
-        raise UserError(f"{MAX_SUBSTITUTES} images in a row are unreadable from {self.samples[index][0]} on; "
-                        "list them with --check-data.")
+        return load_or_skip(self, index, lambda i, path: self.loader(path))
+
+
+def load_or_skip(dataset, index: int, load: Callable[[int, str], Any]):
+    """``(image, target, key)`` of ``dataset[index]``, with unreadable images handled as ``dataset.bad_log`` says.
+
+    ``dataset`` has ``samples`` (``(key, target)`` per index), ``transform``, ``bad_log`` and ``substitute``;
+    ``load(i, key)`` decodes sample ``i`` or raises BadImage. Every map-style dataset of this module (folder,
+    parquet, Arrow) goes through here, so that all of them skip, substitute and report alike.
+    """
+    samples = dataset.samples
+    for attempt in range(MAX_SUBSTITUTES):
+        i = (index + attempt) % len(samples)
+        key, target = samples[i]
+        try:
+            image = load(i, key)
+        except BadImage as exc:
+            if dataset.bad_log is None:
+                raise
+            if dataset.bad_log.policy == "fail":
+                raise UserError(f"unreadable image {exc}; remove or replace it, "
+                                "or pass --bad-images skip.") from None
+            dataset.bad_log.report(exc)
+            if not dataset.substitute:
+                return None
+            continue
+        return (dataset.transform(image) if dataset.transform is not None else image), target, key
+    raise UserError(f"{MAX_SUBSTITUTES} images in a row are unreadable from {samples[index][0]} on; "
+                    "list them with --check-data.")
 
 
 def skip_none_collate(batch: list):
@@ -131,6 +147,68 @@ def split_dirs(root: str) -> tuple[str, str]:
         raise UserError(f"dataset folder {root!r} has no {' or '.join(m + '/' for m in missing)} subfolder; "
                         f"{LAYOUT_HELP}.")
     return os.path.join(root, "train"), os.path.join(root, "val")
+
+
+FORMATS = {"folder": "ImageFolder", "parquet": "Hugging Face parquet", "arrow": "Hugging Face save_to_disk (Arrow)",
+           "shards": "WebDataset tar shards"}
+PREFIXES = {"hf:": ("parquet", "arrow"), "wds:": ("shards",), "folder:": ("folder",)}
+
+
+def _formats_at(root: str) -> list[str]:
+    """Every format whose files are at ``root`` (none, one, or several for a folder that mixes them)."""
+    from common import hfdata  # pyarrow-free: only file names are looked at
+
+    found = []
+    if all(os.path.isdir(os.path.join(root, name)) for name in ("train", "val")):
+        found.append("folder")
+    if hfdata.is_parquet(root):
+        found.append("parquet")
+    elif hfdata.is_arrow(root):
+        found.append("arrow")
+    if any(glob.glob(os.path.join(glob.escape(root), pattern)) for pattern in ("train-*.tar", "val-*.tar")):
+        found.append("shards")
+    return found
+
+
+def resolve_source(data: str) -> tuple[str, str]:
+    """``(format, path)`` of a ``--data`` value: recognised from what is at the path, or forced by a prefix
+    (``hf:``, ``wds:``, ``folder:``). A folder holding several formats, or none, is a UserError."""
+    prefix = next((p for p in PREFIXES if data.startswith(p)), None)
+    root = data[len(prefix):] if prefix else data
+    if not os.path.isdir(root):
+        raise UserError(f"dataset folder {root!r} does not exist or is not a folder; {LAYOUT_HELP}.")
+    found = _formats_at(root)
+    if prefix:
+        allowed = [f for f in found if f in PREFIXES[prefix]]
+        if not allowed and prefix != "folder:":
+            raise UserError(f"{root!r} holds no {' or '.join(FORMATS[f] for f in PREFIXES[prefix])} dataset; "
+                            f"{LAYOUT_HELP}.")
+        return (allowed or ["folder"])[0], root
+    if len(found) > 1:
+        raise UserError(f"{root!r} mixes dataset formats ({', '.join(FORMATS[f] for f in found)}); keep one per "
+                        "folder, or choose with a prefix: --data hf:DIR, wds:DIR or folder:DIR.")
+    return (found or ["folder"])[0], root
+
+
+def describe_source(data: str | None, dummy: bool = False) -> str:
+    """The name of the format at ``--data``, for a run's header: ``synthetic``, ``ImageFolder``, ..."""
+    return "synthetic" if dummy or not data else FORMATS[resolve_source(data)[0]]
+
+
+def check_source(data: str) -> str:
+    """Refuse a ``--data`` that no dataset reader can use, before any process starts; return its format."""
+    fmt, root = resolve_source(data)
+    if fmt == "folder":
+        split_dirs(root)
+    elif fmt == "shards":
+        from common import shards
+
+        shards.read_classes(root)
+    elif fmt in ("parquet", "arrow"):
+        from common import hfdata
+
+        hfdata.import_pyarrow()
+    return fmt
 
 
 def image_folder(directory: str, transform, bad_log: BadImageLog | None = None, substitute: bool = True,
@@ -193,11 +271,60 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, list[str]]:
         train = FakeDataWithPaths(cfg.dummy_train_size, size, cfg.dummy_classes, train_tf)
         val = FakeDataWithPaths(cfg.dummy_val_size, size, cfg.dummy_classes, val_tf, random_offset=cfg.dummy_train_size)
         return train, val, train.classes
-    train_dir, val_dir = split_dirs(cfg.root)
+    fmt, root = resolve_source(cfg.root)
+    if fmt in ("parquet", "arrow"):
+        return table_datasets(root, cfg, train_tf, val_tf)
+    if fmt == "shards":
+        from common import shards
+
+        return shards.datasets(root, decoder(cfg.fast), train_tf, val_tf, cfg.bad_log)
+    train_dir, val_dir = split_dirs(root)
     train = image_folder(train_dir, train_tf, cfg.bad_log, substitute=True, fast=cfg.fast)
     val = image_folder(val_dir, val_tf, cfg.bad_log, substitute=False, fast=cfg.fast)
     check_same_classes(train.classes, val.classes)
     return train, val, train.classes
+
+
+def decoder(fast: bool) -> Callable[[bytes, str], Any]:
+    """What decodes an image held in memory for the pipeline: uint8 tensor (``fast``) or PIL image."""
+    return transforms.decode_uint8 if fast else decode_rgb
+
+
+def table_split(root: str, split: str, transform, fast: bool) -> Dataset:
+    """One split (``train`` or ``val``) of the Hugging Face dataset at ``root``, for evaluation or sorting."""
+    from common import hfdata
+
+    hfdata.import_pyarrow()
+    return hfdata.TableImages(root, split, hfdata.class_names(root), decoder(fast), transform, substitute=False)
+
+
+def check_table(root: str, splits: tuple[str, ...], hint: str = "", limit: int | None = None) -> int:
+    """``--check-data`` of a Hugging Face dataset: decode every row of ``splits`` (the first ``limit`` of each), print
+    ``unreadable: <file>:<row>: <reason>`` for each bad one and a summary; return 1 if any is unreadable, else 0."""
+    bad, total = [], 0
+    for split in splits:
+        ds = table_split(root, split, None, fast=False)
+        for i in range(min(len(ds), limit or len(ds))):
+            try:
+                ds[i]
+            except BadImage as exc:
+                bad.append(exc)
+                print(f"unreadable: {exc}")
+            total += 1
+    print(f"=> checked {total} images in {root}: {len(bad)} unreadable" + (f" ({hint})" if bad and hint else ""),
+          flush=True)
+    return 1 if bad else 0
+
+
+def table_datasets(root: str, cfg: DataConfig, train_tf, val_tf) -> tuple[Dataset, Dataset, list[str]]:
+    """The train and validation splits of a Hugging Face parquet or ``save_to_disk`` dataset at ``root``."""
+    from common import hfdata
+
+    hfdata.import_pyarrow()
+    classes = hfdata.class_names(root)
+    train = hfdata.TableImages(root, "train", classes, decoder(cfg.fast), train_tf, cfg.bad_log, substitute=True)
+    val = hfdata.TableImages(root, "val", classes, decoder(cfg.fast), val_tf, cfg.bad_log, substitute=False)
+    return train, val, classes
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -329,12 +456,27 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
                       collate_fn=collate_fn)
 
 
+def ordered_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device):
+    """A loader over every sample of ``dataset`` once, in its order (shards: in shard order), in one process."""
+    if hasattr(dataset, "assignment"):
+        from common import shards
+
+        return shards.ShardLoader(dataset, shards.StreamConfig(batch_size, workers=workers, train=False), device)
+    return make_loader(dataset, ShardSampler(len(dataset)), batch_size, workers, device)
+
+
 def build_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, workers: int, ctx: DistContext,
                   seed: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders for this rank; ``batch_size`` is per process.
 
     With a ``seed``, each training sample's augmentation is seeded by (seed, epoch, index) (see SeededSamples).
     """
+    if hasattr(train_set, "assignment"):  # WebDataset shards: streams that deal shards to ranks and workers
+        from common import shards
+
+        cfg = shards.StreamConfig(batch_size, ctx.world_size, ctx.rank, workers, seed=seed)
+        return (shards.ShardLoader(train_set, cfg, ctx.device),
+                shards.ShardLoader(val_set, dataclasses.replace(cfg, train=False), ctx.device))
     seeded = seed is not None
     train_sampler = GlobalBatchSampler(len(train_set), batch_size, ctx.world_size, ctx.rank, seed=seed or 0,
                                        seed_samples=seeded)

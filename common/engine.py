@@ -55,6 +55,21 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+INPUT_BOUND = 0.10  # share of an epoch spent waiting for batches above which the input is said to bound the run
+
+
+def input_bound_line(stats: EpochStats, epoch: int, workers: int) -> str | None:
+    """One line when the training loop waited for data (``data_seconds``, the CSV column) more than INPUT_BOUND of
+    the epoch: the figures, and what to try. None when the input kept up."""
+    if stats.seconds <= 0 or stats.data_seconds <= INPUT_BOUND * stats.seconds:
+        return None
+    return (f"=> the input bounds this run: epoch {epoch} waited {stats.data_seconds:.1f} of {stats.seconds:.1f} s "
+            f"({100 * stats.data_seconds / stats.seconds:.0f}%) for batches, at {stats.images_per_s:.1f} images/s; "
+            f"try more loader workers (-j, now {workers}), the uint8 pipeline (--uint8-pipeline), a lighter "
+            "augmentation, local storage or parquet/shards instead of many small files; --profile-input measures "
+            "input alone against the model alone")
+
+
 @dataclass
 class Run:
     """Everything a training run holds: model (possibly wrapped), loaders, loss, optimizer, schedule."""
@@ -340,7 +355,7 @@ def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
     model = (f"=> {args.arch}: {models.count_params(bare) / 1e6:.2f} M params, {macs / 1e6:.1f} M MACs at "
              f"{args.train_crop_size} px, {len(run.classes)} classes")
     where = (f"=> data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images"
-             f"{' (synthetic)' if args.dummy else ''}; {ctx.world_size} process(es) on {ctx.device.type}"
+             f" ({data.describe_source(args.data, args.dummy)}); {ctx.world_size} process(es) on {ctx.device.type}"
              f" ({type(getattr(run.model, '_orig_mod', run.model)).__name__}); {run.precision.describe()}"
              f"{', torch.compile' if args.compile else ''}; output {args.output_dir}")
     pipeline = (f"=> input: {transforms.describe(augment_config(args), args.uint8_pipeline)}; "
@@ -404,10 +419,47 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
         start = ResumePoint(args.start_epoch, 0, start.best_acc1)
     if ctx.is_main:
         print(header(args, ctx, run), flush=True)
+    if args.profile_input:
+        return profile_input(run, ctx, args.profile_input)
     if args.evaluate:
         val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq, run.precision)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
     return train_loop(run, ctx, loop_config(args, log_name), start)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_input(run: Run, ctx: DistContext, steps: int) -> dict:
+    """``--profile-input``: images/s of the training loader alone (``steps`` batches after the first, which pays
+    for the workers' start) against images/s of ``steps`` training steps on one synthetic batch of the same shape,
+    on this rank; rank 0 prints both and which one bounds the run. Nothing is saved."""
+    run.train_loader.sampler.set_epoch(0)
+    batches = iter(run.train_loader)
+    first, _target, _ = next(batches)
+    seen, start = 0, time.perf_counter()
+    for _, (images, _t, _k) in zip(range(steps), batches):
+        seen += len(images)
+    input_rate = seen / max(time.perf_counter() - start, 1e-9)
+    del batches
+    images = transforms.to_model_input(first, ctx.device, run.precision.channels_last)
+    target = torch.randint(len(run.classes), (len(first),), device=ctx.device)
+    run.model.train()
+    run.step(images, target)  # warm-up: allocations, cudnn autotuning
+    _synchronise(ctx.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run.step(images, target)
+    _synchronise(ctx.device)
+    model_rate = steps * len(first) / max(time.perf_counter() - start, 1e-9)
+    bound = "input" if input_rate < model_rate else "model"
+    if ctx.is_main:
+        print(f"=> input alone: {input_rate:.1f} images/s ({seen} images, {run.train_loader.num_workers} workers); "
+              f"model alone: {model_rate:.1f} images/s ({steps} steps on a synthetic batch of {len(first)}); "
+              f"the {bound} bounds this run (per process)", flush=True)
+    return {"input_images_per_s": input_rate, "model_images_per_s": model_rate, "bound": bound}
 
 
 def training_state(run: Run, cfg: LoopConfig, epoch: int, step: int, best_acc1: float | None,
@@ -510,6 +562,9 @@ def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
     train = train_one_epoch(run, loop.trainee, ctx, cfg.print_freq, control)
     if train.stopped:
         raise stopped_message(ctx, loop.stop.signum or signal.SIGTERM, epoch, cfg.output_dir)
+    bound = input_bound_line(train, epoch, getattr(run.train_loader, "num_workers", 0)) if ctx.is_main else None
+    if bound:
+        print(bound, flush=True)
     val, val_ema = validate(run, loop.trainee, ctx, cfg.print_freq)
     bad = count_bad_images(run.bad_log, ctx, seen)  # with network.py's feature cache: met while caching
     record.end_epoch(run, ctx, epoch, epoch_row(epoch, started, lr, train, val, bad, val_ema), val, val_ema)
@@ -552,8 +607,12 @@ def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> 
     """The first training batch of ``epoch`` (at most ``count`` images), augmented exactly as training will see it
     before MixUp/CutMix, as a grid of 8 images per row."""
     loader.sampler.set_epoch(epoch)
-    keys = list(itertools.islice(iter(loader.sampler), min(count, loader.batch_size)))
-    images = torch.stack([loader.dataset[key][0] for key in keys])
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):  # shards: the first batch of the stream
+        images = next(iter(loader))[0][:count]
+        keys = range(len(images))
+    else:
+        keys = list(itertools.islice(iter(loader.sampler), min(count, loader.batch_size)))
+        images = torch.stack([loader.dataset[key][0] for key in keys])
     if images.dtype == torch.uint8:
         images = images.float() / 255
     else:  # normalised floats: undo the normalisation for display

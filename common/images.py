@@ -7,6 +7,7 @@ The format is always detected from the file's content, never from its name.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -48,10 +49,25 @@ def load_rgb(path: str) -> Image.Image:
     Grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; transparent pixels become white. An image
     over ``PIL.Image.MAX_IMAGE_PIXELS`` is refused even where Pillow would only warn (up to twice the limit).
     """
-    fmt = None
     try:
         # Our own file object (as torchvision's pil_loader does): it is closed on return, multi-frame formats too.
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with open(path, "rb") as f:
+            return _decode(f, path, None)
+    except OSError as exc:  # open() itself failed: permission, missing file, a directory
+        raise BadImage(path, _reason(path, exc, None)) from exc
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """``load_rgb`` of an image held in memory (a parquet row, a tar member); ``name`` is what a BadImage names."""
+    return _decode(io.BytesIO(data), name, data[:16])
+
+
+def _decode(f, path: str, head: bytes | None) -> Image.Image:
+    """Decode the open image file ``f`` (named ``path``) into RGB, or raise BadImage; ``head``: its first bytes,
+    when it is not a file that can be read again."""
+    fmt = None
+    try:
+        with warnings.catch_warnings():
             # Local to this call; catch_warnings restores the filters, although not thread-safely before Python
             # 3.14 (DataLoader workers are processes, so each has its own).
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,7 +77,7 @@ def load_rgb(path: str) -> Image.Image:
             ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
             return _to_rgb(image)
     except _DECODE_ERRORS as exc:
-        raise BadImage(path, _reason(path, exc, fmt)) from exc
+        raise BadImage(path, _reason(path, exc, fmt, head)) from exc
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -80,8 +96,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _reason(path: str, exc: BaseException, fmt: str | None) -> str:
-    """Short human text for why ``path`` failed with ``exc``; ``fmt`` is the format Pillow saw, if it got that far."""
+def _reason(path: str, exc: BaseException, fmt: str | None, head: bytes | None = None) -> str:
+    """Short human text for why ``path`` failed with ``exc``; ``fmt`` is the format Pillow saw, if it got that far;
+    ``head`` the first bytes of an image held in memory (None: read them from ``path``)."""
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"larger than the decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
     if isinstance(exc, PermissionError):
@@ -92,13 +109,14 @@ def _reason(path: str, exc: BaseException, fmt: str | None) -> str:
         return "broken symbolic link" if os.path.islink(path) else "no such file"
     if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not Pillow's: EIO, ELOOP, ...
         return f"cannot read ({exc.strerror})"
-    head = _head(path) if fmt is None else None
+    if head is None:
+        head = _head(path) if fmt is None else None
     if isinstance(exc, UnidentifiedImageError):
         if head == b"":
             return "empty file"
-        kind = _signature_format(head)
+        kind = signature_format(head)
         return f"truncated or corrupt {kind} header" if kind else "not an image"
-    kind = fmt or _signature_format(head) or "image"
+    kind = fmt or signature_format(head) or "image"
     if "truncated" in str(exc).lower():
         return f"truncated {kind}"
     return f"corrupt {kind} ({type(exc).__name__}: {exc})"
@@ -113,13 +131,21 @@ def _head(path: str) -> bytes | None:
         return None
 
 
-def _signature_format(head: bytes | None) -> str | None:
+def signature_format(head: bytes | None) -> str | None:
     """The format whose signature ``head`` starts with, if any; only asked once Pillow has given up on a file."""
     if head is None:
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     return next((kind for signature, kind in _SIGNATURES if head.startswith(signature)), None)
+
+
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+
+
+def extension_of(data: bytes) -> str:
+    """The file extension that an encoded image's content calls for (``.jpg``, ``.png``...), ``.bin`` if unknown."""
+    return _EXTENSIONS.get(signature_format(data[:16]) or "", ".bin")
 
 
 def _check_one(path: str) -> BadImage | None:

@@ -199,8 +199,15 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     if isinstance(loaded.model, OnnxModel):
         loaded.model.check_size(crop)
     transform = transforms.eval_transform(resize, crop, speed.fast)
-    folder = labelled_dir(root) if root else None
-    if folder:
+    fmt, root = data.resolve_source(root) if root else (None, None)
+    if fmt == "shards":
+        raise UserError(f"{root!r} holds WebDataset shards, which are read as a stream, and predictions are reported "
+                        f"per image in order; convert them first: python -m common.convert {root} OUT --to parquet.")
+    folder = labelled_dir(root) if fmt == "folder" else root
+    if fmt in ("parquet", "arrow"):  # the validation split of a Hugging Face dataset
+        base = data.table_split(root, "val", transform, speed.fast)
+        classes = align_classes(base, loaded)
+    elif folder:
         base = data.image_folder(folder, transform, fast=speed.fast)
         classes = align_classes(base, loaded)
     else:
@@ -224,7 +231,8 @@ def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
     """One line saying which model runs on what, at which size, with which batching."""
     what = source.path or f"ImageNet weights of {prep.loaded.arch}"
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
-    data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir}" if prep.source_dir else "")
+    data_desc = f"{len(prep.dataset)} image(s)" + (
+        f" from {prep.source_dir} ({data.describe_source(prep.source_dir)})" if prep.source_dir else "")
     params = getattr(prep.loaded.model, "num_params", None) or models.count_params(prep.loaded.model)  # ONNX: its own
     return (f"=> {prep.loaded.arch} from {what}{note}: {params / 1e6:.2f} M params, "
             f"{len(prep.classes)} classes | {data_desc} | {transforms.describe_eval(prep.resize, prep.crop, prep.fast)}"

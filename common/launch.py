@@ -24,7 +24,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Every check that can fail on the user's input, run once in the launching process before any worker."""
     options.check_training_args(args, models.available_archs())
     if not args.dummy:
-        data.split_dirs(args.data)
+        data.check_source(args.data)
     gpu, gpus = getattr(args, "gpu", None), distributed.accelerator_count(args.no_accel)  # mp.spawn has no --gpu
     if gpu is not None and gpu >= gpus:
         note = " (--no-accel was given)" if args.no_accel else ""
@@ -46,6 +46,13 @@ def check_data(args: argparse.Namespace) -> int:
     """``--check-data``: decode every image of train/ and val/ and list the unreadable ones; 1 if there are any."""
     if args.dummy:
         raise UserError("--check-data scans a dataset folder; give DIR instead of --dummy.")
+    fmt, root = data.resolve_source(args.data)
+    if fmt in ("parquet", "arrow"):
+        return data.check_table(root, ("train", "val"), "training skips them with --bad-images skip, the default")
+    if fmt == "shards":
+        from common import shards
+
+        return shards.check(root, images.decode_rgb, "training skips them with --bad-images skip, the default")
     paths = [path for split in data.split_dirs(args.data) for path, _ in data.image_folder(split, None).samples]
     workers = data.default_workers() if args.workers is None else args.workers
     return images.list_unreadable(paths, f"under {args.data}", workers,

@@ -110,7 +110,9 @@ def data_parser(training: bool = True, demo: bool = False) -> argparse.ArgumentP
     """
     parser, g = _group("data")
     g.add_argument("data_dir", nargs="?", metavar="DIR", default=None,
-                   help="dataset root holding train/<class>/* and val/<class>/* (same as --data)")
+                   help="dataset root holding train/<class>/* and val/<class>/*, or a Hugging Face parquet or "
+                        "save_to_disk folder, or WebDataset shards (prefix hf:, wds: or folder: to choose; same as "
+                        "--data)")
     g.add_argument("--data", default=None, metavar="DIR", help="dataset root (same as the positional DIR)")
     if training:
         g.add_argument("--dummy", action="store_true",
@@ -335,6 +337,15 @@ def launch_parser(spawn: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def profile_parser() -> argparse.ArgumentParser:
+    """``--profile-input``: input-only against model-only throughput on the run's own settings, then exit."""
+    parser, g = _group("input profile")
+    g.add_argument("--profile-input", type=POSITIVE_INT, nargs="?", const=20, default=None, metavar="STEPS",
+                   help="instead of training, time STEPS batches of the loader alone and STEPS training steps on a "
+                        "synthetic batch alone, and say which bounds the run (default STEPS: 20)")
+    return parser
+
+
 def training_parser(description: str, gpu: bool = True, ddp: bool = True,
                     spawn: bool = True) -> argparse.ArgumentParser:
     """The parser of a training script: every flag group the four share, in the order ``--help`` shows them, then
@@ -342,7 +353,7 @@ def training_parser(description: str, gpu: bool = True, ddp: bool = True,
     (``ddp``), and among those the mp.spawn flags (``spawn``)."""
     devices = [device_parser(gpu)] + ([process_group_parser(), launch_parser(spawn)] if ddp else [])
     groups = [data_parser(demo=True), model_parser(), train_parser(), recipe_parser(), augment_parser(),
-              speed_parser(), check_data_parser()]
+              speed_parser(), check_data_parser(), profile_parser()]
     return argparse.ArgumentParser(description=description, parents=groups + devices)
 
 

@@ -30,7 +30,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from common.images import load_rgb
+from common.images import decode_rgb, load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -191,6 +191,13 @@ def load_uint8(path: str, min_side: int | None = None) -> torch.Tensor:
         data = b""  # load_rgb tells why
     image = _decode_jpeg(path, data, min_side)
     return image if image is not None else pil_to_tensor(load_rgb(path))
+
+
+def decode_uint8(data: bytes, name: str) -> torch.Tensor:
+    """``load_uint8`` of an image held in memory (a parquet row, a tar member): the same decoders, the same refusals;
+    ``name`` is what a BadImage names."""
+    image = _decode_jpeg(name, data, None)
+    return image if image is not None else pil_to_tensor(decode_rgb(data, name))
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: bool = False,

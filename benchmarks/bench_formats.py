@@ -1,0 +1,130 @@
+"""Benchmark: training-loader throughput and worker memory on the same JPEGs as a folder, as parquet and as shards.
+
+1,000 photo-like JPEGs of ImageNet-like sizes (benchlib) are written as an ImageFolder, then converted with
+``python -m common.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
+training builds (``data.build_datasets`` + ``data.build_loaders``: uint8 pipeline, RandomResizedCrop 224 + flip,
+per-image seeds), for a warm-up epoch and then a timed one. Reported per format: images/s of the timed epoch, and
+the resident (RSS) and private memory of each loader worker, read in the middle of the epoch.
+
+On a local disk the page cache holds all three after the warm-up, so this measures the per-sample CPU cost of each
+reader. On network storage a folder pays one open() and metadata round trip per image (tens to hundreds of
+microseconds each on NFS or Lustre, more under load), where parquet and shards read a few large files sequentially
+or by row group; that difference is not visible here.
+
+    python benchmarks/bench_formats.py                 # 1,000 images, -j 2, batch 64
+    python benchmarks/bench_formats.py --images 200 -j 4
+
+GPU throughput on real against synthetic input is what ``train_main.py --profile-input`` measures on a run's own
+settings. Prints one table and writes benchmarks/results/formats.csv (``--out`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.benchlib import make_dataset, write_csv
+from common import convert, data, distributed
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MB = 2**20
+
+
+def memory(pid: int) -> tuple[float, float] | None:
+    """(RSS, private) MB of process ``pid``, from /proc/<pid>/smaps_rollup; None if it has just ended."""
+    fields = {}
+    try:
+        f = open(f"/proc/{pid}/smaps_rollup")
+    except OSError:
+        return None
+    with f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0]) / 1024
+    return fields["Rss"], fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def children() -> list[int]:
+    """This process's child processes (the loader workers, while they run)."""
+    pid = os.getpid()
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def epoch(loader) -> tuple[int, float, list[tuple[float, float]]]:
+    """(images, seconds, per-worker (RSS, private) MB mid-epoch) of one pass over ``loader``."""
+    loader.sampler.set_epoch(1)
+    images, workers, steps = 0, [], len(loader)
+    start = time.perf_counter()
+    for i, (batch, _target, _keys) in enumerate(loader):
+        images += len(batch)
+        if i == steps // 2:  # mid-epoch: a shard worker that has delivered its quota is gone by the end
+            workers = [m for m in map(memory, children()) if m is not None]
+    return images, time.perf_counter() - start, workers
+
+
+def measure(name: str, root: str, args: argparse.Namespace) -> list[dict]:
+    """Rows of one format: a warm-up epoch, then the timed one."""
+    cfg = data.DataConfig(root, train_crop_size=224, fast=True, bad_log=data.BadImageLog("skip"))
+    train, val, _ = data.build_datasets(cfg)
+    ctx = distributed.single_process(None, True)
+    loader, _ = data.build_loaders(train, val, args.batch_size, args.workers, ctx, seed=0)
+    epoch(loader)
+    images, seconds, workers = epoch(loader)
+    return [{"format": name, "images": images, "workers": args.workers, "batch": args.batch_size,
+             "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1), "worker": w,
+             "rss_mb": round(rss, 1), "private_mb": round(private, 1)} for w, (rss, private) in enumerate(workers)]
+
+
+def run(args: argparse.Namespace, work: str) -> list[dict]:
+    folder = make_dataset(os.path.join(work, "folder"), args.images // 4, 1)
+    formats = [("folder", folder)]
+    for to in ("parquet", "shards"):
+        out = os.path.join(work, to)
+        convert.main(convert.get_args_parser().parse_args([folder, out, "--to", to, "--max-shard-mb", "16"]))
+        formats.append((to, out))
+    rows = []
+    for name, root in formats:
+        rows += measure(name, root, args)
+    return rows
+
+
+def report(rows: list[dict], path: str) -> None:
+    print(f"{rows[0]['images']} JPEGs per epoch, uint8 RandomResizedCrop 224 + flip, -j {rows[0]['workers']}, "
+          f"batch {rows[0]['batch']}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores")
+    print(f"{'format':<8} {'images/s':>9} {'vs folder':>9} {'worker':>6} {'RSS MB':>7} {'private MB':>10}")
+    base = next(r["images_per_s"] for r in rows if r["format"] == "folder")
+    for r in rows:
+        print(f"{r['format']:<8} {r['images_per_s']:>9.1f} {r['images_per_s'] / base:>8.2f}x {r['worker']:>6} "
+              f"{r['rss_mb']:>7.1f} {r['private_mb']:>10.1f}")
+    write_csv(rows, path)
+    print(f"=> written to {path}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Loader images/s and worker memory: folder vs parquet vs shards.")
+    parser.add_argument("--images", type=int, default=1000, help="training JPEGs (default: 1000)")
+    parser.add_argument("-j", "--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    parser.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "formats.csv"), help="CSV to write")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        sys.exit("error: this benchmark reads /proc/<pid>/smaps_rollup, which only Linux 4.14 or later has.")
+    if args.workers < 1 or args.images < 4 * args.batch_size:
+        sys.exit("error: give -j 1 or more and --images of at least four batches.")
+    with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:
+        report(run(args, work), args.out)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
