@@ -301,7 +301,8 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     t0 = time.perf_counter()
     source = model_loading.ModelSource(args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
                                        args.unsafe_load)
-    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
+    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers,
+                                 interpolation=args.interpolation)
     prep = inference.prepare(source, cfg, ctx, root=args.data, speed=inference.speed_config(args))
     if ctx.is_main:
         print(inference.header(prep, source, ctx), flush=True)

@@ -171,6 +171,8 @@ class DataConfig:
     bad_log: BadImageLog | None = None
     augment: transforms.AugmentConfig | None = None
     fast: bool = False
+    interpolation: str = "bilinear"  # of the eval resize
+    norm: transforms.Normalization = transforms.IMAGENET  # of the classic pipeline (fast: on the device)
 
     def train_augment(self) -> transforms.AugmentConfig:
         return self.augment or transforms.AugmentConfig(crop_size=self.train_crop_size)
@@ -178,8 +180,8 @@ class DataConfig:
 
 def build_transforms(cfg: DataConfig):
     """(training transform, evaluation transform) of ``cfg``; for synthetic PIL images first to uint8 if fast."""
-    train_tf = transforms.train_transform(cfg.train_augment(), cfg.fast)
-    val_tf = transforms.eval_transform(cfg.val_resize_size, cfg.val_crop_size, cfg.fast)
+    train_tf = transforms.train_transform(cfg.train_augment(), cfg.fast, cfg.norm)
+    val_tf = transforms.eval_transform(cfg.val_resize_size, cfg.val_crop_size, cfg.fast, cfg.interpolation, cfg.norm)
     if cfg.fast and cfg.dummy:
         return v2.Compose([v2.PILToTensor(), train_tf]), v2.Compose([v2.PILToTensor(), val_tf])
     return train_tf, val_tf
