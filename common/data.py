@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from common import transforms
+from common import transforms, valprep
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, load_rgb
@@ -80,7 +80,8 @@ class ImageFolderWithPaths(datasets.ImageFolder):
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
         if not classes:
-            raise UserError(f"{directory!r} has no class folders; {LAYOUT_HELP}.")
+            flat = valprep.flat_folder_error(directory)  # images but no class folders: an unsorted ImageNet val/?
+            raise UserError(flat or f"{directory!r} has no class folders; {LAYOUT_HELP}.")
         return classes, {name: i for i, name in enumerate(classes)}
 
     def __getitem__(self, index: int):
