@@ -14,7 +14,18 @@ predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png wr
     python test.py --ckpt state_dict.pth -a resnet18 --data /data/flowers --val-resize-size 64 --val-crop-size 56
     torchrun --nproc_per_node 4 test.py --ckpt model_best.pth.tar --data /imagenet --output-dir runs/eval
 
-The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
+Evaluation held against published numbers: --pretrained evaluates with the weights' own resize, crop, interpolation
+and normalisation (ResNet-50's DEFAULT: 232/224); test-time augmentation; several resolutions in one pass over the
+files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index:
+
+    python test.py --pretrained -a resnet50 --data /imagenet
+    python test.py --ckpt model_best.pth.tar --data /imagenet --tta flip
+    python test.py --ckpt model_best.pth.tar --data /imagenet --val-crop-size 224 256 288 --crop-pct 0.875
+    python test.py --pretrained -a resnet50 --data /imagenet --real-labels real.json
+    python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
+
+The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
+where they come from. A flat ImageNet val folder is sorted by `python -m common.valprep`. Whole pickled models (torch.save(model)) are refused
 unless --unsafe-load is given, because loading them runs arbitrary code.
 
 List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:

@@ -140,10 +140,11 @@ def resolve(flags: EvalFlags, train_args: dict[str, Any] | None = None, weights:
 
 
 def _source(origins: dict[str, str]) -> str:
-    """``X`` when every field comes from X, else ``X; resize from --val-resize-size, ...`` (X: the sizes' base)."""
-    counts: dict[str, int] = {}
-    for origin in origins.values():
-        counts[origin] = counts.get(origin, 0) + 1
-    main = max(counts, key=lambda o: (not o.startswith("--"), counts[o]))
-    others = [f"{field} from {origin}" for field, origin in origins.items() if origin != main]
-    return "; ".join([main, *others])
+    """Where the sizes come from (the first field not set by a flag names it), then the fields that come from
+    elsewhere, grouped: ``x.pth; interpolation, mean, std from the ImageNet defaults``."""
+    main = next((o for o in origins.values() if not o.startswith("--")), origins["resize"])
+    groups: dict[str, list[str]] = {}
+    for field, origin in origins.items():
+        if origin != main:
+            groups.setdefault(origin, []).append(field)
+    return "; ".join([main, *(f"{', '.join(fields)} from {origin}" for origin, fields in groups.items())])
