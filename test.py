@@ -25,8 +25,8 @@ files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's fold
     python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
 
 The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
-where they come from. A flat ImageNet val folder is sorted by `python -m common.valprep`. Whole pickled models (torch.save(model)) are refused
-unless --unsafe-load is given, because loading them runs arbitrary code.
+where they come from. A flat ImageNet val folder is sorted by `python -m common.valprep`. Whole pickled models
+(torch.save(model)) are refused unless --unsafe-load is given, because loading them runs arbitrary code.
 
 List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:
 
