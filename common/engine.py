@@ -546,7 +546,7 @@ def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, 
                 faults.CheckpointTimer(cfg.checkpoint_interval), faults.planned_fault(ctx.rank))
     record, val, seen = EpochRecorder(log, cfg, start.best_acc1), None, set()
     if cfg.save_samples and ctx.is_main:
-        save_samples(run.train_loader, start.epoch, os.path.join(cfg.output_dir, SAMPLES_NAME))
+        save_samples(run.train_loader, start.epoch, os.path.join(cfg.output_dir, SAMPLES_NAME), norm=run.norm)
     try:
         for epoch in range(start.epoch, cfg.epochs):
             signum = stop.agreed(ctx)
@@ -562,7 +562,8 @@ def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, 
 SAMPLES_NAME = "train_samples.png"
 
 
-def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> None:
+def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32,
+                 norm: transforms.Normalization = transforms.IMAGENET) -> None:
     """The first training batch of ``epoch`` (at most ``count`` images), augmented exactly as training will see it
     before MixUp/CutMix, as a grid of 8 images per row."""
     loader.sampler.set_epoch(epoch)
@@ -571,8 +572,7 @@ def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> 
     if images.dtype == torch.uint8:
         images = images.float() / 255
     else:  # normalised floats: undo the normalisation for display
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD))
-        # (the classic pipeline of a run from weights with another mean/std shows slightly off colours here)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (norm.mean, norm.std))
         images = (images * std + mean).clamp(0, 1)
     torchvision.utils.save_image(images, path, nrow=8, padding=2)
     print(f"=> {len(keys)} augmented training images of epoch {epoch} saved to {path}", flush=True)
