@@ -51,10 +51,16 @@ def test_pretrained_eval_transform_is_the_weights_own(name, arch, photo):
     assert off.max() <= 2.01 and (off > 0.5).float().mean() < 0.03
 
 
-def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation():
+def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation(tmp_path, monkeypatch, photo):
     prep = model_loading.eval_preprocess(loaded_as_pretrained("ghostnet"), preprocess.EvalFlags())
     assert (prep.resize, prep.crop, prep.interpolation, prep.norm) == (256, 224, "bilinear", transforms.IMAGENET)
-    assert "GhostNet" in prep.source
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = models.cache_path(models.weights_url("ghostnet"))
+    os.makedirs(os.path.dirname(cached))
+    torch.save(models.create_model("ghostnet", 1000).state_dict(), cached)  # random stand-in for the release
+    photo.save(tmp_path / "a.png")
+    _, printed = call_main("test.py", "--pretrained", "-a", "ghostnet", str(tmp_path / "a.png"), "-j", "0")
+    assert "Resize(256, bilinear, antialias) + CenterCrop(224); normalise on device (from GhostNet's official" in printed
 
 
 def test_flags_win_over_the_weights_and_the_source_names_them():
