@@ -60,7 +60,7 @@ def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation(tm
     torch.save(models.create_model("ghostnet", 1000).state_dict(), cached)  # random stand-in for the release
     photo.save(tmp_path / "a.png")
     _, printed = call_main("test.py", "--pretrained", "-a", "ghostnet", str(tmp_path / "a.png"), "-j", "0")
-    assert "Resize(256, bilinear, antialias) + CenterCrop(224); normalise on device (from GhostNet's official" in printed
+    assert "Resize(256, bilinear, antialias) + CenterCrop(224); normalise on device (from GhostNet's" in printed
 
 
 def test_flags_win_over_the_weights_and_the_source_names_them():
