@@ -336,7 +336,8 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
 def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
     t0 = time.perf_counter()
     source = inference.model_source(args)
-    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers)
+    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers,
+                                 interpolation=args.interpolation)
     prep = inference.prepare(source, cfg, ctx, root=args.data, speed=inference.speed_config(args))
     if ctx.is_main:
         print(inference.header(prep, source, ctx), flush=True)

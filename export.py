@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from common import data, files, inference, model_loading, models, onnx_model, options, transforms
+from common import data, files, inference, model_loading, models, onnx_model, options, preprocess, transforms
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
@@ -136,20 +136,20 @@ def generated_pixels(n: int, crop: int) -> torch.Tensor:
     return (smooth + 12 * torch.randn(n, 3, crop, crop, generator=gen)).round().clamp(0, 255).to(torch.uint8)
 
 
-def data_pixels(root: str, n: int, resize: int, crop: int, workers: int | None) -> torch.Tensor:
+def data_pixels(root: str, n: int, prep: preprocess.EvalPreprocess, workers: int | None) -> torch.Tensor:
     """The first ``n`` images of the labelled folder ``root`` through the project's eval transform, as uint8."""
-    dataset = data.image_folder(inference.labelled_dir(root), transforms.eval_transform(resize, crop), fast=True)
+    dataset = data.image_folder(inference.labelled_dir(root), prep.transform(fast=True), fast=True)
     subset = Subset(dataset, range(min(n, len(dataset))))
     loader = DataLoader(subset, batch_size=len(subset), num_workers=data.default_workers() if workers is None
                         else min(workers, len(subset)))
     return next(iter(loader))[0]
 
 
-def reference_logits(model: nn.Module, pixels: torch.Tensor, arch: str, crop: int) -> torch.Tensor:
-    """The PyTorch model's fp32 logits on ``pixels``, normalised as test.py does; a size it cannot take is refused."""
+def reference_logits(model: nn.Module, batch: torch.Tensor, arch: str, crop: int) -> torch.Tensor:
+    """The PyTorch model's fp32 logits on the normalised ``batch``; a size it cannot take is refused."""
     try:
         with torch.inference_mode():
-            return models.logits_of(model(transforms.to_model_input(pixels, torch.device("cpu")))).float()
+            return models.logits_of(model(batch)).float()
     except RuntimeError as exc:
         raise UserError(f"{arch} cannot run on {crop}x{crop} px inputs ({str(exc).splitlines()[0][:120]}); pass a "
                         "larger --val-crop-size (and --val-resize-size).") from None
@@ -220,9 +220,9 @@ def export_program(net: Deployable, example: torch.Tensor, meta: dict[str, Any])
     return buffer.getvalue()
 
 
-def run_exported(blob: bytes, target: Target, pixels: torch.Tensor) -> torch.Tensor:
-    """The exported file's logits on ``pixels`` (uint8, or normalised first for a float input), read from ``blob``."""
-    feed = pixels if target.uint8 else transforms.to_model_input(pixels, torch.device("cpu"))
+def run_exported(blob: bytes, target: Target, pixels: torch.Tensor, norm: transforms.Normalization) -> torch.Tensor:
+    """The exported file's logits on ``pixels`` (uint8, or normalised with ``norm`` for a float input)."""
+    feed = pixels if target.uint8 else transforms.to_model_input(pixels, torch.device("cpu"), norm=norm)
     if target.fmt == "onnx":
         import onnxruntime as ort
 
@@ -247,19 +247,20 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     """Load, export, check and write; return what the footer reports (for callers such as tests)."""
     source = inference.model_source(args)
     loaded = model_loading.load_model(source)
-    resize, crop = model_loading.eval_sizes(loaded.train_args, args.val_resize_size, args.val_crop_size)
-    sizes = {"resize": resize, "crop": crop, "mean": tuple(loaded.train_args.get("mean") or transforms.IMAGENET_MEAN),
-             "std": tuple(loaded.train_args.get("std") or transforms.IMAGENET_STD),
-             "interpolation": loaded.train_args.get("interpolation") or "bilinear"}
+    flags = preprocess.EvalFlags(args.val_resize_size, args.val_crop_size, args.interpolation)
+    prep = model_loading.eval_preprocess(loaded, flags, source.path)
+    sizes = {"resize": prep.resize, "crop": prep.crop, "mean": prep.mean, "std": prep.std,
+             "interpolation": prep.interpolation}
     folded = models.fold_batchnorm(loaded.model) if args.fold_bn else None
     net = Deployable(folded or loaded.model, sizes["mean"], sizes["std"], target.uint8).eval()
     n = args.batch_size or CHECK_IMAGES
-    pixels = data_pixels(args.data, n, resize, crop, args.workers) if args.data else generated_pixels(n, crop)
-    reference = reference_logits(loaded.model, pixels, loaded.arch, crop)
+    pixels = data_pixels(args.data, n, prep, args.workers) if args.data else generated_pixels(n, prep.crop)
+    reference = reference_logits(loaded.model, transforms.to_model_input(pixels, torch.device("cpu"), norm=prep.norm),
+                                 loaded.arch, prep.crop)
     meta = metadata(loaded, source, target, sizes, folded is not None)
     print(header(loaded, source, target, meta), flush=True)
     example = pixels[:2] if len(pixels) >= 2 else pixels.expand(2, -1, -1, -1)  # batch 1 would fix the dimension
-    example = example if target.uint8 else transforms.to_model_input(example, torch.device("cpu"))
+    example = example if target.uint8 else transforms.to_model_input(example, torch.device("cpu"), norm=prep.norm)
     t0 = time.perf_counter()
     try:
         blob = export_onnx(net, example, target, meta) if target.fmt == "onnx" else export_program(net, example, meta)
@@ -269,16 +270,19 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     result = {"path": target.path, "bytes": len(blob), "seconds": seconds, "metadata": meta}
     if not args.no_check:
-        result.update(check(blob, target, pixels, reference, args.tolerance, "--data" if args.data else "generated"))
+        where = "--data" if args.data else "generated"
+        result.update(check(blob, target, (pixels, prep.norm), reference, args.tolerance, where))
     files.write_atomically(target.path, lambda f: f.write(blob))
     print(f"=> wrote {target.path} ({len(blob) / 2**20:.1f} MiB, exported in {seconds:.1f} s)", flush=True)
     return result
 
 
-def check(blob: bytes, target: Target, pixels: torch.Tensor, reference: torch.Tensor, tolerance: float,
-          where: str) -> dict[str, Any]:
-    """Run the exported bytes against the PyTorch logits; print the comparison; refuse a model that differs."""
-    exported = run_exported(blob, target, pixels)
+def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.Normalization],
+          reference: torch.Tensor, tolerance: float, where: str) -> dict[str, Any]:
+    """Run the exported bytes on ``inputs`` (uint8 pixels and their normalisation) against the PyTorch logits; print
+    the comparison; refuse a model that differs."""
+    pixels = inputs[0]
+    exported = run_exported(blob, target, *inputs)
     if exported.shape != reference.shape:
         raise UserError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
                         f"{tuple(reference.shape)}, so {target.path} was not written; this is a bug of the export.")

@@ -59,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that can fail on the user's input, before any model is built."""
+    args.pretrained = args.pretrained or not args.weights  # the backbone is ImageNet's unless --weights
     options.check_training_args(args, models.available_archs())
     if distributed.torchrun_env() is not None:
         raise UserError("network.py trains in one process (the frozen backbone's features are cheap to reuse); "
@@ -78,7 +79,8 @@ def check_args(args: argparse.Namespace) -> None:
 def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str]]:
     """train/ and val/ with the same class folders; train/ uses the eval transform unless --train-augment."""
     cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size,
-                          bad_log=data.BadImageLog(args.bad_images))
+                          bad_log=data.BadImageLog(args.bad_images), interpolation=args.interpolation,
+                          norm=engine.normalization(args))
     train_set, val_set, classes = data.build_datasets(cfg)
     if not args.train_augment:
         train_set.transform = val_set.transform  # deterministic: an image's features are the same every epoch
@@ -197,11 +199,11 @@ def cache_loaders(args: argparse.Namespace, run: engine.Run, head_name: str, tra
     t0 = time.time()
     ordered = data.ordered_loader(train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
-                                   engine.PassConfig("Features train: ", args.print_freq), stop)
+                                   engine.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop)
     if train_feats is None:
         return None
     val_feats = extract_features(run.model, head_name, run.val_loader, ctx,
-                                 engine.PassConfig("Features val: ", args.print_freq), stop)
+                                 engine.PassConfig("Features val: ", args.print_freq, norm=run.norm), stop)
     size_mb = (train_feats.features.nbytes + val_feats.features.nbytes) / 2**20
     print(f"=> features of {len(train_feats)} train + {len(val_feats)} val images cached in {time.time() - t0:.1f} "
           f"s ({tuple(train_feats.features.shape[1:])} each, {size_mb:.1f} MiB)", flush=True)
@@ -222,7 +224,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
                                         args.lr_step_size, args.lr_gamma)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
     run = engine.Run(model, train_loader, val_loader, criterion, optimizer,
-                     schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None))
+                     schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None),
+                     norm=engine.normalization(args))
     return run, head_name, train_set
 
 
@@ -238,7 +241,8 @@ def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_nam
     trained = models.count_params(head)
     source = args.weights or "ImageNet weights"
     transform = (f"RandomResizedCrop {args.train_crop_size} + flip" if args.train_augment else
-                 f"Resize {args.val_resize_size} + CenterCrop {args.val_crop_size}")
+                 f"Resize {args.val_resize_size} ({args.interpolation}) + CenterCrop {args.val_crop_size}, from "
+                 f"{args.preprocess_source}")
     return (f"=> {args.arch} from {source}, new head {head_name} ({head}) | "
             f"{(models.count_params(run.model) - trained) / 1e6:.2f} M params frozen, {trained / 1e3:.2f} k trained"
             f" | data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images "
@@ -275,7 +279,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
         trained = trainee(run, head_name)
         if args.evaluate:
             stop.uninstall()  # nothing to save: a signal may stop the evaluation at once
-            val = engine.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq)
+            val = engine.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq, norm=run.norm)
             return {"best_acc1": val.top1, "best_epoch": None, "val": val}
         run.step = TrainStep(trained.module, run.criterion, run.optimizer, run.scheduler, run.precision)
         return engine.train_loop(run, ctx, loop_config(args), start, trained, stop)

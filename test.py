@@ -20,8 +20,19 @@ and eval sizes of its metadata; a foreign ONNX classifier takes its classes from
     python test.py --model model.onnx --data /data/flowers --output-dir runs/eval_onnx
     python test.py --model other.onnx --classes classes.txt photo1.jpg
 
-The eval sizes default to those recorded in the checkpoint. Whole pickled models (torch.save(model)) are refused
-unless --unsafe-load is given, because loading them runs arbitrary code.
+Evaluation held against published numbers: --pretrained evaluates with the weights' own resize, crop, interpolation
+and normalisation (ResNet-50's DEFAULT: 232/224); test-time augmentation; several resolutions in one pass over the
+files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index:
+
+    python test.py --pretrained -a resnet50 --data /imagenet
+    python test.py --ckpt model_best.pth.tar --data /imagenet --tta flip
+    python test.py --ckpt model_best.pth.tar --data /imagenet --val-crop-size 224 256 288 --crop-pct 0.875
+    python test.py --pretrained -a resnet50 --data /imagenet --real-labels real.json
+    python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
+
+The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
+where they come from. A flat ImageNet val folder is sorted by `python -m common.valprep`. Whole pickled models
+(torch.save(model)) are refused unless --unsafe-load is given, because loading them runs arbitrary code.
 
 List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:
 
@@ -40,21 +51,23 @@ import sys
 
 import torch
 
-from common import data, distributed, faults, figures, files, images, inference, metrics, options
+from common import data, distributed, faults, figures, files, images, inference, labels, metrics, options
 from common import process
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
 CONFUSION_CSV_NAME, CONFUSION_PNG_NAME = "confusion_matrix.csv", "confusion_matrix.png"
+RESOLUTIONS_NAME = "resolutions.csv"
 MAX_PRINTED_CLASSES = 30  # above this, only the classes with the lowest recall are printed (all are in the CSV)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
-        parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
-                 options.inference_parser(), options.speed_parser(), options.check_data_parser(),
-                 options.device_parser(), options.process_group_parser()])
+        parents=[options.data_parser(training=False, multi_size=True),
+                 options.model_parser(default_arch=None, dropout=False), options.inference_parser(),
+                 options.speed_parser(), options.check_data_parser(), options.device_parser(),
+                 options.process_group_parser()])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
     parser.add_argument("--topk", type=options.POSITIVE_INT, default=5, metavar="K",
                         help="classes shown per image (default: 5)")
@@ -63,6 +76,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="evaluate only the first N images of the folder (default: all)")
     parser.add_argument("--output-dir", default=".", metavar="DIR",
                         help="where the CSV files and the confusion matrix PNG go (default: current directory)")
+    parser.add_argument("--tta", choices=inference.TTA_MODES, default="none",
+                        help="test-time augmentation, the mean of the views' logits: flip = the image and its mirror; "
+                             "five-crop = the four corner crops and the centre one of the resized image; ten-crop = "
+                             "those five and their mirrors (default: none)")
+    parser.add_argument("--real-labels", default=None, metavar="JSON",
+                        help="ImageNet-ReaL labels (real.json: one list of class indices per val image, in "
+                             "ILSVRC2012_val_00000001... order): ReaL top-1 is reported next to top-1, over the "
+                             "images that have a ReaL label")
+    parser.add_argument("--class-map", default=None, metavar="index|JSON",
+                        help="the model's class of each class folder: 'index' for folders named by class index "
+                             "(ImageNet-V2: 0..999), or a JSON file {folder: class name or index}")
     return parser
 
 
@@ -83,6 +107,9 @@ def check_args(args: argparse.Namespace) -> None:
                         "--output-dir receives.")
     if args.check_data and args.json:
         raise UserError("--check-data prints a plain list of unreadable files; drop --json.")
+    if not args.data and (args.real_labels or args.class_map or args.crop_pct or len(args.val_crop_size or []) > 1):
+        raise UserError("--real-labels, --class-map and several resolutions are for a labelled folder: add --data DIR.")
+    inference.check_sizes(loader_config(args))
     if args.data and not args.check_data:
         files.check_output_dir(args.output_dir)
 
@@ -207,24 +234,66 @@ def report_folder(preds: inference.Predictions, prep: inference.Prepared, out: s
     return {**stats, "unreadable": len(unreadable), "confusion": cm}
 
 
+def loader_config(args: argparse.Namespace) -> inference.LoaderConfig:
+    sizes = [tuple(v) if v else None for v in (args.val_resize_size, args.val_crop_size)]
+    return inference.LoaderConfig(*sizes, args.batch_size, args.workers, args.limit, args.interpolation,
+                                  args.crop_pct, args.tta)
+
+
+def write_resolutions(out: str, rows: list[dict]) -> None:
+    """resolutions.csv: one row per evaluated resolution."""
+    keys = [k for k in rows[0] if k != "confusion"]
+    table = files.csv_bytes(keys, ([r[k] for k in keys] for r in rows))
+    files.write_atomically(os.path.join(out, RESOLUTIONS_NAME), lambda f: f.write(table))
+
+
+def report_resolutions(all_preds: list[inference.Predictions], prep: inference.Prepared, out: str) -> list[dict]:
+    """Several resolutions: one printed line and one row of resolutions.csv per size; the per-image and per-class
+    files are those of the first size."""
+    rows = []
+    for preds, p in zip(all_preds, prep.preps):
+        stats = summary(preds.ok)
+        rows.append({"resize": p.resize, "crop": p.crop, **{k: round(v, 6) if isinstance(v, float) else v
+                                                            for k, v in stats.items()}})
+        print(f" * {p.resize}/{p.crop} (resize/crop): Acc@1 {stats['top1']:.3f} Acc@5 {stats['top5']:.3f} "
+              f"Loss {stats['loss']:.4f} on {stats['images']} images")
+    write_resolutions(out, rows)
+    print(f"=> wrote {RESOLUTIONS_NAME}; the files below are for {prep.preps[0].resize}/{prep.preps[0].crop}")
+    return rows
+
+
 def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list | None:
     source = inference.model_source(args)
-    cfg = inference.LoaderConfig(args.val_resize_size, args.val_crop_size, args.batch_size, args.workers, args.limit)
-    prep = inference.prepare(source, cfg, ctx, root=args.data, images=args.images, speed=inference.speed_config(args))
+    class_map = labels.read_class_map(args.class_map) if args.class_map else None
+    prep = inference.prepare(source, loader_config(args), ctx, root=args.data, images=args.images,
+                             speed=inference.speed_config(args), class_map=class_map)
+    real = None
+    if args.real_labels:
+        real = labels.read_real(args.real_labels, prep.dataset.base.samples, len(prep.classes))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
     if ctx.is_main:
         print(inference.header(prep, source, ctx), file=log, flush=True)
     k = min(args.topk, len(prep.classes))
     try:
-        local = inference.predict(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
+        local = inference.predict_all(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
     except faults.Interrupted as exc:
         raise exc.then("nothing was written: run the same command again.") from None
-    preds = inference.gather(local, ctx)
+    all_preds = [inference.gather(part, ctx) for part in local]
     if not ctx.is_main:
         return None
-    result = report_folder(preds, prep, args.output_dir) if args.data else image_results(preds, prep, k)
+    preds = all_preds[0]
     if not args.data:
+        result = image_results(preds, prep, k)
         print_images(result, args.json)
+    else:
+        sizes = report_resolutions(all_preds, prep, args.output_dir) if len(all_preds) > 1 else None
+        result = report_folder(preds, prep, args.output_dir)
+        result = {**result, **({"resolutions": sizes} if sizes else {})}
+        if real is not None:
+            ok = preds.ok
+            result = {**result, **labels.real_accuracy(ok.paths, ok.top_idx[:, 0], real)}
+            print(f" * ReaL Acc@1 {result['real_top1']:.3f} on {result['real_images']} images with a ReaL label "
+                  f"(Acc@1 {result['top1']:.3f} on all {result['images']})")
     print(inference.timing_line(preds, prep, ctx.device), file=log, flush=True)
     return result
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
 from benchmarks.benchlib import make_class_folder  # noqa: E402
-from common import data, distributed, inference, model_loading, models, options, transforms  # noqa: E402
+from common import data, distributed, inference, model_loading, models, options, preprocess  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -59,8 +59,7 @@ def original_loop(ckpt: str, folder: str, out: str, device: torch.device) -> tup
     """The original script: one image at a time, PIL + transform + model(batch of 1) + argmax + shutil.copy."""
     loaded = model_loading.load_model(model_loading.ModelSource(ckpt))
     model = loaded.model.to(device).eval()
-    resize, crop = model_loading.eval_sizes(loaded.train_args, None, None)
-    transform = transforms.eval_transform(resize, crop, fast=False)
+    transform = model_loading.eval_preprocess(loaded, preprocess.EvalFlags()).transform(fast=False)
     dataset = data.image_folder(folder, None)
     with torch.no_grad():
         for path, target in dataset.samples:

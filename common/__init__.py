@@ -19,7 +19,9 @@ Data
     samples        a dataset's sample list in numpy arrays, shared by loader workers without copies
     images         decoding any image file into RGB, or naming why it cannot be decoded
     transforms     the uint8 training and evaluation pipelines and per-batch normalisation
+    preprocess     each model's eval resize, crop, interpolation and normalisation (its weights' own), and their source
     demo           the generated six-class dataset of ``--demo``
+    valprep        ``python -m common.valprep VAL_DIR``: a flat ImageNet val folder sorted into class folders
 
 Models
     models         create_model for torchvision classifiers and GhostNet, heads, parameter and MAC counts
@@ -38,6 +40,7 @@ Training
 
 Prediction
     inference      batched prediction over a folder or a list of files (test.py, classify_test_data.py, export.py)
+    labels         ImageNet-ReaL labels and class maps for folders named by index (ImageNet-V2)
 
 Output
     files          output folders and atomic writes of reports, CSV bytes

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from common import transforms
+from common import transforms, valprep
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, decode_rgb, load_rgb
@@ -84,7 +84,8 @@ class ImageFolderWithPaths(datasets.ImageFolder):
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
         if not classes:
-            raise UserError(f"{directory!r} has no class folders; {LAYOUT_HELP}.")
+            flat = valprep.flat_folder_error(directory)  # images but no class folders: an unsorted ImageNet val/?
+            raise UserError(flat or f"{directory!r} has no class folders; {LAYOUT_HELP}.")
         return classes, {name: i for i, name in enumerate(classes)}
 
     def __getitem__(self, index: int):
@@ -249,6 +250,8 @@ class DataConfig:
     bad_log: BadImageLog | None = None
     augment: transforms.AugmentConfig | None = None
     fast: bool = False
+    interpolation: str = "bilinear"  # of the eval resize
+    norm: transforms.Normalization = transforms.IMAGENET  # of the classic pipeline (fast: on the device)
 
     def train_augment(self) -> transforms.AugmentConfig:
         return self.augment or transforms.AugmentConfig(crop_size=self.train_crop_size)
@@ -256,8 +259,8 @@ class DataConfig:
 
 def build_transforms(cfg: DataConfig):
     """(training transform, evaluation transform) of ``cfg``; for synthetic PIL images first to uint8 if fast."""
-    train_tf = transforms.train_transform(cfg.train_augment(), cfg.fast)
-    val_tf = transforms.eval_transform(cfg.val_resize_size, cfg.val_crop_size, cfg.fast)
+    train_tf = transforms.train_transform(cfg.train_augment(), cfg.fast, cfg.norm)
+    val_tf = transforms.eval_transform(cfg.val_resize_size, cfg.val_crop_size, cfg.fast, cfg.interpolation, cfg.norm)
     if cfg.fast and cfg.dummy:
         return v2.Compose([v2.PILToTensor(), train_tf]), v2.Compose([v2.PILToTensor(), val_tf])
     return train_tf, val_tf

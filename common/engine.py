@@ -85,6 +85,7 @@ class Run:
     step: TrainStep | None = None
     ema: optim.ModelEma | None = None
     precision: Precision = dataclasses.field(default_factory=Precision)
+    norm: transforms.Normalization = transforms.IMAGENET  # what uint8 batches are normalised with
 
 
 @dataclass
@@ -136,6 +137,7 @@ class PassConfig:
     prefix: str
     print_freq: int = 10
     channels_last: bool = False
+    norm: transforms.Normalization = transforms.IMAGENET
 
 
 @dataclass
@@ -187,7 +189,7 @@ def run_epoch(loader: DataLoader, forward: Forward, ctx: DistContext, show: Pass
         images, target, _paths = batch
         if control is not None:
             control.before_step(i)
-        images = transforms.to_model_input(images, ctx.device, show.channels_last)
+        images = transforms.to_model_input(images, ctx.device, show.channels_last, norm=show.norm)
         target = target.to(ctx.device, non_blocking=True)
         output, loss = forward(images, target)
         n = target.size(0)
@@ -209,7 +211,8 @@ def run_epoch(loader: DataLoader, forward: Forward, ctx: DistContext, show: Pass
 
 
 def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: DistContext,
-             print_freq: int = 10, precision: Precision | None = None, label: str = "") -> EpochStats:
+             print_freq: int = 10, precision: Precision | None = None, label: str = "",
+             norm: transforms.Normalization = transforms.IMAGENET) -> EpochStats:
     """Exact validation: the bare model with rank 0's buffers; each image counted once over all ranks."""
     precision = precision or Precision()
     bare = checkpoint.unwrap(model)
@@ -217,7 +220,7 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, ctx: Di
     bare.eval()
     with torch.inference_mode():
         stats = run_epoch(loader, eval_forward(bare, criterion, precision), ctx,
-                          PassConfig(f"Test{label}: ", print_freq, precision.channels_last))
+                          PassConfig(f"Test{label}: ", print_freq, precision.channels_last, norm))
     if ctx.is_main:
         print(f" *{label} Acc@1 {stats.top1:.3f} Acc@5 {stats.top5:.3f} Loss {stats.loss:.4f} "
               f"on {stats.images} images", flush=True)
@@ -233,7 +236,8 @@ def train_one_epoch(run: Run, trainee: Trainee, ctx: DistContext, print_freq: in
     sampler.set_start(control.first_step)
     trainee.train_mode()
     return run_epoch(run.train_loader, run.step, ctx,
-                     PassConfig(f"Epoch: [{control.epoch}]", print_freq, run.step.precision.channels_last), control)
+                     PassConfig(f"Epoch: [{control.epoch}]", print_freq, run.step.precision.channels_last, run.norm),
+                     control)
 
 
 def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
@@ -261,7 +265,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
     step = TrainStep(model, criterion, optimizer, scheduler, precision, args.accum_steps, args.clip_grad_norm,
                      optim.build_mix(args.mixup_alpha, args.cutmix_alpha, len(classes)), ema)
-    return Run(model, train_loader, val_loader, criterion, optimizer, scheduler, classes, bad_log, step, ema, precision)
+    return Run(model, train_loader, val_loader, criterion, optimizer, scheduler, classes, bad_log, step, ema, precision,
+               normalization(args))
 
 
 def check_batchnorm_batch(model: nn.Module, num_samples: int, global_batch: int, world_size: int,
@@ -288,13 +293,19 @@ def check_batchnorm_batch(model: nn.Module, num_samples: int, global_batch: int,
 
 def augment_config(args: argparse.Namespace) -> transforms.AugmentConfig:
     return transforms.AugmentConfig(args.train_crop_size, args.rrc_scale, args.rrc_ratio, args.hflip,
-                                    args.auto_augment, args.color_jitter, args.random_erase)
+                                    args.auto_augment, args.color_jitter, args.random_erase, args.interpolation)
+
+
+def normalization(args: argparse.Namespace) -> transforms.Normalization:
+    """The mean and std that ``options.fill_size_defaults`` chose (the starting weights' own, or ImageNet's)."""
+    return transforms.Normalization(args.mean, args.std)
 
 
 def data_config(args: argparse.Namespace, bad_log: data.BadImageLog) -> data.DataConfig:
     """The datasets the flags ask for: folder or synthetic, sizes, augmentation, uint8 or classic pipeline."""
     return data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size,
-                           bad_log=bad_log, augment=augment_config(args), fast=args.uint8_pipeline)
+                           bad_log=bad_log, augment=augment_config(args), fast=args.uint8_pipeline,
+                           interpolation=args.interpolation, norm=normalization(args))
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
@@ -358,8 +369,10 @@ def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
              f" ({data.describe_source(args.data, args.dummy)}); {ctx.world_size} process(es) on {ctx.device.type}"
              f" ({type(getattr(run.model, '_orig_mod', run.model)).__name__}); {run.precision.describe()}"
              f"{', torch.compile' if args.compile else ''}; output {args.output_dir}")
+    evaluation = transforms.describe_eval(args.val_resize_size, args.val_crop_size, args.uint8_pipeline,
+                                          args.interpolation, normalization(args))
     pipeline = (f"=> input: {transforms.describe(augment_config(args), args.uint8_pipeline)}; "
-                f"{transforms.describe_eval(args.val_resize_size, args.val_crop_size, args.uint8_pipeline)}")
+                f"{evaluation} (from {args.preprocess_source})")
     return "\n".join([model, where, pipeline, optimisation_line(args, run)])
 
 
@@ -422,7 +435,7 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     if args.profile_input:
         return profile_input(run, ctx, args.profile_input)
     if args.evaluate:
-        val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq, run.precision)
+        val = evaluate(run.model, run.val_loader, run.criterion, ctx, args.print_freq, run.precision, norm=run.norm)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
     return train_loop(run, ctx, loop_config(args, log_name), start)
 
@@ -546,10 +559,11 @@ class EpochRecorder:
 
 def validate(run: Run, trainee: Trainee, ctx: DistContext, print_freq: int) -> tuple[EpochStats, EpochStats | None]:
     """Validation of what is trained, and of the EMA weights when kept."""
-    val = evaluate(trainee.module, run.val_loader, run.criterion, ctx, print_freq, run.precision)
+    val = evaluate(trainee.module, run.val_loader, run.criterion, ctx, print_freq, run.precision, norm=run.norm)
     if run.ema is None:
         return val, None
-    return val, evaluate(run.ema.module, run.val_loader, run.criterion, ctx, print_freq, run.precision, " EMA")
+    return val, evaluate(run.ema.module, run.val_loader, run.criterion, ctx, print_freq, run.precision, " EMA",
+                         run.norm)
 
 
 def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
@@ -587,7 +601,7 @@ def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, 
                 faults.CheckpointTimer(cfg.checkpoint_interval), faults.planned_fault(ctx.rank))
     record, val, seen = EpochRecorder(log, cfg, start.best_acc1), None, set()
     if cfg.save_samples and ctx.is_main:
-        save_samples(run.train_loader, start.epoch, os.path.join(cfg.output_dir, SAMPLES_NAME))
+        save_samples(run.train_loader, start.epoch, os.path.join(cfg.output_dir, SAMPLES_NAME), norm=run.norm)
     try:
         for epoch in range(start.epoch, cfg.epochs):
             signum = stop.agreed(ctx)
@@ -603,7 +617,8 @@ def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, 
 SAMPLES_NAME = "train_samples.png"
 
 
-def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> None:
+def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32,
+                 norm: transforms.Normalization = transforms.IMAGENET) -> None:
     """The first training batch of ``epoch`` (at most ``count`` images), augmented exactly as training will see it
     before MixUp/CutMix, as a grid of 8 images per row."""
     loader.sampler.set_epoch(epoch)
@@ -616,7 +631,7 @@ def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32) -> 
     if images.dtype == torch.uint8:
         images = images.float() / 255
     else:  # normalised floats: undo the normalisation for display
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD))
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (norm.mean, norm.std))
         images = (images * std + mean).clamp(0, 1)
     torchvision.utils.save_image(images, path, nrow=8, padding=2)
     print(f"=> {len(keys)} augmented training images of epoch {epoch} saved to {path}", flush=True)

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import data, faults, models, options, transforms
+from common import data, faults, models, options, preprocess, transforms
 from common.distributed import DistContext
 from common.errors import UserError
 from common.images import BadImage, load_rgb
+from common.labels import ClassMap
 from common.logger import Progress
 from common.meters import AverageMeter
-from common.model_loading import LoadedModel, ModelSource, class_names, display_names, eval_sizes, load_model
+from common.model_loading import LoadedModel, ModelSource, class_names, display_names, eval_preprocess, load_model
 from common.onnx_model import OnnxModel
 from common.precision import Precision, choose_precision
 
@@ -45,23 +46,36 @@ def labelled_dir(root: str) -> str:
     return val if os.path.isdir(val) else root
 
 
-def align_classes(dataset: data.ImageFolderWithPaths, loaded: LoadedModel) -> list[str]:
+def align_classes(dataset: data.ImageFolderWithPaths, loaded: LoadedModel,
+                  class_map: ClassMap | None = None) -> list[str]:
     """Renumber the folder's targets to the model's class indices (matched by name); return the model's classes.
 
-    A model without class names takes the folder's, by position, when the counts agree.
+    ``class_map`` first renames class folders (e.g. ImageNet-V2's ``0``..``999``) to the model's class names. A model
+    without class names takes the folder's, by position, when the counts agree.
     """
     classes = loaded.classes
-    if classes is None:
+    if class_map is not None:
+        classes = class_names(loaded)
+        folders = [class_map.class_of(c, classes) for c in dataset.classes]
+        missing = [c for c, f in zip(dataset.classes, folders) if f is None]
+        if missing:
+            raise UserError(f"the class map names no class for the folder(s) {missing[:5]} of {dataset.root!r}; "
+                            "add them to it.")
+    elif classes is None:
         if len(dataset.classes) != loaded.num_classes:
             raise UserError(f"the model has {loaded.num_classes} outputs but no class names, and {dataset.root!r} "
                             f"has {len(dataset.classes)} class folders; evaluate on the folders it was trained on.")
         return list(dataset.classes)
+    else:
+        folders = list(dataset.classes)
     index = {name: i for i, name in enumerate(classes)}
-    unknown = [c for c in dataset.classes if c not in index]
+    unknown = [c for c in folders if c not in index]
     if unknown:
-        raise UserError(f"{dataset.root!r} has class folders the model does not know ({unknown[:5]}); its classes "
-                        f"are {classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on folders named after them.")
-    remap = [index[c] for c in dataset.classes]
+        what = "the class map names classes" if class_map is not None else f"{dataset.root!r} has class folders"
+        raise UserError(f"{what} the model does not know ({unknown[:5]}); its classes are {classes[:5]}"
+                        f"{'...' if len(classes) > 5 else ''}; " + ("fix the class map." if class_map is not None
+                                                                    else "evaluate on folders named after them."))
+    remap = [index[c] for c in folders]
     dataset.samples = [(path, remap[t]) for path, t in dataset.samples]
     dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
     dataset.classes, dataset.class_to_idx = list(classes), index
@@ -91,13 +105,13 @@ class ImageFiles(Dataset):
 class Readable(Dataset):
     """``(image, target, path, ok)``: an unreadable file yields a blank image and ``ok=False`` instead of a crash.
 
-    The blank image has the transform's output type: uint8 for the fast pipeline (``fast``), float otherwise.
-    ``limit`` keeps only the first images, in the dataset's order.
+    ``blank`` is what an unreadable file yields: zeros shaped and typed as the transform's output (uint8 for the
+    fast pipeline, float otherwise; a tuple of them when the transform gives one image per resolution). ``limit``
+    keeps only the first images, in the dataset's order.
     """
 
-    def __init__(self, base: Dataset, crop_size: int, limit: int | None = None, fast: bool = False) -> None:
-        self.base, self.crop_size = base, crop_size
-        self.dtype = torch.uint8 if fast else torch.float32
+    def __init__(self, base: Dataset, blank: torch.Tensor | tuple[torch.Tensor, ...], limit: int | None = None) -> None:
+        self.base, self.blank = base, blank
         self.length = len(base) if limit is None else min(limit, len(base))
 
     def __len__(self) -> int:
@@ -109,18 +123,43 @@ class Readable(Dataset):
             return image, target, path, True
         except UNREADABLE:
             path, target = self.base.samples[index]
-            return torch.zeros(3, self.crop_size, self.crop_size, dtype=self.dtype), target, path, False
+            return self.blank, target, path, False
+
+
+TTA_MODES = ("none", "flip", "five-crop", "ten-crop")
+
+
+class MultiView:
+    """The eval transforms of several resolutions applied to one decoded image: a tuple, one image per resolution.
+
+    With ``five_crop`` each resolution gives (5, 3, crop, crop): the four corners and the centre of the resized
+    image, as torchvision's FiveCrop.
+    """
+
+    def __init__(self, preps: list[preprocess.EvalPreprocess], fast: bool, five_crop: bool = False) -> None:
+        self.steps = [p.transform(fast, five_crop) for p in preps]
+
+    def __call__(self, image) -> tuple[torch.Tensor, ...]:
+        return tuple(step(image) for step in self.steps)
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """Eval transform sizes (None: the checkpoint's) and batching."""
+    """Eval transform sizes (None: the checkpoint's, else the weights'), batching, resolutions and test-time views.
 
-    resize: int | None = None
-    crop: int | None = None
+    ``resize`` / ``crop`` may list several sizes: one pass over the files evaluates each resolution (``crop`` with
+    one ``resize`` each, or with the resize that ``crop_pct`` gives: crop / crop_pct, rounded down; without either,
+    the crop-to-resize ratio of the model's own preprocessing). ``tta``: one of ``TTA_MODES``.
+    """
+
+    resize: int | tuple[int, ...] | None = None
+    crop: int | tuple[int, ...] | None = None
     batch_size: int | None = None  # None: options.INFER_BATCH_SIZE_GPU, or _CPU on the CPU
     workers: int | None = None
     limit: int | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -168,11 +207,19 @@ class Prepared:
     loader: DataLoader
     classes: list[str]
     names: list[str]
-    resize: int
-    crop: int
+    preps: list[preprocess.EvalPreprocess]  # one per resolution, evaluated in the same pass
     batch_size: int
     workers: int
     source_dir: str | None  # the labelled folder, or None for loose image files
+    tta: str = "none"
+
+    @property
+    def resize(self) -> int:
+        return self.preps[0].resize
+
+    @property
+    def crop(self) -> int:
+        return self.preps[0].crop
 
 
 def on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tuple[nn.Module, Precision, str]:
@@ -191,14 +238,54 @@ def on_device(model: nn.Module, device: torch.device, speed: SpeedConfig) -> tup
     return model, precision, " + ".join(desc)
 
 
+def _as_tuple(sizes: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    return () if sizes is None else (sizes,) if isinstance(sizes, int) else tuple(sizes)
+
+
+def check_sizes(cfg: LoaderConfig) -> None:
+    """Refuse size flags whose combination is ambiguous, before any work (one sentence each)."""
+    crops, resizes = _as_tuple(cfg.crop), _as_tuple(cfg.resize)
+    if cfg.crop_pct is not None and resizes:
+        raise UserError("--crop-pct and --val-resize-size both set the resize size; give one of them.")
+    if len(resizes) > 1 and len(resizes) != len(crops):
+        raise UserError(f"--val-resize-size lists {len(resizes)} sizes for {len(crops)} --val-crop-size value(s); "
+                        "give one resize per crop, or none and --crop-pct.")
+    if len(crops) > 1 and len(resizes) == 1:
+        raise UserError(f"one --val-resize-size {resizes[0]} for {len(crops)} crop sizes is ambiguous; give one "
+                        "resize per crop (--val-resize-size A B C), or --crop-pct to scale it with each crop.")
+
+
+def eval_preprocesses(loaded: LoadedModel, cfg: LoaderConfig, path: str | None) -> list[preprocess.EvalPreprocess]:
+    """The preprocessing of each resolution that ``cfg`` asks for (``check_sizes`` has passed)."""
+    check_sizes(cfg)
+    crops, resizes = _as_tuple(cfg.crop), _as_tuple(cfg.resize)
+    base = eval_preprocess(loaded, preprocess.EvalFlags(interpolation=cfg.interpolation), path)
+    if cfg.crop_pct is None and len(crops) <= 1:
+        flags = preprocess.EvalFlags(resizes[0] if resizes else None, crops[0] if crops else None, cfg.interpolation)
+        return [eval_preprocess(loaded, flags, path)]
+    pct = cfg.crop_pct or base.crop / base.resize
+    rule = f"--crop-pct {cfg.crop_pct:g}" if cfg.crop_pct else f"the crop ratio {base.crop}/{base.resize}"
+    preps = []
+    for i, crop in enumerate(crops or (base.crop,)):
+        resize = resizes[i] if resizes else math.floor(crop / pct + 1e-6)
+        flags = preprocess.EvalFlags(resize, crop, cfg.interpolation, None if resizes else rule)
+        preps.append(eval_preprocess(loaded, flags, path))
+    return preps
+
+
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
-            images: list[str] | None = None, speed: SpeedConfig = SpeedConfig()) -> Prepared:
-    """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files."""
+            images: list[str] | None = None, speed: SpeedConfig = SpeedConfig(),
+            class_map: ClassMap | None = None) -> Prepared:
+    """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files.
+
+    ``class_map`` renames the folder's class folders to the model's classes (``align_classes``)."""
     loaded = load_model(source)
-    resize, crop = eval_sizes(loaded.train_args, cfg.resize, cfg.crop)
+    preps = eval_preprocesses(loaded, cfg, source.path)
     if isinstance(loaded.model, OnnxModel):
-        loaded.model.check_size(crop)
-    transform = transforms.eval_transform(resize, crop, speed.fast)
+        for prep in preps:
+            loaded.model.check_size(prep.crop)
+    five = cfg.tta in ("five-crop", "ten-crop")
+    transform = MultiView(preps, speed.fast, five)
     fmt, root = data.resolve_source(root) if root else (None, None)
     if fmt == "shards":
         raise UserError(f"{root!r} holds WebDataset shards, which are read as a stream, and predictions are reported "
@@ -206,14 +293,16 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     folder = labelled_dir(root) if fmt == "folder" else root
     if fmt in ("parquet", "arrow"):  # the validation split of a Hugging Face dataset
         base = data.table_split(root, "val", transform, speed.fast)
-        classes = align_classes(base, loaded)
+        classes = align_classes(base, loaded, class_map)
     elif folder:
         base = data.image_folder(folder, transform, fast=speed.fast)
-        classes = align_classes(base, loaded)
+        classes = align_classes(base, loaded, class_map)
     else:
         base = ImageFiles(images or [], transform, speed.fast)
         classes = class_names(loaded)
-    dataset = Readable(base, crop, cfg.limit, speed.fast)
+    dtype = torch.uint8 if speed.fast else torch.float32
+    blank = tuple(torch.zeros(*((5,) if five else ()), 3, p.crop, p.crop, dtype=dtype) for p in preps)
+    dataset = Readable(base, blank, cfg.limit)
     cpu = ctx.device.type == "cpu"
     batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
     workers = data.default_workers(ctx.local_world_size) if cfg.workers is None else cfg.workers
@@ -224,18 +313,23 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
                         pin_memory=ctx.device.type == "cuda")
     model, precision, model_desc = on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
-                    display_names(classes), resize, crop, batch, workers, folder)
+                    display_names(classes), preps, batch, workers, folder, cfg.tta)
 
 
 def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
-    """One line saying which model runs on what, at which size, with which batching."""
+    """One line saying which model runs on what, at which size(s) and from where they come, with which batching."""
     what = source.path or f"ImageNet weights of {prep.loaded.arch}"
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
     data_desc = f"{len(prep.dataset)} image(s)" + (
         f" from {prep.source_dir} ({data.describe_source(prep.source_dir)})" if prep.source_dir else "")
+    pipeline = prep.preps[0].describe(prep.fast)
+    if len(prep.preps) > 1:
+        pipeline += "; also " + ", ".join(f"{p.resize}/{p.crop}" for p in prep.preps[1:]) + " (resize/crop)"
+    if prep.tta != "none":
+        pipeline += f"; test-time augmentation: {prep.tta} (mean of the views' logits)"
     params = getattr(prep.loaded.model, "num_params", None) or models.count_params(prep.loaded.model)  # ONNX: its own
     return (f"=> {prep.loaded.arch} from {what}{note}: {params / 1e6:.2f} M params, "
-            f"{len(prep.classes)} classes | {data_desc} | {transforms.describe_eval(prep.resize, prep.crop, prep.fast)}"
+            f"{len(prep.classes)} classes | {data_desc} | {pipeline}"
             f" | {prep.model_desc} | batch {prep.batch_size}, {prep.workers} workers | "
             f"{ctx.world_size} process(es) on {ctx.device.type}")
 
@@ -284,18 +378,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _score(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, k: int, device: torch.device,
-           precision: Precision):
-    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss.
+def _logits(prep: Prepared, images: torch.Tensor, device: torch.device, norm: transforms.Normalization
+            ) -> torch.Tensor:
+    """fp32 logits of one resolution's batch, averaged over its test-time views: a (N, 5, 3, H, W) batch holds five
+    crops per image; ``flip`` and ``ten-crop`` add each view's mirror image."""
+    n, five = images.shape[0], images.dim() == 5
+    x = transforms.to_model_input(images.flatten(0, 1) if five else images, device, prep.precision.channels_last,
+                                  norm=norm)
+    with prep.precision.autocast():
+        logits = models.logits_of(prep.model(x)).float()
+        if prep.tta in ("flip", "ten-crop"):
+            logits = (logits + models.logits_of(prep.model(x.flip(-1))).float()) / 2
+    return logits.view(n, 5, -1).mean(dim=1) if five else logits
 
-    A uint8 batch is normalised on the device; the model runs under ``precision``'s autocast; scores are fp32.
-    """
-    images = transforms.to_model_input(images, device, precision.channels_last)
-    with precision.autocast():
-        logits = models.logits_of(model(images)).float()
+
+def _score(logits: torch.Tensor, targets: torch.Tensor, k: int):
+    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss."""
     top_idx = logits.topk(k, dim=1).indices
     top_prob = logits.softmax(dim=1).gather(1, top_idx)
-    targets = targets.to(device)
+    targets = targets.to(logits.device)
     loss = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
     loss = torch.where(targets >= 0, loss, torch.full_like(loss, float("nan")))
     return top_idx.cpu(), top_prob.cpu(), loss.cpu()
@@ -306,33 +407,43 @@ BatchHook = Callable[[Predictions], None]
 
 def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ", show_progress: bool = True,
             on_batch: BatchHook | None = None) -> Predictions:
-    """Run the model over this rank's share, ``k`` classes per image; unreadable images keep a row (not readable).
+    """The predictions of the first (or only) resolution of ``prep``; see ``predict_all``."""
+    return predict_all(prep, ctx, k, prefix, show_progress, on_batch)[0]
 
-    ``on_batch`` receives each batch's rows as soon as they are scored. SIGTERM or Ctrl+C stops the pass once the
-    batch in hand is done (and handed to ``on_batch``): ``faults.Interrupted`` says how far it got. A second Ctrl+C
-    stops at once (KeyboardInterrupt).
+
+def predict_all(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ", show_progress: bool = True,
+                on_batch: BatchHook | None = None) -> list[Predictions]:
+    """Run the model over this rank's share, ``k`` classes per image, once per resolution of ``prep`` (each file
+    is decoded once); unreadable images keep a row (not readable).
+
+    ``on_batch`` receives each batch's rows (of the first resolution) as soon as they are scored. SIGTERM or Ctrl+C
+    stops the pass once the batch in hand is done (and handed to ``on_batch``): ``faults.Interrupted`` says how far
+    it got. A second Ctrl+C stops at once (KeyboardInterrupt).
     """
-    model, order, k = prep.model.eval(), list(prep.loader.sampler), min(k, len(prep.classes))
+    prep.model.eval()
+    order, k = list(prep.loader.sampler), min(k, len(prep.classes))
     top1 = AverageMeter("Acc@1", ":6.2f")
     progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
-    parts: list[Predictions] = []
+    parts: list[list[Predictions]] = [[] for _ in prep.preps]
     model_seconds, start, done = 0.0, time.perf_counter(), 0
     stop, batches = faults.StopRequest().install(), None
     try:
         with torch.inference_mode():
             batches = iter(prep.loader)
-            for i, (images, targets, paths, ok) in enumerate(batches):
+            for i, (views, targets, paths, ok) in enumerate(batches):
                 _sync(ctx.device)
                 t0 = time.perf_counter()
-                top_idx, top_prob, loss = _score(model, images, targets, k, ctx.device, prep.precision)
+                scores = [_score(_logits(prep, view, ctx.device, p.norm), targets, k)
+                          for view, p in zip(views, prep.preps)]
                 model_seconds += time.perf_counter() - t0
-                labelled = ok & (targets >= 0)
-                top1.add(100.0 * int((labelled & (top_idx[:, 0] == targets)).sum()), int(labelled.sum()))
                 rows = torch.tensor(order[done:done + len(paths)], dtype=torch.long)
-                parts.append(Predictions(rows, list(paths), targets, top_idx, top_prob, loss, ok, 0.0, 0.0))
+                for part, (top_idx, top_prob, loss) in zip(parts, scores):
+                    part.append(Predictions(rows, list(paths), targets, top_idx, top_prob, loss, ok, 0.0, 0.0))
+                labelled = ok & (targets >= 0)
+                top1.add(100.0 * int((labelled & (scores[0][0][:, 0] == targets)).sum()), int(labelled.sum()))
                 done += len(paths)
                 if on_batch is not None:
-                    on_batch(parts[-1])
+                    on_batch(parts[0][-1])
                 progress.step(i)
                 if stop.signum:
                     break
@@ -349,7 +460,8 @@ def predict(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict: ",
         progress.close()
     if stop.signum:
         raise faults.Interrupted(stop.signum, f"after {done} of {len(order)} images")
-    return concat(parts, k, time.perf_counter() - start, model_seconds)
+    seconds = time.perf_counter() - start
+    return [concat(part, k, seconds, model_seconds) for part in parts]
 
 
 def gather(preds: Predictions, ctx: DistContext) -> Predictions:

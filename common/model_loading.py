@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from common import checkpoint, models, options
+from common import checkpoint, models, options, preprocess
 from common.errors import UserError
 
 WNID = re.compile(r"n\d{8}")
@@ -49,6 +49,7 @@ class LoadedModel:
     classes: list[str] | None  # class names stored with the weights; None when the file has none
     train_args: dict[str, Any]  # the checkpoint's args ({} for a bare state_dict)
     note: str = ""  # e.g. "epoch 3, best Acc@1 87.500", for the header
+    weights: preprocess.EvalPreprocess | None = None  # the published preprocessing of ImageNet weights loaded
 
 
 def imagenet_categories() -> list[str]:
@@ -192,7 +193,8 @@ def load_model(source: ModelSource) -> LoadedModel:
         options.check_arch(source.arch, models.available_archs())
         model = models.create_model(source.arch, models.IMAGENET_CLASSES, pretrained=True,
                                     width_mult=source.width_mult)
-        loaded = LoadedModel(model, source.arch, models.IMAGENET_CLASSES, None, {}, "ImageNet weights")
+        loaded = LoadedModel(model, source.arch, models.IMAGENET_CLASSES, None, {}, "ImageNet weights",
+                             preprocess.weights_preprocess(source.arch))
     else:
         raise UserError("no model given: pass --ckpt PATH (a checkpoint or state_dict) or --pretrained -a ARCH.")
     loaded.model.eval()
@@ -204,11 +206,8 @@ def load_model(source: ModelSource) -> LoadedModel:
     return loaded
 
 
-def eval_sizes(train_args: dict[str, Any], resize: int | None, crop: int | None) -> tuple[int, int]:
-    """Resize and crop sizes: the flags if given, else the checkpoint's, else the ImageNet defaults."""
-    resize = resize or int(train_args.get("val_resize_size") or options.VAL_RESIZE_SIZE)
-    crop = crop or int(train_args.get("val_crop_size") or options.VAL_CROP_SIZE)
-    if crop > resize:
-        raise UserError(f"the centre crop ({crop} px) is larger than the resize size ({resize} px); make "
-                        "--val-crop-size at most --val-resize-size.")
-    return resize, crop
+def eval_preprocess(loaded: LoadedModel, flags: preprocess.EvalFlags, path: str | None = None
+                    ) -> preprocess.EvalPreprocess:
+    """Eval sizes, interpolation and normalisation: the flags if given, else the checkpoint's (its training args),
+    else those of the ImageNet weights loaded, else the ImageNet defaults (``preprocess.resolve``)."""
+    return preprocess.resolve(flags, loaded.train_args, loaded.weights, path or "the checkpoint")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.errors import UserError
 from common.recipes import DEFAULT_RECIPE, RECIPES, apply_recipe, default_help
-from common.transforms import AUTO_AUGMENT
+from common.transforms import AUTO_AUGMENT, INTERPOLATIONS
 
 TRAIN_CROP_SIZE = 224
 VAL_RESIZE_SIZE = 256
@@ -103,10 +103,11 @@ def _group(title: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup
     return parser, parser.add_argument_group(title)
 
 
-def data_parser(training: bool = True, demo: bool = False) -> argparse.ArgumentParser:
-    """Dataset location and input sizes: ``DIR`` or ``--data DIR``, ``-j``, resize and crop sizes.
+def data_parser(training: bool = True, demo: bool = False, multi_size: bool = False) -> argparse.ArgumentParser:
+    """Dataset location and input sizes: ``DIR`` or ``--data DIR``, ``-j``, resize and crop sizes, interpolation.
 
-    ``training`` adds ``--dummy`` and ``--train-crop-size``, which only training reads; ``demo`` adds ``--demo``.
+    ``training`` adds ``--dummy`` and ``--train-crop-size``, which only training reads; ``demo`` adds ``--demo``;
+    ``multi_size`` lets the eval sizes list several resolutions and adds ``--crop-pct`` (test.py).
     """
     parser, g = _group("data")
     g.add_argument("data_dir", nargs="?", metavar="DIR", default=None,
@@ -124,15 +125,28 @@ def data_parser(training: bool = True, demo: bool = False) -> argparse.ArgumentP
     g.add_argument("-j", "--workers", type=WORKERS, default=None, metavar="N",
                    help="data loading workers per process, 0 to 1024 (default: CPU cores / processes on this node, "
                         "at most 8)")
+    own = "the weights' own with --pretrained"
     if training:
         g.add_argument("--train-crop-size", type=PIXELS, default=None, metavar="PX",
-                       help=f"RandomResizedCrop size for training, at most {MAX_PIXELS} (default: {TRAIN_CROP_SIZE})")
-    saved = "" if training else "the checkpoint's, else "
-    g.add_argument("--val-resize-size", type=PIXELS, default=None, metavar="PX",
-                   help=f"shorter side is resized to this before the centre crop, at most {MAX_PIXELS} "
-                        f"(default: {saved}{VAL_RESIZE_SIZE})")
-    g.add_argument("--val-crop-size", type=PIXELS, default=None, metavar="PX",
-                   help=f"centre crop size for evaluation, at most {MAX_PIXELS} (default: {saved}{VAL_CROP_SIZE})")
+                       help=f"RandomResizedCrop size for training, at most {MAX_PIXELS} (default: {own}, else "
+                            f"{TRAIN_CROP_SIZE})")
+    saved = f"{own}, else {'the starting checkpoint' if training else 'the checkpoint'}'s, else "
+    several = {"nargs": "+"} if multi_size else {}
+    g.add_argument("--val-resize-size", type=PIXELS, default=None, metavar="PX", **several,
+                   help=f"shorter side is resized to this before the centre crop, at most {MAX_PIXELS}"
+                        + ("; one per --val-crop-size when it lists several" if multi_size else "")
+                        + f" (default: {saved}{VAL_RESIZE_SIZE})")
+    g.add_argument("--val-crop-size", type=PIXELS, default=None, metavar="PX", **several,
+                   help=f"centre crop size for evaluation, at most {MAX_PIXELS}"
+                        + ("; several (224 256 288) evaluate each in one pass over the files" if multi_size else "")
+                        + f" (default: {saved}{VAL_CROP_SIZE})")
+    if multi_size:
+        g.add_argument("--crop-pct", type=Number(float, 0, 1, low_open=True), default=None, metavar="F",
+                       help="resize to crop / F (rounded down) for each crop size, in (0, 1], e.g. 0.875 (default: "
+                            "the model's own crop-to-resize ratio when --val-crop-size lists several sizes)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                   help=f"resize interpolation of evaluation{' (and of RandomResizedCrop)' if training else ''} "
+                        f"(default: {saved}bilinear)")
     return parser
 
 
@@ -364,14 +378,38 @@ def resolve_data_dir(args: argparse.Namespace) -> None:
     args.data = args.data or args.data_dir
 
 
+def _starting_point(args: argparse.Namespace):
+    """(recorded args, published preprocessing, name) of the weights a training run starts from: ImageNet weights
+    (``--pretrained``), or a checkpoint of this project (``--finetune-from`` / ``--weights``) and what it records."""
+    from common import checkpoint, preprocess  # both import this module
+
+    if getattr(args, "pretrained", False):
+        try:
+            return {}, preprocess.weights_preprocess(args.arch), ""
+        except (ValueError, KeyError, AttributeError):  # an unknown -a, refused by check_arch with suggestions
+            return {}, None, ""
+    path = getattr(args, "finetune_from", None) or getattr(args, "weights", None)
+    if not path or not os.path.isfile(path):
+        return {}, None, ""
+    ckpt = checkpoint.checked(checkpoint.load_file(path), path)
+    recorded = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
+    return recorded, None, path
+
+
 def fill_size_defaults(args: argparse.Namespace) -> None:
-    """Give crop/resize sizes that were not set on the command line their training defaults."""
+    """Give the crop and resize sizes, interpolation and normalisation that the command line leaves open those of
+    the starting weights (ImageNet weights' own, or what a starting checkpoint records), else the ImageNet defaults;
+    ``args`` then records them (and ``start_weights``), so that a checkpoint keeps its preprocessing."""
+    from common import preprocess
+
+    recorded, weights, path = _starting_point(args)
+    flags = preprocess.EvalFlags(args.val_resize_size, args.val_crop_size, getattr(args, "interpolation", None))
+    prep = preprocess.resolve(flags, recorded, weights, path or "the starting checkpoint")
+    args.val_resize_size, args.val_crop_size, args.interpolation = prep.resize, prep.crop, prep.interpolation
+    args.mean, args.std, args.preprocess_source = list(prep.mean), list(prep.std), prep.source
+    args.start_weights = weights.source if weights else recorded.get("start_weights")
     if getattr(args, "train_crop_size", None) is None:
-        args.train_crop_size = TRAIN_CROP_SIZE
-    if args.val_resize_size is None:
-        args.val_resize_size = VAL_RESIZE_SIZE
-    if args.val_crop_size is None:
-        args.val_crop_size = VAL_CROP_SIZE
+        args.train_crop_size = weights.crop if weights else int(recorded.get("train_crop_size") or TRAIN_CROP_SIZE)
 
 
 def check_arch(arch: str, choices: list[str]) -> None:
@@ -418,9 +456,6 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
     check_arch(args.arch, archs)
     if hasattr(args, "recipe"):
         check_recipe_args(args)
-    if args.val_crop_size > args.val_resize_size:
-        raise UserError(f"--val-crop-size {args.val_crop_size} is larger than --val-resize-size "
-                        f"{args.val_resize_size}; make the crop at most the resize size.")
     if getattr(args, "sync_bn", False) and args.no_accel:
         raise UserError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU); drop --sync-bn or --no-accel.")
     if use_demo:

@@ -34,6 +34,21 @@ from common.images import decode_rgb, load_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std (of [0, 1] RGB values) that a model's inputs are normalised with."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))  # lists from a checkpoint's args
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+IMAGENET = Normalization()
 # The uint8 colour nearest to the mean: RandomErasing's default fill (0 after Normalize) on an image not yet normalised.
 MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 AUTO_AUGMENT = ("autoaugment", "randaugment", "trivialaugment", "augmix")
@@ -96,7 +111,8 @@ def _augment_steps(cfg: AugmentConfig, module) -> list:
     return steps
 
 
-def train_transform(cfg: AugmentConfig, fast: bool = True) -> Callable[..., torch.Tensor]:
+def train_transform(cfg: AugmentConfig, fast: bool = True,
+                    norm: Normalization = IMAGENET) -> Callable[..., torch.Tensor]:
     """The training transform of ``cfg``: uint8 tensor in, uint8 (3, crop, crop) out; or PIL in, normalised float out.
 
     The fast transform takes what ``load_uint8`` returns, the classic one what ``images.load_rgb`` returns. Random
@@ -109,23 +125,40 @@ def train_transform(cfg: AugmentConfig, fast: bool = True) -> Callable[..., torc
             steps.append(v2.RandomErasing(cfg.random_erase, value=list(MEAN_UINT8)))
         return v2.Compose(steps)
     steps = _augment_steps(cfg, transforms)
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]
     if cfg.random_erase > 0:
         steps.append(transforms.RandomErasing(cfg.random_erase))
     return transforms.Compose(steps)
 
 
-def eval_transform(resize_size: int, crop_size: int, fast: bool = True) -> Callable[..., torch.Tensor]:
-    """Resize the shorter side to ``resize_size`` (bilinear, antialiased) and centre-crop ``crop_size``.
+def eval_transform(resize_size: int, crop_size: int, fast: bool = True, interpolation: str = "bilinear",
+                   norm: Normalization = IMAGENET, five_crop: bool = False) -> Callable[..., torch.Tensor]:
+    """Resize the shorter side to ``resize_size`` (``interpolation``, antialiased) and centre-crop ``crop_size``.
 
-    ``fast``: uint8 (3, H, W) tensor in, uint8 (3, crop, crop) out. Otherwise the classic PIL Resize, CenterCrop,
-    ToTensor and Normalize. The two resize implementations differ by about one grey level here and there; the
+    ``fast``: uint8 (3, H, W) tensor in, uint8 (3, crop, crop) out, normalised later by ``to_model_input`` with
+    ``norm``. Otherwise the classic PIL Resize, CenterCrop, ToTensor and Normalize(``norm``): what torchvision's
+    ``weights.transforms()`` does. The two resize implementations differ by about one grey level here and there; the
     predictions they lead to agree on 99% of images or more (tests/test_transforms.py measures it).
+    ``five_crop``: FiveCrop instead of the centre crop, the four corners and the centre stacked as (5, 3, crop, crop).
     """
+    mode = InterpolationMode(interpolation)
     if fast:
-        return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])
-    return transforms.Compose([transforms.Resize(resize_size), transforms.CenterCrop(crop_size), transforms.ToTensor(),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        crop = [v2.FiveCrop(crop_size), _stack] if five_crop else [v2.CenterCrop(crop_size)]
+        return v2.Compose([v2.Resize(resize_size, interpolation=mode, antialias=True), *crop])
+    resize = transforms.Resize(resize_size, interpolation=mode, antialias=True)
+    if five_crop:
+        return transforms.Compose([resize, transforms.FiveCrop(crop_size), _stack_tensors,
+                                   transforms.Normalize(norm.mean, norm.std)])
+    return transforms.Compose([resize, transforms.CenterCrop(crop_size), transforms.ToTensor(),
+                               transforms.Normalize(norm.mean, norm.std)])
+
+
+def _stack(crops: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.stack(crops)
+
+
+def _stack_tensors(crops: tuple[Image.Image, ...]) -> torch.Tensor:
+    return torch.stack([transforms.functional.to_tensor(c) for c in crops])
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
@@ -201,11 +234,11 @@ def decode_uint8(data: bytes, name: str) -> torch.Tensor:
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: bool = False,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   dtype: torch.dtype = torch.float32, norm: Normalization = IMAGENET) -> torch.Tensor:
     """A uint8 (N, 3, H, W) batch on ``device`` as normalised ``dtype``; a float batch is only moved and cast.
 
     The copy is non-blocking (from pinned memory it overlaps the previous step); conversion and normalisation run
-    on the device, in float32, and equal ToTensor + Normalize of the same pixels to 1e-6. The mean and std are
+    on the device, in float32, and equal ToTensor + Normalize(``norm``) of the same pixels to 1e-6. The mean and std are
     applied per channel as Python scalars, so no small tensor has to be copied to the device (a synchronising copy).
     """
     batch = batch.to(device, non_blocking=True)
@@ -213,7 +246,7 @@ def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: boo
         out = batch
     else:
         out = batch.to(torch.float32)
-        for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        for c, (mean, std) in enumerate(zip(norm.mean, norm.std)):
             out[:, c].sub_(255 * mean).div_(255 * std)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # .to() keeps the layout of a tensor whose dtype is already right; contiguous() then makes it dense.
@@ -238,8 +271,12 @@ def describe(cfg: AugmentConfig, fast: bool) -> str:
     return f"train: PIL {' + '.join(parts)} + ToTensor + Normalize (classic)"
 
 
-def describe_eval(resize_size: int, crop_size: int, fast: bool) -> str:
-    """One line naming the evaluation pipeline."""
+def describe_eval(resize_size: int, crop_size: int, fast: bool, interpolation: str = "bilinear",
+                  norm: Normalization = IMAGENET) -> str:
+    """One line naming the evaluation pipeline (the normalisation only when it is not ImageNet's)."""
+    normalize = "" if norm == IMAGENET else f" mean {norm.mean} std {norm.std}"
     if fast:
-        return f"eval: uint8 Resize({resize_size}, antialias) + CenterCrop({crop_size}); normalise on device"
-    return f"eval: PIL Resize({resize_size}) + CenterCrop({crop_size}) + ToTensor + Normalize (classic)"
+        return (f"eval: uint8 Resize({resize_size}, {interpolation}, antialias) + CenterCrop({crop_size}); "
+                f"normalise{normalize} on device")
+    return (f"eval: PIL Resize({resize_size}, {interpolation}) + CenterCrop({crop_size}) + ToTensor + "
+            f"Normalize{normalize} (classic)")

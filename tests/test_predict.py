@@ -181,7 +181,7 @@ def test_speed_defaults_give_the_predictions_of_every_feature_switched_off(probe
     """Defaults (uint8 decode and resize, normalised per batch, channels_last, BatchNorm folded; GhostNet stays fp32
     on the CPU) against the classic path (PIL transforms, NCHW, fp32, BatchNorm apart), and against forced bf16."""
     _, printed, out = evaluated
-    assert "eval: uint8 Resize(32, antialias) + CenterCrop(32)" in printed
+    assert "eval: uint8 Resize(32, bilinear, antialias) + CenterCrop(32)" in printed
     assert "fp32, channels_last + BatchNorm folded" in printed
     flags = ["--ckpt", probe_ckpt, "--data", tiny_data, "-j", "0", "-b", "16"]
     classic, bf16 = str(tmp_path / "classic"), str(tmp_path / "bf16")
