@@ -4,7 +4,8 @@ torchvision models: everything comes from the DEFAULT weights' own metadata (``m
 ``weights.transforms()``, so no number is typed in here. GhostNet has no library that holds its
 figures: 1.0x is the official release (huawei-noah/ghostnet, ``state_dict_73.98.pth``, top-1 73.98, top-5 91.46,
 evaluated at 256/224 bilinear by its validate.py), and 0.5x and 1.3x are Table 7 of the paper (arXiv:1911.11907),
-which gives top-1 only and for which no weights were released.
+which gives top-1 only and for which no weights were released. The eval preprocessing of either comes from
+``common.preprocess.weights_preprocess``, which test.py's ``--pretrained`` uses too.
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ from dataclasses import dataclass
 
 import torchvision
 
-from common import models
+from common import models, preprocess
 
-# width: (top-1, top-5 or None, source); the eval sizes of the official validate.py: Resize(256), CenterCrop(224)
+# width: (top-1, top-5 or None, source)
 GHOSTNET_PUBLISHED = {
     1.0: (73.98, 91.46, f"official release ({models.GHOSTNET_URL.rsplit('/', 1)[-1]})"),
     0.5: (66.2, None, "paper, Table 7 (no weights released)"),
     1.3: (75.7, None, "paper, Table 7 (no weights released)"),
 }
-GHOSTNET_EVAL = (256, 224, "bilinear")
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,14 @@ def _torchvision(arch: str) -> Published:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError, AttributeError):  # a builder without published weights
         return Published()
-    meta, preprocess = weights.meta, weights.transforms()
-    metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
-    return Published(metrics.get("acc@1"), metrics.get("acc@5"), f"torchvision {weights}",
-                     preprocess.resize_size[0], preprocess.crop_size[0], preprocess.interpolation.value)
+    metrics = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
+    return _with_eval(Published(metrics.get("acc@1"), metrics.get("acc@5"), f"torchvision {weights}"), arch)
+
+
+def _with_eval(figures: Published, arch: str) -> Published:
+    """``figures`` with the eval resize, crop and interpolation that ``arch``'s published weights expect."""
+    prep = preprocess.weights_preprocess(arch)
+    return Published(figures.top1, figures.top5, figures.source, prep.resize, prep.crop, prep.interpolation)
 
 
 def published(arch: str, width: float = 1.0) -> Published:
@@ -55,4 +59,4 @@ def published(arch: str, width: float = 1.0) -> Published:
     top1, top5, source = GHOSTNET_PUBLISHED[width]
     if width != 1.0:  # no weights, so no preprocessing they expect
         return Published(top1, top5, source)
-    return Published(top1, top5, source, *GHOSTNET_EVAL)
+    return _with_eval(Published(top1, top5, source), arch)

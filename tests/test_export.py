@@ -209,7 +209,7 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_file(exported, jpegs, t
     assert "another class list" in refusal(export, "--ckpt", ckpt, "--classes", str(wrong))
     assert "lists 3 classes" in refusal(export, "--ckpt", ckpt, "--classes", str(three))
     assert "already an ONNX model" in refusal(export, "--ckpt", onnx_path)
-    assert "larger than the resize size" in refusal(export, "--ckpt", ckpt, "--val-crop-size", "40")
+    assert "is larger than --val-resize-size" in refusal(export, "--ckpt", ckpt, "--val-crop-size", "40")
     # An export whose logits differ (here: the classes' order reversed) is refused by the check; nothing is written.
     script = load_script("export.py")
     run = script.run_exported
