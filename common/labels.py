@@ -12,6 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -43,28 +44,27 @@ def read_class_map(spec: str) -> ClassMap:
     """``index``, or a JSON file mapping folder names to class names or indices; a bad file is one UserError."""
     if spec == "index":
         return ClassMap(True, {})
-    try:
-        with open(spec, encoding="utf-8") as f:
-            table = json.load(f)
-    except OSError as exc:
-        raise UserError(f"--class-map {spec!r} cannot be read ({exc.strerror}); give 'index' or a JSON file.") from None
-    except ValueError:
-        raise UserError(f"--class-map {spec!r} is not JSON; give a JSON object {{folder: class name or index}}.") \
-            from None
+    table = _read_json(f"--class-map {spec!r}", spec, "give 'index' or a JSON file",
+                       "give a JSON object {folder: class name or index}")
     if not isinstance(table, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
                                               for v in table.values()):
         raise UserError(f"--class-map {spec!r} is not a JSON object of folder names to class names or indices.")
     return ClassMap(False, {str(k): v for k, v in table.items()})
 
 
-def _load_real(path: str) -> list[list[int]]:
+def _read_json(what: str, path: str, if_unreadable: str, if_not_json: str) -> Any:
+    """The JSON in ``path``; a file that cannot be read or parsed is one UserError naming ``what`` and the fix."""
     try:
         with open(path, encoding="utf-8") as f:
-            real = json.load(f)
+            return json.load(f)
     except OSError as exc:
-        raise UserError(f"--real-labels {path!r} cannot be read ({exc.strerror}); check the path.") from None
+        raise UserError(f"{what} cannot be read ({exc.strerror}); {if_unreadable}.") from None
     except ValueError:
-        raise UserError(f"--real-labels {path!r} is not JSON; give ImageNet-ReaL's real.json.") from None
+        raise UserError(f"{what} is not JSON; {if_not_json}.") from None
+
+
+def _load_real(path: str) -> list[list[int]]:
+    real = _read_json(f"--real-labels {path!r}", path, "check the path", "give ImageNet-ReaL's real.json")
     if not isinstance(real, list) or not all(isinstance(r, list) and all(isinstance(i, int) and not isinstance(i, bool)
                                                                          for i in r) for r in real):
         raise UserError(f"--real-labels {path!r} is not a list of lists of class indices, as real.json is.")
