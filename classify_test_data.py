@@ -29,7 +29,7 @@ import shutil
 import time
 
 from common import distributed, faults, figures, files, hfdata, images, inference, metrics, options
-from common import process
+from common import process, shards
 from common.distributed import DistContext
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
@@ -39,6 +39,7 @@ VERDICTS = ("right", "wrong")
 MODES = ("auto", "hardlink", "copy", "symlink")
 NAME_MAX = 255  # bytes in one file name on the filesystems of Linux, macOS and Windows
 TMP_NAME_ROOM = 24  # what place()'s temporary name ".<name>.<pid>.tmp" adds
+WRITTEN_OUT = (hfdata.TableImages, shards.TarImages)  # datasets whose images are written out: no file to link
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -205,22 +206,23 @@ def write_out(payload: bytes, dest: str) -> str:
 
 
 class RowNames:
-    """File names of the rows of a parquet or Arrow dataset, where there is no file to link: the row's key with the
-    extension that its bytes call for (``validation-00000-17.jpg``), worked out on first use."""
+    """File names of the rows of a parquet or Arrow dataset or of the samples of shards, where there is no file to
+    link: the row's or sample's key with the extension that its bytes call for (``validation-00000-17.jpg``,
+    ``val-000000-KEY.jpg``; a '/' of a key written as '__'), worked out on first use."""
 
     def __init__(self, dataset) -> None:
         self.dataset, self.cache = dataset, {}
 
     def __getitem__(self, index: int) -> str:
         if index not in self.cache:
-            key = self.dataset.samples[index][0]
-            self.cache[index] = hfdata.row_name(key) + images.extension_of(self.dataset.encoded(index))
+            stem = hfdata.row_name(self.dataset.samples[index][0]).replace("/", "__")
+            self.cache[index] = stem + images.extension_of(self.dataset.encoded(index))
         return self.cache[index]
 
 
 def place_share(preds: inference.Predictions, dests: dict[int, str], mode: str, counts: dict[str, int],
                 rows=None) -> None:
-    """Place these readable images; count in ``counts`` how each got there. ``rows``: a parquet or Arrow dataset,
+    """Place these readable images; count in ``counts`` how each got there. ``rows``: a parquet, Arrow or shard dataset,
     whose images are written out instead of linked."""
     for row, (index, src) in enumerate(zip(preds.indices.tolist(), preds.paths)):
         if index in dests:
@@ -320,7 +322,7 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
         os.remove(partial)
     rows = summary_rows(ok, prep.classes)
     print(write_summary(out, rows))
-    if isinstance(prep.dataset.base, hfdata.TableImages):  # the sheet reads the images from where they were written
+    if isinstance(prep.dataset.base, WRITTEN_OUT):  # the sheet reads the images from where they were written
         ok = dataclasses.replace(ok, paths=[dests[i] for i in ok.indices.tolist()])
     sheet = mistakes_sheet(ok, prep.names, os.path.join(out, SHEET_NAME), args.sheet_size) if args.sheet_size else 0
     unreadable = [p for p, r in zip(preds.paths, preds.readable.tolist()) if not r]
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace, ctx: DistContext) -> dict | None:
         claim_output(args.output_dir, args.overwrite)
     distributed.barrier(ctx)  # nobody places a file before DIR_OUT is claimed (and emptied)
     base = prep.dataset.base
-    rows = base if isinstance(base, hfdata.TableImages) else None  # nothing to link: write each image out
+    rows = base if isinstance(base, WRITTEN_OUT) else None  # nothing to link: write each image out
     names = RowNames(base) if rows is not None else file_names(base.samples, prep.source_dir, prep.classes)
     counts, done = dict.fromkeys(PLACED, 0), []
 

@@ -52,7 +52,7 @@ import sys
 import torch
 
 from common import data, distributed, faults, figures, files, images, inference, labels, metrics, options
-from common import process
+from common import process, shards
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
@@ -119,6 +119,8 @@ def check_data(args: argparse.Namespace) -> int:
     fmt, root = data.resolve_source(args.data) if args.data else (None, None)
     if fmt in ("parquet", "arrow"):
         return data.check_table(root, ("val",), "an evaluation skips them and counts them apart", args.limit)
+    if fmt == "shards":  # every sample of the val shards (--limit aside), and any truncated shard
+        return shards.check(root, data.decoder(False), "an evaluation skips them and counts them apart", ("val",))
     if args.data:
         folder = inference.labelled_dir(args.data)
         paths, where = [path for path, _ in data.image_folder(folder, None).samples][:args.limit], f"under {folder}"

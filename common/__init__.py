@@ -14,7 +14,7 @@ Processes and devices
 Data
     data           datasets, the global-permutation samplers, loaders, unreadable-image bookkeeping
     hfdata         Hugging Face parquet and save_to_disk folders as map-style datasets (pyarrow)
-    shards         WebDataset tar shards as a stream dealt to ranks and workers
+    shards         WebDataset tar shards: a stream dealt to ranks and workers (training), random access (evaluation)
     convert        ``python -m common.convert SRC OUT --to parquet|shards|folder``: resumable, with a manifest
     samples        a dataset's sample list in numpy arrays, shared by loader workers without copies
     images         decoding any image file into RGB, or naming why it cannot be decoded

@@ -293,8 +293,13 @@ def decoder(fast: bool) -> Callable[[bytes, str], Any]:
     return transforms.decode_uint8 if fast else decode_rgb
 
 
-def table_split(root: str, split: str, transform, fast: bool) -> Dataset:
-    """One split (``train`` or ``val``) of the Hugging Face dataset at ``root``, for evaluation or sorting."""
+def table_split(root: str, split: str, transform, fast: bool, fmt: str = "parquet") -> Dataset:
+    """One split (``train`` or ``val``) of the Hugging Face dataset (or, ``fmt`` shards, the shard folder) at
+    ``root``, read by random access, for evaluation or sorting."""
+    if fmt == "shards":
+        from common import shards
+
+        return shards.TarImages(root, split, shards.read_classes(root), decoder(fast), transform)
     from common import hfdata
 
     hfdata.import_pyarrow()

@@ -287,12 +287,9 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     five = cfg.tta in ("five-crop", "ten-crop")
     transform = MultiView(preps, speed.fast, five)
     fmt, root = data.resolve_source(root) if root else (None, None)
-    if fmt == "shards":
-        raise UserError(f"{root!r} holds WebDataset shards, which are read as a stream, and predictions are reported "
-                        f"per image in order; convert them first: python -m common.convert {root} OUT --to parquet.")
     folder = labelled_dir(root) if fmt == "folder" else root
-    if fmt in ("parquet", "arrow"):  # the validation split of a Hugging Face dataset
-        base = data.table_split(root, "val", transform, speed.fast)
+    if fmt in ("parquet", "arrow", "shards"):  # the validation split of a Hugging Face dataset or a shard folder
+        base = data.table_split(root, "val", transform, speed.fast, fmt)
         classes = align_classes(base, loaded, class_map)
     elif folder:
         base = data.image_folder(folder, transform, fast=speed.fast)

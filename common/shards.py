@@ -21,6 +21,10 @@ What holds, per epoch ``e`` of a run with ``--seed s`` (``ShardStream``):
   batches as an uninterrupted one, given the same ``-j`` and number of processes;
 * a damaged sample (unreadable image, no ``.cls``) or the rest of a truncated shard is skipped and reported as
   ``shard.tar:KEY``; a worker left short of its quota by that starts its shards again, so steps stay equal.
+
+test.py and the sorter need a map-style dataset instead (exact distributed splitting, predictions in dataset
+order): ``TarImages`` indexes the validation shards' headers once (each image's offset and size, and its label) and
+reads each sample by a positioned read from its shard, opened lazily in each process: random access, no stream.
 """
 from __future__ import annotations
 
@@ -33,11 +37,13 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from common.errors import UserError
 from common.images import BadImage
+from common.samples import CompactSamples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLASSES_NAME = "classes.txt"
@@ -51,6 +57,14 @@ def shard_files(root: str, split: str) -> list[str]:
         if found:
             return found
     return []
+
+
+def require_shards(root: str, split: str) -> list[str]:
+    """``shard_files``, or a UserError when ``split`` has none."""
+    found = shard_files(root, split)
+    if not found:
+        raise UserError(f"{root!r} has no {split} shards ({' or '.join(SPLIT_PATTERNS[split])}).")
+    return found
 
 
 def read_classes(root: str) -> list[str]:
@@ -70,14 +84,12 @@ def iter_samples(path: str, bad: list[str] | None = None) -> Iterator[tuple[str,
             for member in tar:
                 if not member.isfile():
                     continue
-                base = os.path.basename(member.name)
-                key, _, ext = base.partition(".")
-                key = os.path.join(os.path.dirname(member.name), key)
+                key, ext = _key_of(member)
                 if key != current and current is not None:
                     yield current, members
                     members = {}
                 current = key
-                members[ext.lower()] = tar.extractfile(member).read()
+                members[ext] = tar.extractfile(member).read()
         # A whole tar ends with two zero blocks after its last member; the stream reader stops quietly without them.
         whole = os.path.getsize(path) >= tar.offset + 2 * tarfile.BLOCKSIZE
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -92,18 +104,24 @@ def iter_samples(path: str, bad: list[str] | None = None) -> Iterator[tuple[str,
         yield current, members
 
 
+def label_of(where: str, cls: bytes | None, classes: int) -> int:
+    """The label of sample ``where`` (``shard.tar:KEY``) from its ``.cls`` bytes; a UserError when there is none or
+    it lies outside the class list."""
+    if cls is None:
+        raise UserError(f"sample {where} has no .cls member (its integer label); write KEY.cls beside each image, "
+                        "or convert again with python -m common.convert.")
+    label = int(cls.strip() or -1)
+    if not 0 <= label < classes:
+        raise UserError(f"sample {where} has label {label} but {CLASSES_NAME} names {classes} classes; the class "
+                        "list disagrees with the labels: fix it or convert again.")
+    return label
+
+
 def count_shard(path: str, classes: int) -> int:
     """Samples of one shard; a UserError for an empty shard, a sample without ``.cls`` or a label outside classes."""
     n, notes = 0, []
     for key, members in iter_samples(path, notes):
-        where = f"{os.path.basename(path)}:{key}"
-        if "cls" not in members:
-            raise UserError(f"sample {where} has no .cls member (its integer label); write KEY.cls beside each image, "
-                            "or convert again with python -m common.convert.")
-        label = int(members["cls"].strip() or -1)
-        if not 0 <= label < classes:
-            raise UserError(f"sample {where} has label {label} but {CLASSES_NAME} names {classes} classes; the class "
-                            "list disagrees with the labels: fix it or convert again.")
+        label_of(f"{os.path.basename(path)}:{key}", members.get("cls"), classes)
         n += 1
     for note in notes:
         print(f"=> shard {note}: the damaged rest is skipped", flush=True)
@@ -144,9 +162,7 @@ class ShardStream(IterableDataset):
     ``(images, targets, keys)``. ``set_epoch`` / ``set_start`` play the sampler's part (see the module docstring)."""
 
     def __init__(self, root: str, split: str, classes: list[str], decode, transform, bad_log=None) -> None:
-        self.files = shard_files(root, split)
-        if not self.files:
-            raise UserError(f"{root!r} has no {split} shards ({' or '.join(SPLIT_PATTERNS[split])}).")
+        self.files = require_shards(root, split)
         self.root, self.split, self.classes = root, split, classes
         self.counts = shard_counts(root, self.files, len(classes))
         self.offsets = [0, *torch.tensor(self.counts).cumsum(0).tolist()[:-1]]
@@ -336,11 +352,11 @@ class ShardLoader:
         return iter(loader)
 
 
-def check(root: str, decode, hint: str = "") -> int:
-    """``--check-data`` of a shard folder: decode every sample of both splits, print ``unreadable: shard:KEY: why``
+def check(root: str, decode, hint: str = "", splits: tuple[str, ...] = ("train", "val")) -> int:
+    """``--check-data`` of a shard folder: decode every sample of ``splits``, print ``unreadable: shard:KEY: why``
     for each bad one (and for a truncated shard) and a summary; 1 if anything is unreadable, else 0."""
     classes, bad, total = read_classes(root), 0, 0
-    for split in ("train", "val"):
+    for split in splits:
         stream = ShardStream(root, split, classes, decode, None)
         for i in range(len(stream.files)):
             notes: list[str] = []
@@ -361,6 +377,113 @@ def check(root: str, decode, hint: str = "") -> int:
     print(f"=> checked {total} samples in {root}: {bad} unreadable" + (f" ({hint})" if bad and hint else ""),
           flush=True)
     return 1 if bad else 0
+
+
+def _key_of(member: tarfile.TarInfo) -> tuple[str, str]:
+    """``(key, extension)`` of a tar member: the key is its name up to the first dot of its base name."""
+    key, _, ext = os.path.basename(member.name).partition(".")
+    return os.path.join(os.path.dirname(member.name), key), ext.lower()
+
+
+def _member_runs(path: str) -> tuple[list[tuple[str, dict[str, tarfile.TarInfo]]], bool]:
+    """The file members of one shard grouped in runs of one key, from the headers alone (``r:`` seeks over the
+    data), and whether the shard is whole (read to its end-of-archive blocks, no member cut short)."""
+    runs: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    key, ext = _key_of(member)
+                    if not runs or runs[-1][0] != key:
+                        runs.append((key, {}))
+                    runs[-1][1][ext] = member
+            end = tar.offset
+    except (tarfile.TarError, OSError, EOFError):
+        return runs, False
+    size = os.path.getsize(path)
+    cut = any(m.offset_data + m.size > size for _, members in runs for m in members.values())
+    return runs, not cut and size >= end + 2 * tarfile.BLOCKSIZE
+
+
+def index_shard(path: str, classes: int) -> list[tuple[str, int, int, int]]:
+    """``(key, label, offset, size)`` of each sample of one shard, in order: where its image lies in the file
+    (offset -1: it has none), found from the tar headers; only the small ``.cls`` members are read. A truncated or
+    damaged shard keeps the whole samples before the damage, and one line names it; a UserError when no sample is
+    left, or for a missing ``.cls`` or a label outside the class list (``label_of``)."""
+    name = os.path.basename(path)
+    runs, whole = _member_runs(path)
+    if not whole:
+        size = os.path.getsize(path)
+        damaged = next((i for i, (_, ms) in enumerate(runs) if any(m.offset_data + m.size > size
+                                                                   for m in ms.values())), len(runs) - 1)
+        cut = max(0, damaged)
+        print(f"=> shard {name}: truncated at {runs[cut][0] if runs else 'its start'}: the damaged rest is skipped",
+              flush=True)
+        runs = runs[:cut]
+    entries = []
+    with open(path, "rb") as f:
+        for key, members in runs:
+            cls = members.get("cls")
+            label = label_of(f"{name}:{key}", None if cls is None else os.pread(f.fileno(), cls.size, cls.offset_data),
+                             classes)
+            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
+            entries.append((key, label, -1 if image is None else image.offset_data, 0 if image is None else image.size))
+    if not entries:
+        raise UserError(f"shard {path} holds no readable sample; remove it or convert again.")
+    return entries
+
+
+class TarImages(Dataset):
+    """One split of a shard folder read by random access: ``(image, target, key)`` like ``data.ImageFolderWithPaths``
+    and ``hfdata.TableImages``, for evaluation and sorting (exact distributed splits, results in dataset order).
+
+    ``samples`` is a ``CompactSamples`` of ``(shard.tar:KEY, target)`` in shard and member order; ``encoded(i)`` is
+    sample ``i``'s image as stored; ``decode(bytes, key)`` turns it into what ``transform`` takes. Each process
+    (DataLoader workers included) opens the shards on first use and reads with ``os.pread``, which moves no shared
+    file position, so a descriptor inherited through fork is safe too.
+    """
+
+    def __init__(self, root: str, split: str, classes: list[str], decode, transform=None, bad_log=None) -> None:
+        self.root, self.split, self.files = root, split, require_shards(root, split)
+        self.classes, self.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
+        entries = [(i, e) for i, path in enumerate(self.files) for e in index_shard(path, len(classes))]
+        names = [os.path.basename(path) for path in self.files]
+        self.samples = self.imgs = CompactSamples((f"{names[i]}:{key}", label) for i, (key, label, _, _) in entries)
+        self.targets = self.samples.targets
+        self._spans = np.array([(i, offset, size) for i, (_, _, offset, size) in entries], dtype=np.int64)
+        self.decode, self.transform, self.bad_log, self.substitute = decode, transform, bad_log, False
+        self._open: dict[int, object] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}  # file handles are not sent to workers
+
+    def __del__(self) -> None:
+        for f in getattr(self, "_open", {}).values():
+            f.close()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def encoded(self, index: int) -> bytes:
+        """The image bytes of sample ``index`` as stored (JPEG, PNG, ...); BadImage when they cannot be read."""
+        file, offset, size = (int(v) for v in self._spans[index])
+        key = self.samples[index][0]
+        if offset < 0:
+            raise BadImage(key, "no image member")
+        try:
+            if file not in self._open:
+                self._open[file] = open(self.files[file], "rb")
+            payload = os.pread(self._open[file].fileno(), size, offset)
+        except OSError as exc:
+            raise BadImage(key, f"cannot read its shard ({exc.strerror})") from None
+        if len(payload) < size:
+            raise BadImage(key, "truncated shard")
+        return payload
+
+    def __getitem__(self, index: int):
+        from common import data  # data dispatches to this module
+
+        return data.load_or_skip(self, index, lambda i, key: self.decode(self.encoded(i), key))
 
 
 def datasets(root: str, decode, train_tf, val_tf, bad_log=None) -> tuple[ShardStream, ShardStream, list[str]]:

@@ -135,3 +135,100 @@ def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
     write_shards(str(nolist), "train", [1])
     os.remove(nolist / "classes.txt")
     assert "no classes.txt" in refusal(data.check_source, str(nolist))
+
+
+@pytest.fixture(scope="module")
+def val_as_shards(tmp_path_factory) -> dict:
+    """The same 12 validation JPEGs as a folder and as several shards (common.convert), and a random 4-class
+    GhostNet state_dict: equality of the two readings is what is tested, not accuracy."""
+    from common import convert, models
+    from conftest import make_image_folder
+
+    base = tmp_path_factory.mktemp("val_shards")
+    folder = make_image_folder(str(base / "folder"), 1, 3, ext="jpg")
+    out = str(base / "shards")
+    convert.main(convert.get_args_parser().parse_args([folder, out, "--to", "shards", "--max-shard-mb", "0.004"]))
+    torch.manual_seed(0)
+    weights = str(base / "ghostnet.pth")
+    torch.save(models.create_model("ghostnet", 4, width_mult=0.25).state_dict(), weights)
+    flags = ["--ckpt", weights, "-a", "ghostnet", "--width-mult", "0.25", "-j", "0", "--val-resize-size", "32",
+             "--val-crop-size", "32"]
+    return {"folder": folder, "shards": out, "flags": flags}
+
+
+def csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def by_key(rows: list[dict]) -> dict[str, dict]:
+    """predictions.csv rows by sample key: ``class0/img1.jpg`` of the folder is ``val-00000i.tar:class0__img1``."""
+    keyed = {}
+    for row in rows:
+        path = row.pop("path")
+        below_val = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))
+        key = path.split(":", 1)[1] if ".tar:" in path else os.path.splitext(below_val)[0].replace(os.sep, "__")
+        keyed[key] = row
+    return keyed
+
+
+def test_test_py_on_shards_reports_what_it_reports_on_the_same_images_as_a_folder(val_as_shards, tmp_path):
+    from inprocess import call_main
+
+    assert len(shards.shard_files(val_as_shards["shards"], "val")) > 1
+    results, printed = {}, ""
+    for fmt in ("folder", "shards"):
+        out = tmp_path / fmt
+        results[fmt], printed = call_main("test.py", *val_as_shards["flags"], "--data", val_as_shards[fmt],
+                                          "--output-dir", str(out))
+    assert "(WebDataset tar shards)" in printed
+    folder, shard = results["folder"], results["shards"]
+    assert (shard["images"], shard["top1"], shard["top5"], shard["loss"]) == (
+        folder["images"], folder["top1"], folder["top5"], folder["loss"]) and shard["images"] == 12
+    assert csv_rows(tmp_path / "shards" / "per_class.csv") == csv_rows(tmp_path / "folder" / "per_class.csv")
+    predictions = {fmt: by_key(csv_rows(tmp_path / fmt / "predictions.csv")) for fmt in ("folder", "shards")}
+    assert len(predictions["shards"]) == 12 and predictions["shards"] == predictions["folder"]
+
+
+def test_the_sorter_writes_every_shard_image_once_with_the_folder_counts(val_as_shards, tmp_path):
+    import glob
+    import hashlib
+
+    from inprocess import call_main
+
+    got = {fmt: call_main("classify_test_data.py", *val_as_shards["flags"], "--data", val_as_shards[fmt],
+                          "--out", str(tmp_path / fmt))[0] for fmt in ("folder", "shards")}
+    assert got["shards"]["placed"] == 12 and got["shards"]["summary"] == got["folder"]["summary"]
+    written = glob.glob(str(tmp_path / "shards" / "*" / "*" / "val-*.jpg"))
+    assert {os.path.basename(os.path.dirname(p)) for p in written} <= {"right", "wrong"}
+
+    def sha1(path: str) -> str:
+        return hashlib.sha1(open(path, "rb").read()).hexdigest()
+
+    sources = glob.glob(os.path.join(val_as_shards["folder"], "val", "*", "*.jpg"))
+    assert sorted(map(sha1, written)) == sorted(map(sha1, sources))
+
+
+def test_a_truncated_validation_shard_is_named_in_one_line_and_the_rest_evaluated(val_as_shards, tmp_path):
+    import shutil
+
+    from inprocess import call_main
+
+    root = str(tmp_path / "cut")
+    shutil.copytree(val_as_shards["shards"], root)
+    os.remove(os.path.join(root, "manifest.json"))  # the checksums no longer hold
+    last = shards.shard_files(root, "val")[-1]
+    with tarfile.open(last) as tar:
+        image = [m for m in tar.getmembers() if m.name.endswith(".jpg")][-1]
+    with open(last, "r+b") as f:
+        f.truncate(image.offset_data + 100)  # inside its last image
+    result, printed = call_main("test.py", *val_as_shards["flags"], "--data", root, "--output-dir", str(tmp_path / "o"))
+    named = [line for line in printed.splitlines() if os.path.basename(last) in line]
+    assert len(named) == 1 and "truncated" in named[0]
+    whole = len(shards.TarImages(root, "val", shards.read_classes(root), fake_decode))
+    assert 0 < whole < 12 and result["images"] == whole
+    with pytest.raises(SystemExit) as exit_:
+        call_main("test.py", "--data", root, "--check-data", *val_as_shards["flags"])
+    assert exit_.value.code == 1
