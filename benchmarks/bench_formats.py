@@ -29,26 +29,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import make_dataset, write_csv
+from benchmarks.benchlib import make_dataset, require_smaps, smaps, write_csv
 from common import convert, data, distributed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-MB = 2**20
-
-
-def memory(pid: int) -> tuple[float, float] | None:
-    """(RSS, private) MB of process ``pid``, from /proc/<pid>/smaps_rollup; None if it has just ended."""
-    fields = {}
-    try:
-        f = open(f"/proc/{pid}/smaps_rollup")
-    except OSError:
-        return None
-    with f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                fields[name] = int(rest.split()[0]) / 1024
-    return fields["Rss"], fields["Private_Clean"] + fields["Private_Dirty"]
 
 
 def children() -> list[int]:
@@ -66,7 +50,7 @@ def epoch(loader) -> tuple[int, float, list[tuple[float, float]]]:
     for i, (batch, _target, _keys) in enumerate(loader):
         images += len(batch)
         if i == steps // 2:  # mid-epoch: a shard worker that has delivered its quota is gone by the end
-            workers = [m for m in map(memory, children()) if m is not None]
+            workers = [(m["rss"], m["private"]) for m in map(smaps, children()) if m is not None]
     return images, time.perf_counter() - start, workers
 
 
@@ -118,8 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if not os.path.exists("/proc/self/smaps_rollup"):
-        sys.exit("error: this benchmark reads /proc/<pid>/smaps_rollup, which only Linux 4.14 or later has.")
+    require_smaps()
     if args.workers < 1 or args.images < 4 * args.batch_size:
         sys.exit("error: give -j 1 or more and --images of at least four batches.")
     with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import write_csv
+from benchmarks.benchlib import require_smaps, smaps, write_csv
 from common.samples import CompactSamples
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -88,17 +88,6 @@ def file_list(folders: list[str], entries: int) -> list[tuple[str, int]]:
     return samples[:entries]
 
 
-def memory(pid: int) -> dict[str, float]:
-    """MB of ``Rss``, ``Pss`` and private (Private_Clean + Private_Dirty) memory of process ``pid``."""
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                fields[name] = int(rest.split()[0]) / 1024
-    return {"rss": fields["Rss"], "pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
-
-
 def epoch(samples, workers: int, batch_size: int) -> tuple[dict[int, dict], dict[int, dict], float]:
     """One shuffled epoch: each worker's memory at its first batch and at the end, and the seconds taken."""
     loader = DataLoader(ReadBytes(samples), batch_size=batch_size, shuffle=True, num_workers=workers,
@@ -108,9 +97,9 @@ def epoch(samples, workers: int, batch_size: int) -> tuple[dict[int, dict], dict
     t0 = time.perf_counter()
     for pid, _size in loader:
         if pid not in first:
-            first[pid] = memory(pid)
+            first[pid] = smaps(pid)
     seconds = time.perf_counter() - t0
-    last = {pid: memory(pid) for pid in first}  # the workers persist, idle, after the epoch
+    last = {pid: smaps(pid) for pid in first}  # the workers persist, idle, after the epoch
     del loader  # ends the workers
     return first, last, seconds
 
@@ -128,9 +117,9 @@ def run_one(name: str, samples, workers: int, batch_size: int, held_mb: float) -
 def run(args: argparse.Namespace, root: str) -> list[dict]:
     """The list-of-tuples epoch, then the CompactSamples epoch, on the same generated list."""
     folders = make_tree(root)
-    before = memory(os.getpid())["private"]
+    before = smaps(os.getpid())["private"]
     samples = file_list(folders, args.entries)
-    list_mb = memory(os.getpid())["private"] - before
+    list_mb = smaps(os.getpid())["private"] - before
     rows = run_one("list of tuples", samples, args.workers, args.batch_size, list_mb)
     compact = CompactSamples(samples)
     assert compact[len(compact) - 1] == samples[-1]
@@ -168,8 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if not os.path.exists("/proc/self/smaps_rollup"):
-        sys.exit("error: this benchmark reads /proc/<pid>/smaps_rollup, which only Linux 4.14 or later has.")
+    require_smaps()
     if args.workers < 1 or args.entries < CLASSES:
         sys.exit(f"error: give -j 1 or more and --entries {CLASSES} or more.")
     with tempfile.TemporaryDirectory(prefix="bench_loader_memory_") as root:

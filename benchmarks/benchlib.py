@@ -78,6 +78,28 @@ def device_tag(device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def require_smaps() -> None:
+    """Exit in one line where /proc/<pid>/smaps_rollup, which the memory benchmarks read, does not exist."""
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        raise SystemExit("error: this benchmark reads /proc/<pid>/smaps_rollup, which only Linux 4.14 or later has.")
+
+
+def smaps(pid: int) -> dict[str, float] | None:
+    """MB of ``rss``, ``pss`` and ``private`` (Private_Clean + Private_Dirty) memory of process ``pid``, from
+    /proc/<pid>/smaps_rollup; None if the process has just ended."""
+    fields = {}
+    try:
+        f = open(f"/proc/{pid}/smaps_rollup")
+    except OSError:
+        return None
+    with f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0]) / 1024
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
 def write_csv(rows: list[dict], path: str) -> None:
     """All rows under the union of their keys, in first-seen order."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
