@@ -37,7 +37,8 @@ from common import data, files, hfdata, options, shards
 from common.images import extension_of
 
 TARGETS = ("parquet", "shards", "folder")
-STATE_NAME, MANIFEST_NAME, CLASSES_NAME = ".convert-state.json", "manifest.json", "classes.txt"
+STATE_NAME = ".convert-state.json"
+MANIFEST_NAME, CLASSES_NAME = shards.MANIFEST_NAME, shards.CLASSES_NAME
 # A random row costs reading its whole row group: the Hub writes 100 images (about 11 MB of ImageNet) per group,
 # 5.8 ms per random sample of photo-like 500x375 JPEGs on this project's machine, 1.2 ms with 16 (decoding one: 1.8).
 ROWS_PER_GROUP = 16
@@ -112,27 +113,11 @@ def open_source(src: str) -> Source:
 
 
 def shard_items(root: str, split: str, classes: int) -> list[Item]:
-    """The samples of a split's shards as Items that read their image straight from its place in the tar file."""
-    found = shards.shard_files(root, split)
-    if not found:
-        raise UserError(f"{root!r} has no {split} shards ({' or '.join(shards.SPLIT_PATTERNS[split])}).")
-    items = []
-    for path in found:
-        shards.count_shard(path, classes)  # refuses samples without .cls, labels outside the class list
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                groups.setdefault(key, {})[ext.lower()] = member
-            for key, members in groups.items():
-                ext = next((e for e in shards.IMAGE_EXTS if e in members), None)
-                if ext is None or "cls" not in members:
-                    continue
-                label = int(tar.extractfile(members["cls"]).read())
-                image = members[ext]
-                items.append(Item(f"{key.replace('/', '__')}.{ext}", label, ("span", path, image.offset_data,
-                                                                             image.size)))
-    return items
+    """The samples of a split's shards as Items that read their image straight from its place in the tar file
+    (``shards.index_shard``: the headers and ``.cls`` members only; bad labels refused, a damaged rest named)."""
+    return [Item(f"{key.replace('/', '__')}.{ext}", label, ("span", path, offset, size))
+            for path in shards.require_shards(root, split)
+            for key, label, offset, size, ext in shards.index_shard(path, classes) if offset >= 0]
 
 
 def plan(source: Source, to: str, seed: int) -> dict[str, list[Item]]:

@@ -273,8 +273,3 @@ def class_names(root: str) -> list[str]:
             labels = read_table(kind, f, ["label"]).column(0).to_numpy(zero_copy_only=False)
             top = max(top, int(labels.max()) if len(labels) else -1)
     return [str(i) for i in range(top + 1)]
-
-
-def describe(root: str) -> str:
-    """The format's name for a run's header."""
-    return "Hugging Face parquet" if is_parquet(root) else "Hugging Face save_to_disk (Arrow)"

@@ -46,7 +46,7 @@ from common.images import BadImage
 from common.samples import CompactSamples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-CLASSES_NAME = "classes.txt"
+CLASSES_NAME, MANIFEST_NAME = "classes.txt", "manifest.json"
 SPLIT_PATTERNS = {"train": ("train-*.tar",), "val": ("val-*.tar", "validation-*.tar")}
 
 
@@ -110,7 +110,11 @@ def label_of(where: str, cls: bytes | None, classes: int) -> int:
     if cls is None:
         raise UserError(f"sample {where} has no .cls member (its integer label); write KEY.cls beside each image, "
                         "or convert again with python -m common.convert.")
-    label = int(cls.strip() or -1)
+    try:
+        label = int(cls.strip() or -1)
+    except ValueError:
+        raise UserError(f"sample {where} has a .cls member that is not an integer label ({cls[:20]!r}); write the "
+                        "label's index, or convert again with python -m common.convert.") from None
     if not 0 <= label < classes:
         raise UserError(f"sample {where} has label {label} but {CLASSES_NAME} names {classes} classes; the class "
                         "list disagrees with the labels: fix it or convert again.")
@@ -118,22 +122,15 @@ def label_of(where: str, cls: bytes | None, classes: int) -> int:
 
 
 def count_shard(path: str, classes: int) -> int:
-    """Samples of one shard; a UserError for an empty shard, a sample without ``.cls`` or a label outside classes."""
-    n, notes = 0, []
-    for key, members in iter_samples(path, notes):
-        label_of(f"{os.path.basename(path)}:{key}", members.get("cls"), classes)
-        n += 1
-    for note in notes:
-        print(f"=> shard {note}: the damaged rest is skipped", flush=True)
-    if n == 0:
-        raise UserError(f"shard {path} holds no readable sample; remove it or convert again.")
-    return n
+    """Samples of one shard, from its tar headers (``index_shard``: only the small ``.cls`` members are read); a
+    UserError for an empty shard, a sample without ``.cls`` or a label outside the class list."""
+    return len(index_shard(path, classes))
 
 
 def shard_counts(root: str, files: list[str], classes: int) -> list[int]:
     """Samples per shard: from ``manifest.json`` (written by common.convert) when it lists them, else a scan."""
     listed = {}
-    manifest = os.path.join(root, "manifest.json")
+    manifest = os.path.join(root, MANIFEST_NAME)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             listed = {e["name"]: e["images"] for e in json.load(f).get("files", [])}
@@ -151,10 +148,6 @@ class StreamConfig:
     buffer: int = 1000
     seed: int | None = None
     train: bool = True
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 class ShardStream(IterableDataset):
@@ -286,6 +279,10 @@ class ShardStream(IterableDataset):
         try:
             if payload is None or "cls" not in members:
                 raise BadImage(name, "no image member" if payload is None else "no .cls member")
+            try:
+                label = label_of(name, members["cls"], len(self.classes))
+            except UserError as exc:  # a damaged label is skipped and reported like a damaged image
+                raise BadImage(name, str(exc)) from None
             if self.cfg.train and self.cfg.seed is not None:
                 seed = data.sample_seed(self.cfg.seed, self.epoch, sid)
                 torch.manual_seed(seed)
@@ -295,7 +292,7 @@ class ShardStream(IterableDataset):
             self._report(exc)
             return None
         image = self.transform(image) if self.transform is not None else image
-        return image, int(members["cls"]), name
+        return image, label, name
 
     def _batches(self, stream, quota: int | None, skip: int):
         """Whole batches of decoded samples (``quota`` of them; None: all, the last one partial), after passing over
@@ -405,9 +402,9 @@ def _member_runs(path: str) -> tuple[list[tuple[str, dict[str, tarfile.TarInfo]]
     return runs, not cut and size >= end + 2 * tarfile.BLOCKSIZE
 
 
-def index_shard(path: str, classes: int) -> list[tuple[str, int, int, int]]:
-    """``(key, label, offset, size)`` of each sample of one shard, in order: where its image lies in the file
-    (offset -1: it has none), found from the tar headers; only the small ``.cls`` members are read. A truncated or
+def index_shard(path: str, classes: int) -> list[tuple[str, int, int, int, str]]:
+    """``(key, label, offset, size, extension)`` of each sample of one shard, in order: where its image lies in the
+    file (offset -1: it has none), found from the tar headers; only the small ``.cls`` members are read. A truncated or
     damaged shard keeps the whole samples before the damage, and one line names it; a UserError when no sample is
     left, or for a missing ``.cls`` or a label outside the class list (``label_of``)."""
     name = os.path.basename(path)
@@ -426,8 +423,10 @@ def index_shard(path: str, classes: int) -> list[tuple[str, int, int, int]]:
             cls = members.get("cls")
             label = label_of(f"{name}:{key}", None if cls is None else os.pread(f.fileno(), cls.size, cls.offset_data),
                              classes)
-            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
-            entries.append((key, label, -1 if image is None else image.offset_data, 0 if image is None else image.size))
+            ext = next((e for e in IMAGE_EXTS if e in members), "")
+            image = members.get(ext)
+            entries.append((key, label, -1 if image is None else image.offset_data, 0 if image is None else image.size,
+                            ext))
     if not entries:
         raise UserError(f"shard {path} holds no readable sample; remove it or convert again.")
     return entries
@@ -448,9 +447,9 @@ class TarImages(Dataset):
         self.classes, self.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
         entries = [(i, e) for i, path in enumerate(self.files) for e in index_shard(path, len(classes))]
         names = [os.path.basename(path) for path in self.files]
-        self.samples = self.imgs = CompactSamples((f"{names[i]}:{key}", label) for i, (key, label, _, _) in entries)
+        self.samples = self.imgs = CompactSamples((f"{names[i]}:{e[0]}", e[1]) for i, e in entries)
         self.targets = self.samples.targets
-        self._spans = np.array([(i, offset, size) for i, (_, _, offset, size) in entries], dtype=np.int64)
+        self._spans = np.array([(i, e[2], e[3]) for i, e in entries], dtype=np.int64)
         self.decode, self.transform, self.bad_log, self.substitute = decode, transform, bad_log, False
         self._open: dict[int, object] = {}
 

@@ -127,6 +127,10 @@ def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
     write_shards(str(labels), "train", [2], classes=2, labels={"s0_1": 7})
     write_shards(str(labels), "val", [1], classes=2)
     assert "disagrees with the labels" in refusal(lambda: data.build_datasets(data.DataConfig(str(labels))))
+    text = tmp_path / "text"
+    write_shards(str(text), "train", [2], classes=2, labels={"s0_1": "cat"})
+    write_shards(str(text), "val", [1], classes=2)
+    assert "not an integer label" in refusal(lambda: data.build_datasets(data.DataConfig(str(text))))
     empty = tmp_path / "empty"
     write_shards(str(empty), "train", [0])
     write_shards(str(empty), "val", [1])
