@@ -35,7 +35,6 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -54,6 +53,7 @@ FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
 CHECK_IMAGES = 16
 INPUT_NAME, UINT8_INPUT_NAME, OUTPUT_NAME = "input", "pixels", "logits"
+CHECK_HELP = f"images the export is checked on: the first N of --data, or generated ones (default: {CHECK_IMAGES})"
 METADATA_FILE = "metadata.json"  # the metadata's name among a .pt2's extra files
 
 
@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export a model to ONNX or torch.export, checked against PyTorch before it is written.",
         parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
-                 options.inference_parser(onnx=False)])
+                 options.inference_parser(onnx=False, batch_help=CHECK_HELP)])
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="the file to write: *.onnx (ONNX) or *.pt2 (torch.export)")
     parser.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None,
@@ -90,9 +90,7 @@ class Target:
 
 def check_args(args: argparse.Namespace) -> Target:
     """Check the flags; return what to write."""
-    options.resolve_data_dir(args)
-    if args.weights and args.ckpt:
-        raise UserError("--weights and --ckpt both name the model file; give one of them.")
+    options.check_inference_args(args)
     given = args.ckpt or args.weights
     if given and given.lower().endswith(".onnx"):
         raise UserError(f"{given} is already an ONNX model; export.py reads the PyTorch checkpoint it came from "
@@ -137,8 +135,9 @@ def generated_pixels(n: int, crop: int) -> torch.Tensor:
 
 
 def data_pixels(root: str, n: int, prep: preprocess.EvalPreprocess, workers: int | None) -> torch.Tensor:
-    """The first ``n`` images of the labelled folder ``root`` through the project's eval transform, as uint8."""
-    dataset = data.image_folder(inference.labelled_dir(root), prep.transform(fast=True), fast=True)
+    """The first ``n`` images of the labelled set ``root`` (any format --data takes) through the project's eval
+    transform, as uint8."""
+    dataset, _ = inference.labelled_set(root, prep.transform(fast=True), True)
     subset = Subset(dataset, range(min(n, len(dataset))))
     loader = DataLoader(subset, batch_size=len(subset), num_workers=data.default_workers() if workers is None
                         else min(workers, len(subset)))
@@ -155,14 +154,8 @@ def reference_logits(model: nn.Module, batch: torch.Tensor, arch: str, crop: int
                         "larger --val-crop-size (and --val-resize-size).") from None
 
 
-def sha256(path: str | None) -> str | None:
-    if not path or not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _sha256(path: str | None) -> str | None:
+    return files.sha256_of(path) if path and os.path.isfile(path) else None
 
 
 def source_file(source: model_loading.ModelSource, arch: str) -> str | None:
@@ -170,10 +163,10 @@ def source_file(source: model_loading.ModelSource, arch: str) -> str | None:
     return source.path or (models.cache_path(models.weights_url(arch)) if source.pretrained else None)
 
 
-def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target, sizes: dict,
-             folded: bool) -> dict[str, Any]:
+def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target,
+             prep: preprocess.EvalPreprocess, folded: bool) -> dict[str, Any]:
     """What a deployer needs to feed the exported model and read its output, and where it came from."""
-    resize, crop, mean, std, interpolation = (sizes[k] for k in ("resize", "crop", "mean", "std", "interpolation"))
+    resize, crop, mean, std, interpolation = prep.resize, prep.crop, prep.mean, prep.std, prep.interpolation
     norm = "" if target.uint8 else ", scale to [0, 1] and normalise with mean/std"
     return {"producer": "export.py (imagenet toolkit)", "arch": loaded.arch,
             "classes": model_loading.class_names(loaded), "num_classes": loaded.num_classes,
@@ -186,7 +179,7 @@ def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSourc
                                   f"antialiased), centre-crop {crop}x{crop} px{norm}",
             "opset": target.opset if target.fmt == "onnx" else None,
             "source": source.path or f"ImageNet weights of {loaded.arch}", "source_note": loaded.note or None,
-            "source_sha256": sha256(source_file(source, loaded.arch)), "batchnorm_folded": folded,
+            "source_sha256": _sha256(source_file(source, loaded.arch)), "batchnorm_folded": folded,
             "params": models.count_params(loaded.model)}
 
 
@@ -249,15 +242,13 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     loaded = model_loading.load_model(source)
     flags = preprocess.EvalFlags(args.val_resize_size, args.val_crop_size, args.interpolation)
     prep = model_loading.eval_preprocess(loaded, flags, source.path)
-    sizes = {"resize": prep.resize, "crop": prep.crop, "mean": prep.mean, "std": prep.std,
-             "interpolation": prep.interpolation}
     folded = models.fold_batchnorm(loaded.model) if args.fold_bn else None
-    net = Deployable(folded or loaded.model, sizes["mean"], sizes["std"], target.uint8).eval()
+    net = Deployable(folded or loaded.model, prep.mean, prep.std, target.uint8).eval()
     n = args.batch_size or CHECK_IMAGES
     pixels = data_pixels(args.data, n, prep, args.workers) if args.data else generated_pixels(n, prep.crop)
     reference = reference_logits(loaded.model, transforms.to_model_input(pixels, torch.device("cpu"), norm=prep.norm),
                                  loaded.arch, prep.crop)
-    meta = metadata(loaded, source, target, sizes, folded is not None)
+    meta = metadata(loaded, source, target, prep, folded is not None)
     print(header(loaded, source, target, meta), flush=True)
     example = pixels[:2] if len(pixels) >= 2 else pixels.expand(2, -1, -1, -1)  # batch 1 would fix the dimension
     example = example if target.uint8 else transforms.to_model_input(example, torch.device("cpu"), norm=prep.norm)
@@ -283,9 +274,9 @@ def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.No
     the comparison; refuse a model that differs."""
     pixels = inputs[0]
     exported = run_exported(blob, target, *inputs)
-    if exported.shape != reference.shape:
-        raise UserError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
-                        f"{tuple(reference.shape)}, so {target.path} was not written; this is a bug of the export.")
+    if exported.shape != reference.shape:  # our bug, not the user's: a traceback
+        raise RuntimeError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
+                           f"{tuple(reference.shape)}; {target.path} was not written.")
     diff, agree, ok = compare(reference, exported, tolerance)
     scale = max(1.0, float(reference.abs().max()))
     print(f"=> check on {len(pixels)} {where} images: largest logit difference {diff:.2e} (accepted: "

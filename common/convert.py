@@ -8,10 +8,10 @@
 an ``image`` struct column (the file's bytes as they are, and its path below the split folder), an int64 ``label``
 column, the class names as a ClassLabel in the Hugging Face features metadata, rows in the source's order, 16 rows
 per row group (the Hub writes 100; a random row costs reading its group, so parquet to parquet is allowed to
-re-group a Hub download for faster random access). ``--to shards`` writes ``OUT/train-NNNNNN.tar`` and ``OUT/val-NNNNNN.tar``, each sample a
-``KEY.<ext>`` member with the image bytes and a ``KEY.cls`` member with its label, the training samples shuffled
-once (``--seed``), and ``OUT/classes.txt`` (one class name per line, in label order). ``--to folder`` writes
-``OUT/{train,val}/<class>/<key>.<ext>`` from any readable format. Images are never decoded or re-encoded.
+re-group a Hub download for faster random access). ``--to shards`` writes ``OUT/train-NNNNNN.tar`` and
+``OUT/val-NNNNNN.tar``, each sample a ``KEY.<ext>`` member with the image bytes and a ``KEY.cls`` member with its
+label, the training samples shuffled once (``--seed``), and ``OUT/classes.txt`` (one class name per line, in label
+order). ``--to folder`` writes ``OUT/{train,val}/<class>/<key>.<ext>`` from any readable format. Images are never decoded or re-encoded.
 
 Output files are size-capped (``--max-shard-mb``) and each is written whole (temporary name, then renamed); after
 each one ``OUT/.convert-state.json`` records what is done. Run the same command again after an interruption and
@@ -138,14 +138,6 @@ def fingerprint(source: Source, order: dict[str, list[Item]], args: argparse.Nam
     return h.hexdigest()
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def extension(name: str, payload: bytes) -> str:
     """The file extension of an image: its name's when it has one, else the one its content says."""
     return os.path.splitext(name)[1].lower() or extension_of(payload)
@@ -225,7 +217,7 @@ def load_state(out: str, fp: str) -> State:
     done = []
     for entry in saved["files"]:  # keep the files that are whole, up to the first that is not
         target = os.path.join(out, entry["name"])
-        if not os.path.isfile(target) or sha256_of(target) != entry["sha256"]:
+        if not os.path.isfile(target) or files.sha256_of(target) != entry["sha256"]:
             break
         done.append(entry)
     return State(fp, done)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import tempfile
@@ -90,3 +91,12 @@ def csv_bytes(header: list[str] | None, rows: Iterable[Iterable]) -> bytes:
         writer.writerow(header)
     writer.writerows(rows)
     return text.getvalue().encode("utf-8", "surrogateescape")
+
+
+def sha256_of(path: str) -> str:
+    """The hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

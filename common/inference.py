@@ -273,6 +273,16 @@ def eval_preprocesses(loaded: LoadedModel, cfg: LoaderConfig, path: str | None) 
     return preps
 
 
+def labelled_set(root: str, transform, fast: bool) -> tuple[Dataset, str]:
+    """The labelled images at ``root`` and the folder they are read from: its class folders (``labelled_dir``), or
+    the validation split of a Hugging Face dataset or a shard folder, read by random access."""
+    fmt, root = data.resolve_source(root)
+    if fmt == "folder":
+        folder = labelled_dir(root)
+        return data.image_folder(folder, transform, fast=fast), folder
+    return data.table_split(root, "val", transform, fast, fmt), root
+
+
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
             images: list[str] | None = None, speed: SpeedConfig = SpeedConfig(),
             class_map: ClassMap | None = None) -> Prepared:
@@ -286,16 +296,11 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
             loaded.model.check_size(prep.crop)
     five = cfg.tta in ("five-crop", "ten-crop")
     transform = MultiView(preps, speed.fast, five)
-    fmt, root = data.resolve_source(root) if root else (None, None)
-    folder = labelled_dir(root) if fmt == "folder" else root
-    if fmt in ("parquet", "arrow", "shards"):  # the validation split of a Hugging Face dataset or a shard folder
-        base = data.table_split(root, "val", transform, speed.fast, fmt)
-        classes = align_classes(base, loaded, class_map)
-    elif folder:
-        base = data.image_folder(folder, transform, fast=speed.fast)
+    if root:
+        base, folder = labelled_set(root, transform, speed.fast)
         classes = align_classes(base, loaded, class_map)
     else:
-        base = ImageFiles(images or [], transform, speed.fast)
+        base, folder = ImageFiles(images or [], transform, speed.fast), None
         classes = class_names(loaded)
     dtype = torch.uint8 if speed.fast else torch.float32
     blank = tuple(torch.zeros(*((5,) if five else ()), 3, p.crop, p.crop, dtype=dtype) for p in preps)

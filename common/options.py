@@ -493,9 +493,10 @@ INFER_BATCH_SIZE_GPU = 64
 INFER_BATCH_SIZE_CPU = 16
 
 
-def inference_parser(onnx: bool = True) -> argparse.ArgumentParser:
+def inference_parser(onnx: bool = True, batch_help: str | None = None) -> argparse.ArgumentParser:
     """The model file and batch size of the evaluation scripts (test.py, classify_test_data.py, export.py);
-    ``onnx`` adds ``--model`` (an exported ONNX file), which export.py does not read."""
+    ``onnx`` adds ``--model`` (an exported ONNX file), which export.py does not read; ``batch_help`` says what
+    ``-b`` means where it is not the evaluation batch (export.py: the images its check runs on)."""
     parser, g = _group("inference")
     g.add_argument("--ckpt", default=None, metavar="PATH",
                    help="checkpoint written by this project (train_*.py, network.py), or a state_dict saved with "
@@ -511,8 +512,8 @@ def inference_parser(onnx: bool = True) -> argparse.ArgumentParser:
                    help="also accept files holding pickled Python objects, such as whole models saved with "
                         "torch.save(model); loading them can run arbitrary code, so use it only for trusted files")
     g.add_argument("-b", "--batch-size", type=POSITIVE_INT, default=None, metavar="N",
-                   help=f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
-                        f"{INFER_BATCH_SIZE_CPU} on the CPU)")
+                   help=batch_help or f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
+                                      f"{INFER_BATCH_SIZE_CPU} on the CPU)")
     g.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold each BatchNorm that follows a convolution into it (torch.fx), which changes the "
                         "outputs only by float rounding (default: on)")

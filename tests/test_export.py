@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import model_loading, models, onnx_model, transforms
+from common import model_loading, models, onnx_model, preprocess, transforms
 from conftest import SMALL, make_image_folder, refusal
 from inprocess import call_main, load_script
 
@@ -234,7 +234,6 @@ def test_the_ema_weights_a_checkpoint_marks_as_better_are_the_ones_exported(tmp_
     source = model_loading.ModelSource(path)
     loaded = model_loading.load_model(source)
     assert all(torch.equal(v, ema.state_dict()[k]) for k, v in loaded.model.state_dict().items())
-    sizes = {"resize": 36, "crop": 32, "mean": transforms.IMAGENET_MEAN, "std": transforms.IMAGENET_STD,
-             "interpolation": "bilinear"}
-    meta = script.metadata(loaded, source, script.Target("onnx", "x.onnx", False, 18), sizes, True)
+    prep = preprocess.EvalPreprocess(36, 32, "bilinear", transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    meta = script.metadata(loaded, source, script.Target("onnx", "x.onnx", False, 18), prep, True)
     assert meta["source_note"].endswith("EMA weights") and meta["classes"] == CLASSES
