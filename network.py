@@ -90,7 +90,7 @@ def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str
 def build_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, str]:
     """The backbone with its weights (ImageNet unless --weights), a new head, everything but the head frozen."""
     engine.seed_process(args.seed)
-    model = models.create_model(args.arch, num_classes, pretrained=not args.weights, weights_path=args.weights,
+    model = models.create_model(args.arch, num_classes, pretrained=args.pretrained, weights_path=args.weights,
                                 width_mult=args.width_mult)
     head_name = models.replace_head(model, num_classes)  # always new: a head of the file's own classes is no use
     model.requires_grad_(False)

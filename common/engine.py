@@ -31,7 +31,7 @@ from common.errors import UserError
 from common.logger import Progress, epoch_row
 from common.meters import AverageMeter
 from common.metrics import topk_correct
-from common.precision import Precision, choose_precision
+from common.precision import Precision, choose_precision, synchronize
 from common.train_step import TrainStep, logits_of
 from common.watch import TrainingLog
 
@@ -440,11 +440,6 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     return train_loop(run, ctx, loop_config(args, log_name), start)
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def profile_input(run: Run, ctx: DistContext, steps: int) -> dict:
     """``--profile-input``: images/s of the training loader alone (``steps`` batches after the first, which pays
     for the workers' start) against images/s of ``steps`` training steps on one synthetic batch of the same shape,
@@ -457,15 +452,15 @@ def profile_input(run: Run, ctx: DistContext, steps: int) -> dict:
         seen += len(images)
     input_rate = seen / max(time.perf_counter() - start, 1e-9)
     del batches
-    images = transforms.to_model_input(first, ctx.device, run.precision.channels_last)
+    images = transforms.to_model_input(first, ctx.device, run.precision.channels_last, norm=run.norm)
     target = torch.randint(len(run.classes), (len(first),), device=ctx.device)
     run.model.train()
     run.step(images, target)  # warm-up: allocations, cudnn autotuning
-    _synchronise(ctx.device)
+    synchronize(ctx.device)
     start = time.perf_counter()
     for _ in range(steps):
         run.step(images, target)
-    _synchronise(ctx.device)
+    synchronize(ctx.device)
     model_rate = steps * len(first) / max(time.perf_counter() - start, 1e-9)
     bound = "input" if input_rate < model_rate else "model"
     if ctx.is_main:

@@ -31,7 +31,7 @@ from common.logger import Progress
 from common.meters import AverageMeter
 from common.model_loading import LoadedModel, ModelSource, class_names, display_names, eval_preprocess, load_model
 from common.onnx_model import OnnxModel
-from common.precision import Precision, choose_precision
+from common.precision import Precision, choose_precision, synchronize
 
 # What PIL raises for a file it cannot decode: unknown format (OSError), truncated data, bogus headers, huge images.
 UNREADABLE = (BadImage, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -375,11 +375,6 @@ def concat(parts: list[Predictions], k: int, seconds: float = 0.0, model_seconds
                        **cat)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _logits(prep: Prepared, images: torch.Tensor, device: torch.device, norm: transforms.Normalization
             ) -> torch.Tensor:
     """fp32 logits of one resolution's batch, averaged over its test-time views: a (N, 5, 3, H, W) batch holds five
@@ -433,7 +428,7 @@ def predict_all(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict
         with torch.inference_mode():
             batches = iter(prep.loader)
             for i, (views, targets, paths, ok) in enumerate(batches):
-                _sync(ctx.device)
+                synchronize(ctx.device)
                 t0 = time.perf_counter()
                 scores = [_score(_logits(prep, view, ctx.device, p.norm), targets, k)
                           for view, p in zip(views, prep.preps)]

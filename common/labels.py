@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from common.errors import UserError
+from common.valprep import VAL_NUMBER
 
-VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.[A-Za-z]+")
+VAL_NAME = re.compile(VAL_NUMBER.pattern + r"\.[A-Za-z]+")
 
 
 @dataclass(frozen=True)

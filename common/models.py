@@ -15,7 +15,8 @@ import torchvision
 
 from common import checkpoint
 from common.errors import UserError
-from ghost_net import ghost_net
+# GhostNet's file counts parameters and multiply-adds (FlopCounterMode) for any model; one count of each here too.
+from ghost_net import count_macs as count_macs, count_params as count_params, ghost_net
 
 GHOSTNET_URL = "https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth"
 IMAGENET_CLASSES = 1000
@@ -131,31 +132,6 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False, weights_
             replace_head(model, num_classes)
         return model
     return _build(arch, num_classes, width_mult, dropout)
-
-
-def count_macs(model: nn.Module, input_size: int = 224) -> int:
-    """Multiply-adds of one (1, 3, input_size, input_size) image, as torch's FlopCounterMode counts them (FLOPs / 2).
-
-    That covers convolutions and matrix products (Linear, attention), the paper's convention; BatchNorm,
-    activations, pooling and elementwise products are not counted. One eval-mode forward under no_grad, on the
-    model's device; the model's training mode is restored.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not); buffers such as BatchNorm statistics are not counted."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module | None:

@@ -79,3 +79,9 @@ def choose_precision(device: torch.device, model: nn.Module, amp: bool | None, a
     if amp_dtype == "auto":
         amp_dtype = "bf16" if native_bf16(device) or device.type == "cpu" else "fp16"
     return Precision(device.type, _DTYPES[amp_dtype], channels_last)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer read next measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

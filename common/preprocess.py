@@ -18,11 +18,11 @@ import torch
 import torchvision
 
 from common.errors import UserError
+from common.options import MAX_PIXELS, VAL_CROP_SIZE, VAL_RESIZE_SIZE
 from common.transforms import IMAGENET, INTERPOLATIONS, Normalization, describe_eval, eval_transform
 
-DEFAULT_RESIZE, DEFAULT_CROP, DEFAULT_INTERPOLATION = 256, 224, "bilinear"
+DEFAULT_INTERPOLATION = "bilinear"
 GHOSTNET_WEIGHTS = "GhostNet's official release (state_dict_73.98.pth)"
-MAX_PIXELS = 4096  # as options.MAX_PIXELS; a recorded size beyond it is a damaged file
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class EvalPreprocess:
     ``mean`` / ``std``; ``source`` says where these come from (``ResNet50_Weights.IMAGENET1K_V2``, ``the
     checkpoint``, ``--val-crop-size``, ...)."""
 
-    resize: int = DEFAULT_RESIZE
-    crop: int = DEFAULT_CROP
+    resize: int = VAL_RESIZE_SIZE
+    crop: int = VAL_CROP_SIZE
     interpolation: str = DEFAULT_INTERPOLATION
     mean: tuple[float, float, float] = IMAGENET.mean
     std: tuple[float, float, float] = IMAGENET.std
@@ -60,13 +60,6 @@ class EvalFlags:
     crop: int | None = None
     interpolation: str | None = None
     resize_source: str | None = None  # where a resize that no flag gives directly comes from (e.g. --crop-pct)
-
-
-def weights_name(arch: str) -> str:
-    """The name of the DEFAULT ImageNet weights of ``arch`` (``ResNet50_Weights.IMAGENET1K_V2``)."""
-    if arch == "ghostnet":
-        return GHOSTNET_WEIGHTS
-    return str(torchvision.models.get_model_weights(arch).DEFAULT)
 
 
 def weights_preprocess(arch: str) -> EvalPreprocess:

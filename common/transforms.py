@@ -49,8 +49,6 @@ class Normalization:
 
 
 IMAGENET = Normalization()
-# The uint8 colour nearest to the mean: RandomErasing's default fill (0 after Normalize) on an image not yet normalised.
-MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 AUTO_AUGMENT = ("autoaugment", "randaugment", "trivialaugment", "augmix")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # Start-of-frame markers that libjpeg-turbo decodes to 8-bit RGB: baseline, extended and progressive Huffman.
@@ -116,13 +114,13 @@ def train_transform(cfg: AugmentConfig, fast: bool = True,
     """The training transform of ``cfg``: uint8 tensor in, uint8 (3, crop, crop) out; or PIL in, normalised float out.
 
     The fast transform takes what ``load_uint8`` returns, the classic one what ``images.load_rgb`` returns. Random
-    erasing comes last in both; on uint8 it fills with ``MEAN_UINT8``, the nearest uint8 to what the classic
-    RandomErasing writes after Normalize (zero, i.e. the mean), so the two agree to within half a grey level.
+    erasing comes last in both; on uint8 it fills with the uint8 colour nearest to ``norm``'s mean, which is what the
+    classic RandomErasing writes after Normalize (zero, i.e. the mean), so the two agree to within half a grey level.
     """
     if fast:
         steps = _augment_steps(cfg, v2)
         if cfg.random_erase > 0:
-            steps.append(v2.RandomErasing(cfg.random_erase, value=list(MEAN_UINT8)))
+            steps.append(v2.RandomErasing(cfg.random_erase, value=[round(255 * m) for m in norm.mean]))
         return v2.Compose(steps)
     steps = _augment_steps(cfg, transforms)
     steps += [transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from common import inference, optim
-from common.precision import Precision, choose_precision
+from common import inference, models, optim
+from common.precision import Precision, choose_precision, synchronize
 from common.train_step import TrainStep
 
-IMAGENET_CLASSES = 1000
 RSS_SAMPLE_S = 0.002  # how often the CPU memory sampler reads the resident set size
 
 
@@ -65,11 +64,6 @@ class Figures:
     peak_mib: float
     inference: str
     training: str
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(run: Callable[[], object], device: torch.device, count: int) -> list[float]:
@@ -129,7 +123,7 @@ def train_figures(base: nn.Module, device: torch.device, setup: Setup, budget: B
     """
     step = train_step(base, device, setup.speed)
     images = _images(budget.batch_size, budget.input_size, device, step.precision)
-    labels = torch.randint(0, IMAGENET_CLASSES, (budget.batch_size,), device=device)
+    labels = torch.randint(0, models.IMAGENET_CLASSES, (budget.batch_size,), device=device)
 
     def run() -> float:
         return step(images, labels)[1].item()  # reading the loss waits for the step, as the training loop does
