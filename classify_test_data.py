@@ -28,9 +28,13 @@ import os
 import shutil
 import time
 
-from common import distributed, faults, figures, files, hfdata, images, inference, metrics, options
-from common import process, shards
-from common.distributed import DistContext
+from common import files, limits
+from common.cli import options, process
+from common.data import hfdata, images, shards
+from common.dist import distributed, faults
+from common.dist.distributed import DistContext
+from common.predict import inference
+from common.report import figures, metrics
 
 MARKER = ".classify_test_data"  # marks DIR_OUT as written by this script, so that updating or clearing it is safe
 MANIFEST_NAME, SUMMARY_NAME, SHEET_NAME = "manifest.csv", "summary", "mistakes.png"
@@ -55,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(default: auto)")
     parser.add_argument("--overwrite", action="store_true",
                         help="empty DIR_OUT (written by an earlier run) before sorting")
-    parser.add_argument("--sheet-size", type=options.Number(int, 0, 1024), default=64, metavar="N",
+    parser.add_argument("--sheet-size", type=limits.Number(int, 0, 1024), default=64, metavar="N",
                         help="most confident mistakes shown in mistakes.png, at most 1024 (default: 64; 0: no sheet)")
     return parser
 

@@ -47,7 +47,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from common import data, files, inference, model_loading, models, onnx_model, options, preprocess, transforms
+from common import files, limits
+from common.cli import options
+from common.data import sampling, transforms
+from common.models import factory, loading, onnx_model, preprocess
+from common.predict import inference
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
@@ -69,11 +73,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--with-preprocess", action="store_true",
                         help="the exported model takes uint8 RGB pixels (N, 3, H, W), already resized and "
                              "centre-cropped, and normalises them itself (default: normalised float32 input)")
-    parser.add_argument("--opset", type=options.Number(int, DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
+    parser.add_argument("--opset", type=limits.Number(int, DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
                         help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
     parser.add_argument("--no-check", action="store_true",
                         help="write the file without running it against the PyTorch model first")
-    parser.add_argument("--tolerance", type=options.Number(float, 0, 1, low_open=True), default=1e-3,
+    parser.add_argument("--tolerance", type=limits.Number(float, 0, 1, low_open=True), default=1e-3,
                         help="largest logit difference accepted, times max(1, largest |logit|) (default: 1e-3)")
     return parser
 
@@ -123,7 +127,7 @@ class Deployable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uint8:  # (N, 3, H, W) uint8 -> normalised float32, as transforms.to_model_input computes it
             x = (x.to(torch.float32) - self.mean) / self.std
-        return models.logits_of(self.model(x))
+        return factory.logits_of(self.model(x))
 
 
 def generated_pixels(n: int, crop: int) -> torch.Tensor:
@@ -137,9 +141,9 @@ def generated_pixels(n: int, crop: int) -> torch.Tensor:
 def data_pixels(root: str, n: int, prep: preprocess.EvalPreprocess, workers: int | None) -> torch.Tensor:
     """The first ``n`` images of the labelled set ``root`` (any format --data takes) through the project's eval
     transform, as uint8."""
-    dataset, _ = inference.labelled_set(root, prep.transform(fast=True), True)
+    dataset, _, _ = inference.labelled_set(root, prep.transform(fast=True), True)
     subset = Subset(dataset, range(min(n, len(dataset))))
-    loader = DataLoader(subset, batch_size=len(subset), num_workers=data.default_workers() if workers is None
+    loader = DataLoader(subset, batch_size=len(subset), num_workers=sampling.default_workers() if workers is None
                         else min(workers, len(subset)))
     return next(iter(loader))[0]
 
@@ -148,7 +152,7 @@ def reference_logits(model: nn.Module, batch: torch.Tensor, arch: str, crop: int
     """The PyTorch model's fp32 logits on the normalised ``batch``; a size it cannot take is refused."""
     try:
         with torch.inference_mode():
-            return models.logits_of(model(batch)).float()
+            return factory.logits_of(model(batch)).float()
     except RuntimeError as exc:
         raise UserError(f"{arch} cannot run on {crop}x{crop} px inputs ({str(exc).splitlines()[0][:120]}); pass a "
                         "larger --val-crop-size (and --val-resize-size).") from None
@@ -158,18 +162,18 @@ def _sha256(path: str | None) -> str | None:
     return files.sha256_of(path) if path and os.path.isfile(path) else None
 
 
-def source_file(source: model_loading.ModelSource, arch: str) -> str | None:
+def source_file(source: loading.ModelSource, arch: str) -> str | None:
     """The file the weights came from: the checkpoint, or the hub cache file of --pretrained."""
-    return source.path or (models.cache_path(models.weights_url(arch)) if source.pretrained else None)
+    return source.path or (factory.cache_path(factory.weights_url(arch)) if source.pretrained else None)
 
 
-def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target,
+def metadata(loaded: loading.LoadedModel, source: loading.ModelSource, target: Target,
              prep: preprocess.EvalPreprocess, folded: bool) -> dict[str, Any]:
     """What a deployer needs to feed the exported model and read its output, and where it came from."""
     resize, crop, mean, std, interpolation = prep.resize, prep.crop, prep.mean, prep.std, prep.interpolation
     norm = "" if target.uint8 else ", scale to [0, 1] and normalise with mean/std"
     return {"producer": "export.py (imagenet toolkit)", "arch": loaded.arch,
-            "classes": model_loading.class_names(loaded), "num_classes": loaded.num_classes,
+            "classes": loading.class_names(loaded), "num_classes": loaded.num_classes,
             "input_name": UINT8_INPUT_NAME if target.uint8 else INPUT_NAME, "output_name": OUTPUT_NAME,
             "input_shape": ["batch", 3, crop, crop],
             "input_format": onnx_model.INPUT_UINT8 if target.uint8 else onnx_model.INPUT_FLOAT,
@@ -180,7 +184,7 @@ def metadata(loaded: model_loading.LoadedModel, source: model_loading.ModelSourc
             "opset": target.opset if target.fmt == "onnx" else None,
             "source": source.path or f"ImageNet weights of {loaded.arch}", "source_note": loaded.note or None,
             "source_sha256": _sha256(source_file(source, loaded.arch)), "batchnorm_folded": folded,
-            "params": models.count_params(loaded.model)}
+            "params": factory.count_params(loaded.model)}
 
 
 @contextlib.contextmanager
@@ -239,10 +243,10 @@ def compare(reference: torch.Tensor, exported: torch.Tensor, tolerance: float) -
 def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     """Load, export, check and write; return what the footer reports (for callers such as tests)."""
     source = inference.model_source(args)
-    loaded = model_loading.load_model(source)
+    loaded = loading.load_model(source)
     flags = preprocess.EvalFlags(args.val_resize_size, args.val_crop_size, args.interpolation)
-    prep = model_loading.eval_preprocess(loaded, flags, source.path)
-    folded = models.fold_batchnorm(loaded.model) if args.fold_bn else None
+    prep = loading.eval_preprocess(loaded, flags, source.path)
+    folded = factory.fold_batchnorm(loaded.model) if args.fold_bn else None
     net = Deployable(folded or loaded.model, prep.mean, prep.std, target.uint8).eval()
     n = args.batch_size or CHECK_IMAGES
     pixels = data_pixels(args.data, n, prep, args.workers) if args.data else generated_pixels(n, prep.crop)
@@ -289,7 +293,7 @@ def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.No
     return {"max_diff": diff, "agreement": agree}
 
 
-def header(loaded: model_loading.LoadedModel, source: model_loading.ModelSource, target: Target,
+def header(loaded: loading.LoadedModel, source: loading.ModelSource, target: Target,
            meta: dict[str, Any]) -> str:
     what = f"ONNX opset {target.opset}" if target.fmt == "onnx" else "torch.export"
     note = f" ({loaded.note})" if loaded.note else ""

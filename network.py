@@ -25,19 +25,25 @@ from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
 import argparse
-import os
 import time
 
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import (
+    create_feature_extractor,
+    get_graph_node_names,
+)
 
-from common import checkpoint, data, distributed, engine, faults, files, models, options, schedule
-from common.distributed import DistContext
-from common.process import exit_on_stop
-from common.logger import Progress
-from common.train_step import TrainStep
+from common.cli import options
+from common.cli.process import exit_on_stop
+from common.data import loaders, sampling, unreadable
+from common.dist import distributed, faults
+from common.dist.distributed import DistContext
+from common.models import checkpoint, factory
+from common.report.progress import Progress
+from common.train import engine, launch, loop, resume, schedule
+from common.train.step import TrainStep
 
 LOG_NAME = "network.csv"
 
@@ -58,9 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every check that can fail on the user's input, before any model is built."""
-    args.pretrained = args.pretrained or not args.weights  # the backbone is ImageNet's unless --weights
-    options.check_training_args(args, models.available_archs())
+    """network.py's own checks, after the training scripts' (``launch.prepare``); changes nothing."""
     if distributed.torchrun_env() is not None:
         raise UserError("network.py trains in one process (the frozen backbone's features are cheap to reuse); "
                         "run it with python, not torchrun.")
@@ -69,19 +73,14 @@ def check_args(args: argparse.Namespace) -> None:
     if args.cache_features and args.train_augment:
         raise UserError("--cache-features needs the deterministic eval transform; drop --train-augment or use "
                         "--no-cache-features.")
-    if not args.dummy:
-        data.check_source(args.data)
-    if args.resume not in ("", "auto") and not os.path.isfile(args.resume):
-        raise UserError(f"--resume {args.resume!r} does not exist; check the path.")
-    files.check_output_dir(args.output_dir)
 
 
 def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str]]:
     """train/ and val/ with the same class folders; train/ uses the eval transform unless --train-augment."""
-    cfg = data.DataConfig(args.data, args.dummy, args.train_crop_size, args.val_resize_size, args.val_crop_size,
-                          bad_log=data.BadImageLog(args.bad_images), interpolation=args.interpolation,
+    cfg = loaders.DataConfig(args.data_source, args.train_crop_size, args.val_resize_size, args.val_crop_size,
+                          bad_log=unreadable.BadImageLog(args.bad_images), interpolation=args.interpolation,
                           norm=engine.normalization(args))
-    train_set, val_set, classes = data.build_datasets(cfg)
+    train_set, val_set, classes = loaders.build_datasets(cfg)
     if not args.train_augment:
         train_set.transform = val_set.transform  # deterministic: an image's features are the same every epoch
     return train_set, val_set, classes
@@ -90,9 +89,9 @@ def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str
 def build_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, str]:
     """The backbone with its weights (ImageNet unless --weights), a new head, everything but the head frozen."""
     engine.seed_process(args.seed)
-    model = models.create_model(args.arch, num_classes, pretrained=args.pretrained, weights_path=args.weights,
+    model = factory.create_model(args.arch, num_classes, pretrained=args.pretrained, weights_path=args.weights,
                                 width_mult=args.width_mult)
-    head_name = models.replace_head(model, num_classes)  # always new: a head of the file's own classes is no use
+    head_name = factory.replace_head(model, num_classes)  # always new: a head of the file's own classes is no use
     model.requires_grad_(False)
     model.get_submodule(head_name).requires_grad_(True)
     return model, head_name
@@ -152,7 +151,7 @@ def head_gives_output(head: nn.Module, taps: dict[str, torch.Tensor], first: boo
     return not first or torch.allclose(head(taps["x"]), taps["y"], rtol=1e-4, atol=1e-5)
 
 
-def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: DistContext, show: engine.PassConfig,
+def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: DistContext, show: loop.PassConfig,
                      stop: faults.StopRequest | None = None) -> FeatureSet | None:
     """The head's input for every image, in dataset order (torchvision's create_feature_extractor); None, with a
     notice, when it cannot be cached: layers follow the head (SqueezeNet), or torch.fx cannot trace the model.
@@ -193,29 +192,29 @@ def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: 
     return FeatureSet(features[:pos], targets[:pos])  # fewer rows than images when unreadable ones were dropped
 
 
-def cache_loaders(args: argparse.Namespace, run: engine.Run, head_name: str, train_set: Dataset, ctx: DistContext,
+def cache_loaders(args: argparse.Namespace, run: loop.Run, head_name: str, train_set: Dataset, ctx: DistContext,
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
-    ordered = data.ordered_loader(train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
+    ordered = loaders.ordered_loader(args.data_source, train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
-                                   engine.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop)
+                                   loop.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop)
     if train_feats is None:
         return None
     val_feats = extract_features(run.model, head_name, run.val_loader, ctx,
-                                 engine.PassConfig("Features val: ", args.print_freq, norm=run.norm), stop)
+                                 loop.PassConfig("Features val: ", args.print_freq, norm=run.norm), stop)
     size_mb = (train_feats.features.nbytes + val_feats.features.nbytes) / 2**20
     print(f"=> features of {len(train_feats)} train + {len(val_feats)} val images cached in {time.time() - t0:.1f} "
           f"s ({tuple(train_feats.features.shape[1:])} each, {size_mb:.1f} MiB)", flush=True)
-    sampler = data.GlobalBatchSampler(len(train_feats), run.train_loader.batch_size, seed=args.seed or 0)
+    sampler = sampling.GlobalBatchSampler(len(train_feats), run.train_loader.batch_size, seed=args.seed or 0)
     return (feature_loader(train_feats, sampler, run.train_loader.batch_size),
-            feature_loader(val_feats, data.ShardSampler(len(val_feats)), run.val_loader.batch_size))
+            feature_loader(val_feats, sampling.ShardSampler(len(val_feats)), run.val_loader.batch_size))
 
 
-def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple[engine.Run, str, Dataset]:
+def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple[loop.Run, str, Dataset]:
     """Image loaders, model with a new head, SGD over the head only, schedule; the head's name and the train set."""
     train_set, val_set, classes = build_datasets(args)
-    train_loader, val_loader = data.build_loaders(train_set, val_set, args.batch_size, workers, ctx, seed=args.seed)
+    train_loader, val_loader = loaders.build_loaders(args.data_source, train_set, val_set, args.batch_size, workers, ctx, seed=args.seed)
     model, head_name = build_model(args, len(classes))
     model.to(ctx.device)
     head = model.get_submodule(head_name)
@@ -223,38 +222,38 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
     sched_cfg = schedule.ScheduleConfig(args.lr_schedule, args.epochs, len(train_loader), args.warmup_epochs,
                                         args.lr_step_size, args.lr_gamma)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
-    run = engine.Run(model, train_loader, val_loader, criterion, optimizer,
+    run = loop.Run(model, train_loader, val_loader, criterion, optimizer,
                      schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None),
                      norm=engine.normalization(args))
     return run, head_name, train_set
 
 
-def trainee(run: engine.Run, head_name: str) -> engine.Trainee:
+def trainee(run: loop.Run, head_name: str) -> loop.Trainee:
     """The head alone on cached features; else the whole model, with only the head in training mode."""
     head = run.model.get_submodule(head_name)
-    return engine.Trainee(head) if isinstance(run.train_loader.dataset, FeatureSet) else engine.Trainee(run.model, head)
+    return loop.Trainee(head) if isinstance(run.train_loader.dataset, FeatureSet) else loop.Trainee(run.model, head)
 
 
-def header(args: argparse.Namespace, ctx: DistContext, run: engine.Run, head_name: str, cache: bool) -> str:
+def header(args: argparse.Namespace, ctx: DistContext, run: loop.Run, head_name: str, cache: bool) -> str:
     """One short description of the run."""
     head = run.model.get_submodule(head_name)
-    trained = models.count_params(head)
+    trained = factory.count_params(head)
     source = args.weights or "ImageNet weights"
     transform = (f"RandomResizedCrop {args.train_crop_size} + flip" if args.train_augment else
                  f"Resize {args.val_resize_size} ({args.interpolation}) + CenterCrop {args.val_crop_size}, from "
                  f"{args.preprocess_source}")
     return (f"=> {args.arch} from {source}, new head {head_name} ({head}) | "
-            f"{(models.count_params(run.model) - trained) / 1e6:.2f} M params frozen, {trained / 1e3:.2f} k trained"
+            f"{(factory.count_params(run.model) - trained) / 1e6:.2f} M params frozen, {trained / 1e3:.2f} k trained"
             f" | data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images "
-            f"({data.describe_source(args.data, args.dummy)}), {len(run.classes)} classes | 1 process on {ctx.device.type} | batch {args.batch_size} | lr {args.lr} "
+            f"({args.data_source.describe()}), {len(run.classes)} classes | 1 process on {ctx.device.type} | batch {args.batch_size} | lr {args.lr} "
             f"{args.lr_schedule} schedule | epochs {args.epochs} | train transform: {transform} | feature cache "
             f"{'on' if cache else 'off'} | output {args.output_dir}")
 
 
-def loop_config(args: argparse.Namespace) -> engine.LoopConfig:
+def loop_config(args: argparse.Namespace) -> loop.LoopConfig:
     """The engine loop's settings: a CSV row per epoch and a checkpoint of the whole model after every (short) epoch,
     with no per-step log and no mid-epoch checkpoints but the one a stop writes."""
-    return engine.LoopConfig(args.epochs, args.output_dir, LOG_NAME, args.arch, checkpoint.plain_args(args),
+    return loop.LoopConfig(args.epochs, args.output_dir, LOG_NAME, args.arch, checkpoint.plain_args(args),
                              args.print_freq, args.seed, step_log=False)
 
 
@@ -262,12 +261,12 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
     """Build, resume, cache the features, then evaluate (``-e``) or train the head through the engine's loop;
     SIGTERM/SIGINT stop it cleanly, with a checkpoint once training has started."""
     torch.backends.cudnn.benchmark = args.seed is None
-    workers = data.default_workers() if args.workers is None else args.workers
+    workers = sampling.default_workers() if args.workers is None else args.workers
     run, head_name, train_set = build_run(args, ctx, workers)
-    resume = engine.resume_path(args.resume, args.output_dir)
-    start = engine.restore(resume, run, args.arch) if resume else engine.ResumePoint()
+    path = resume.resume_path(args.resume, args.output_dir)
+    start = resume.restore(path, run, args.arch) if path else loop.ResumePoint()
     if args.start_epoch is not None:
-        start = engine.ResumePoint(args.start_epoch, 0, start.best_acc1)
+        start = loop.ResumePoint(args.start_epoch, 0, start.best_acc1)
     cache = args.cache_features is not False and not args.train_augment
     print(header(args, ctx, run, head_name, cache), flush=True)
     stop = faults.StopRequest().install()
@@ -279,10 +278,10 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
         trained = trainee(run, head_name)
         if args.evaluate:
             stop.uninstall()  # nothing to save: a signal may stop the evaluation at once
-            val = engine.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq, norm=run.norm)
+            val = loop.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq, norm=run.norm)
             return {"best_acc1": val.top1, "best_epoch": None, "val": val}
         run.step = TrainStep(trained.module, run.criterion, run.optimizer, run.scheduler, run.precision)
-        return engine.train_loop(run, ctx, loop_config(args), start, trained, stop)
+        return loop.train_loop(run, ctx, loop_config(args), start, trained, stop)
     finally:
         stop.uninstall()
 
@@ -290,6 +289,9 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
 def main(args: argparse.Namespace) -> dict:
     with exit_on_user_error():
         check_args(args)
+        if not args.weights:
+            args.pretrained = True  # the backbone is ImageNet's unless --weights
+        launch.prepare(args)
         ctx = distributed.single_process(args.gpu, args.no_accel)
         with exit_on_stop(ctx, args.output_dir):
             return train(args, ctx)

@@ -51,8 +51,12 @@ import sys
 
 import torch
 
-from common import data, distributed, faults, figures, files, images, inference, labels, metrics, options
-from common import process, shards
+from common import files
+from common.cli import options, process
+from common.data import formats, sampling, scan
+from common.dist import distributed, faults
+from common.predict import inference, labels
+from common.report import figures, metrics
 
 TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
@@ -116,18 +120,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_data(args: argparse.Namespace) -> int:
     """``--check-data``: decode the files that an evaluation would read and list the unreadable ones; 1 if any."""
-    fmt, root = data.resolve_source(args.data) if args.data else (None, None)
-    if fmt in ("parquet", "arrow"):
-        return data.check_table(root, ("val",), "an evaluation skips them and counts them apart", args.limit)
-    if fmt == "shards":  # every sample of the val shards (--limit aside), and any truncated shard
-        return shards.check(root, data.decoder(False), "an evaluation skips them and counts them apart", ("val",))
-    if args.data:
-        folder = inference.labelled_dir(args.data)
-        paths, where = [path for path, _ in data.image_folder(folder, None).samples][:args.limit], f"under {folder}"
-    else:
-        paths, where = args.images, "on the command line"
-    workers = data.default_workers() if args.workers is None else args.workers
-    return images.list_unreadable(paths, where, workers, "an evaluation skips them and counts them apart")
+    workers = sampling.default_workers() if args.workers is None else args.workers
+    if not args.data:
+        return scan.scan_files(args.images, workers, scan.EVALUATION_HINT)
+    return scan.scan_source(formats.resolve_source(args.data), ("val",), scan.EVALUATION_HINT, workers, args.limit)
 
 
 def class_label(cls: str, name: str) -> str:

@@ -13,7 +13,9 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 import argparse
 import functools
 
-from common import distributed, launch, options
+from common.cli import options
+from common.dist import distributed
+from common.train import launch
 
 LOG_NAME = "dataparallel.csv"
 
@@ -40,7 +42,7 @@ def parse_gpus(text: str | None, available: int) -> list[int] | None:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args_or_scan(args)
+        launch.prepare(args)
         gpus = parse_gpus(args.gpus, distributed.accelerator_count(args.no_accel))
         args.gpu = gpus[0] if gpus else args.gpu
         wrap = functools.partial(distributed.wrap_dataparallel, device_ids=gpus)

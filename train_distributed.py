@@ -21,7 +21,9 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 
 import argparse
 
-from common import distributed, launch, options
+from common.cli import options
+from common.dist import distributed
+from common.train import launch
 
 LOG_NAME = "distributed.csv"
 
@@ -36,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args_or_scan(args)
+        launch.prepare(args)
         if distributed.torchrun_env() is None and distributed.slurm_env() is None:
             print("=> not started by torchrun or srun (no RANK/WORLD_SIZE or SLURM_PROCID): training in one process")
             launch.run_single(args, lambda model, ctx: model, LOG_NAME)

@@ -26,7 +26,9 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 
 import argparse
 
-from common import distributed, launch, options
+from common.cli import options
+from common.dist import distributed
+from common.train import launch
 
 LOG_NAME = "main.csv"
 
@@ -41,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args_or_scan(args)
+        launch.prepare(args)
         if distributed.torchrun_env() is not None:
             launch.run_torchrun(args, LOG_NAME)
         elif args.multiprocessing_distributed:  # also under srun with one task per node, as the ImageNet example

@@ -16,7 +16,8 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 
 import argparse
 
-from common import launch, options
+from common.cli import options
+from common.train import launch
 
 LOG_NAME = "multiprocessing_distributed.csv"
 
@@ -28,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        launch.check_args_or_scan(args)
+        launch.prepare(args)
         launch.run_spawn(args, LOG_NAME)
 
 

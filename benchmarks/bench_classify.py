@@ -28,8 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
 from benchmarks.benchlib import make_class_folder  # noqa: E402
-from common import data, distributed, inference, model_loading, models, options, preprocess  # noqa: E402
+from common import limits  # noqa: E402
+from common.cli import defaults, options  # noqa: E402
+from common.data import imagefolder  # noqa: E402
+from common.dist import distributed  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
+from common.models import factory, loading, preprocess  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 16
@@ -49,18 +53,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: float) -> None:
     """A checkpoint in this project's format with random weights (the speed does not depend on them)."""
     torch.manual_seed(0)
-    model = models.create_model(arch, len(classes), width_mult=width_mult)
+    model = factory.create_model(arch, len(classes), width_mult=width_mult)
     torch.save({"epoch": 0, "arch": arch, "state_dict": model.state_dict(), "best_acc1": 0.0, "classes": classes,
-                "args": {"val_resize_size": options.VAL_RESIZE_SIZE, "val_crop_size": options.VAL_CROP_SIZE,
+                "args": {"val_resize_size": limits.VAL_RESIZE_SIZE, "val_crop_size": limits.VAL_CROP_SIZE,
                          "width_mult": width_mult}}, path)
 
 
 def original_loop(ckpt: str, folder: str, out: str, device: torch.device) -> tuple[int, int, int]:
     """The original script: one image at a time, PIL + transform + model(batch of 1) + argmax + shutil.copy."""
-    loaded = model_loading.load_model(model_loading.ModelSource(ckpt))
+    loaded = loading.load_model(loading.ModelSource(ckpt))
     model = loaded.model.to(device).eval()
-    transform = model_loading.eval_preprocess(loaded, preprocess.EvalFlags()).transform(fast=False)
-    dataset = data.image_folder(folder, None)
+    transform = loading.eval_preprocess(loaded, preprocess.EvalFlags()).transform(fast=False)
+    dataset = imagefolder.image_folder(folder, None)
     with torch.no_grad():
         for path, target in dataset.samples:
             image = transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
@@ -95,7 +99,7 @@ def device_tag(device: torch.device) -> str:
 
 def warmup_folder(folder: str, work: str) -> str:
     """A few images of each class of ``folder``, symlinked, for the untimed warm-up runs."""
-    dataset, warmup = data.image_folder(folder, None), os.path.join(work, "warmup")
+    dataset, warmup = imagefolder.image_folder(folder, None), os.path.join(work, "warmup")
     per_class = max(1, WARMUP_IMAGES // len(dataset.classes))
     for c, name in enumerate(dataset.classes):
         os.makedirs(os.path.join(warmup, name))
@@ -106,12 +110,12 @@ def warmup_folder(folder: str, work: str) -> str:
 
 def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
     """(checkpoint, image folder, warm-up folder): the user's, or generated ones."""
-    folder = inference.labelled_dir(args.data) if args.data else os.path.join(work, "photos")
+    folder = imagefolder.eval_dir(args.data) if args.data else os.path.join(work, "photos")
     if not args.data:
         make_class_folder(folder, args.images, args.classes)
     ckpt = args.ckpt or os.path.join(work, "random.pth.tar")
     if not args.ckpt:
-        random_checkpoint(ckpt, args.arch, data.image_folder(folder, None).classes, args.width_mult)
+        random_checkpoint(ckpt, args.arch, imagefolder.image_folder(folder, None).classes, args.width_mult)
     return ckpt, folder, warmup_folder(folder, work)
 
 
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_classify_") as work:
         ckpt, folder, warmup = prepare_inputs(args, work)
-        arch = model_loading.load_model(model_loading.ModelSource(ckpt)).arch
+        arch = loading.load_model(loading.ModelSource(ckpt)).arch
         for name, method, extra in methods:
             (images, batch, workers), seconds = timed(method, ckpt, folder, warmup, work, *extra)
             rows.append({"method": name, "arch": arch, "device": device_tag(device), "batch": batch,
@@ -158,7 +162,7 @@ def report(rows: list[dict], path: str) -> None:
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        options.resolve_data_dir(args)
+        defaults.resolve_data_dir(args)
         rows = run(args)
         report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{rows[0]['device']}.csv"))
 

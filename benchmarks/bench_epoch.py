@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.benchlib import device_tag, make_dataset, write_csv  # noqa: E402
-from common import models, transforms  # noqa: E402
+from common.data import transforms  # noqa: E402
+from common.models import factory  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -43,7 +44,7 @@ def reference_epoch(train_dir: str, arch: str, batch: int, workers: int, device:
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     torch.manual_seed(0)
-    model = models.create_model(arch, len(dataset.classes)).to(device).train()
+    model = factory.create_model(arch, len(dataset.classes)).to(device).train()
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
     images, start = 0, time.perf_counter()

@@ -28,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export  # noqa: E402  (the scripts benchmarked, imported from the repository root)
 from benchmarks.bench_classify import device_tag, random_checkpoint  # noqa: E402
 from benchmarks.benchlib import make_class_folder, write_csv  # noqa: E402
-from common import data, distributed, options  # noqa: E402
+from common import limits  # noqa: E402
+from common.cli import options  # noqa: E402
+from common.data import imagefolder  # noqa: E402
+from common.dist import distributed  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 from tests.inprocess import load_script  # noqa: E402
 
@@ -43,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), metavar="ARCH",
                         help=f"models to compare (default: {' '.join(ARCHS)})")
     parser.add_argument("--images", type=options.POSITIVE_INT, default=256, help="generated photos (default: 256)")
-    parser.add_argument("--size", type=options.PIXELS, default=options.VAL_CROP_SIZE, metavar="PX",
-                        help=f"eval crop size; the resize is 256/224 of it (default: {options.VAL_CROP_SIZE})")
+    parser.add_argument("--size", type=options.PIXELS, default=limits.VAL_CROP_SIZE, metavar="PX",
+                        help=f"eval crop size; the resize is 256/224 of it (default: {limits.VAL_CROP_SIZE})")
     parser.add_argument("-j", "--workers", type=options.WORKERS, default=None, metavar="N",
                         help="test.py's data loading workers (default: test.py's)")
     parser.add_argument("--quick", action="store_true",
@@ -64,9 +67,9 @@ def evaluate(test, flags: list[str]) -> tuple[float, int]:
 
 def compare(arch: str, crop: int, folder: str, warmup: str, work: str, common_flags: list[str]) -> list[dict]:
     """PyTorch and ONNX images/s of one model at batch 1 and at the default batch."""
-    resize = round(crop * options.VAL_RESIZE_SIZE / options.VAL_CROP_SIZE)
+    resize = round(crop * limits.VAL_RESIZE_SIZE / limits.VAL_CROP_SIZE)
     size = ["--val-resize-size", str(resize), "--val-crop-size", str(crop)]
-    classes = data.image_folder(folder, None).classes
+    classes = imagefolder.image_folder(folder, None).classes
     ckpt, onnx = os.path.join(work, f"{arch}.pth.tar"), os.path.join(work, f"{arch}.onnx")
     random_checkpoint(ckpt, arch, classes, 1.0)
     with contextlib.redirect_stdout(io.StringIO()):

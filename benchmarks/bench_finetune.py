@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.benchlib import device_tag, make_dataset, write_csv  # noqa: E402
-from common import models  # noqa: E402
+from common.models import factory  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as work:
         root = make_dataset(os.path.join(work, "photos"), args.images // 8, args.images // 8 // 4 or 1, classes=8)
         weights = os.path.join(work, "backbone.pth")
-        torch.save(models.create_model(args.arch, 1000).state_dict(), weights)
+        torch.save(factory.create_model(args.arch, 1000).state_dict(), weights)
         for i, (name, flags) in enumerate(cases):
             seconds = timed_run(root, weights, args, os.path.join(work, f"run{i}"), [*flags, *extra])
             rows.append({"method": name, "arch": args.arch, "device": device_tag(device), "seconds": seconds})

@@ -2,7 +2,7 @@
 
 1,000 photo-like JPEGs of ImageNet-like sizes (benchlib) are written as an ImageFolder, then converted with
 ``python -m common.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
-training builds (``data.build_datasets`` + ``data.build_loaders``: uint8 pipeline, RandomResizedCrop 224 + flip,
+training builds (``loaders.build_datasets`` + ``loaders.build_loaders``: uint8 pipeline, RandomResizedCrop 224 + flip,
 per-image seeds), for a warm-up epoch and then a timed one. Reported per format: images/s of the timed epoch, and
 the resident (RSS) and private memory of each loader worker, read in the middle of the epoch.
 
@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import make_dataset, require_smaps, smaps, write_csv
-from common import convert, data, distributed
+from common.data import convert, formats, loaders, unreadable  # noqa: E402
+from common.dist import distributed  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -56,10 +57,10 @@ def epoch(loader) -> tuple[int, float, list[tuple[float, float]]]:
 
 def measure(name: str, root: str, args: argparse.Namespace) -> list[dict]:
     """Rows of one format: a warm-up epoch, then the timed one."""
-    cfg = data.DataConfig(root, train_crop_size=224, fast=True, bad_log=data.BadImageLog("skip"))
-    train, val, _ = data.build_datasets(cfg)
+    cfg = loaders.DataConfig(formats.resolve_source(root), train_crop_size=224, fast=True, bad_log=unreadable.BadImageLog("skip"))
+    train, val, _ = loaders.build_datasets(cfg)
     ctx = distributed.single_process(None, True)
-    loader, _ = data.build_loaders(train, val, args.batch_size, args.workers, ctx, seed=0)
+    loader, _ = loaders.build_loaders(cfg.source, train, val, args.batch_size, args.workers, ctx, seed=0)
     epoch(loader)
     images, seconds, workers = epoch(loader)
     return [{"format": name, "images": images, "workers": args.workers, "batch": args.batch_size,

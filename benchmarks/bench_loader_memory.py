@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import require_smaps, smaps, write_csv
-from common.samples import CompactSamples
+from common.data.samples import CompactSamples
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IMAGENET_TRAIN_FILES = 1_281_167

@@ -32,7 +32,7 @@ from torchvision import datasets
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import make_photos, write_csv
-from common import transforms
+from common.data import transforms  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

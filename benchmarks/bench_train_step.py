@@ -31,9 +31,11 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import device_tag, photo_like, write_csv  # noqa: E402
-from common import data, models, precision, transforms  # noqa: E402
-from common.images import load_rgb  # noqa: E402
-from common.train_step import TrainStep  # noqa: E402
+from common.data import imagefolder, transforms  # noqa: E402
+from common.data.images import load_rgb
+from common.dist import precision  # noqa: E402
+from common.models import factory  # noqa: E402
+from common.train.step import TrainStep
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CLASSES = 4
@@ -63,7 +65,7 @@ def make_step(arch: str, prec: precision.Precision, lr: float = 0.01, seed: int 
               weights: str | None = None) -> TrainStep:
     """A seeded model (``weights``: a local file, 'imagenet' for torchvision's weights, None for random init)."""
     torch.manual_seed(seed)
-    model = models.create_model(arch, CLASSES, pretrained=weights == "imagenet",
+    model = factory.create_model(arch, CLASSES, pretrained=weights == "imagenet",
                                 weights_path=None if weights in (None, "imagenet") else weights)
     model = prec.prepare_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -107,7 +109,7 @@ def loss_gaps(arch: str, reference: precision.Precision, project: precision.Prec
     """Final losses of the reference and the project, and of a control: fp32 channels_last, which changes nothing
     but the order of float sums. The control's gap is how far rounding alone moves this run's loss; a project gap of
     the same size is rounding noise, not a precision problem."""
-    photos = [path for path, _ in data.image_folder(args.data, None).samples] if args.data else None
+    photos = [path for path, _ in imagefolder.image_folder(args.data, None).samples] if args.data else None
     batches = make_batches(args.loss_steps, args.batch, args.size, seed=1, photos=photos)
     control = precision.Precision(device.type, None, True)
     runs = {"reference": reference, "project": project, "control": control}
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for arch in args.archs:
         reference = precision.Precision(device.type, None, False)
-        probe = models.create_model(arch, CLASSES)
+        probe = factory.create_model(arch, CLASSES)
         project = precision.choose_precision(device, probe, True if args.amp else None)
         ref_ips, fast_ips = best_of(args.repeats, arch, (reference, project), timed, args.warmup, device)
         row = {"arch": arch, "size": args.size, "batch": args.batch, "device": device_tag(device),

@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.demo import pink_noise
+from common.data.demo import pink_noise
 
 # ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
 PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))

@@ -7,7 +7,6 @@ import signal
 import sys
 from collections.abc import Iterator
 
-
 INTERRUPTED = "=> interrupted by Ctrl+C (SIGINT)"
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common import figures
-from common.figures import DPI
+from common.report import figures
+from common.report.figures import DPI
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

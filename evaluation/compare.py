@@ -28,7 +28,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import files, figures, inference, models, options  # noqa: E402
+from common import files, limits
+from common.cli import options
+from common.models import factory
+from common.predict import inference
+from common.report import figures
 from evaluation import chart, measure, published  # noqa: E402
 
 DEFAULT_MODELS = ("ghostnet:0.5", "ghostnet", "ghostnet:1.3", "mobilenet_v2", "mobilenet_v3_small",
@@ -62,9 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=options.POSITIVE_INT, default=None, metavar="N",
                         help=f"batch of the inference and training throughputs (default: {BATCH['cpu']} on the CPU, "
                              f"{BATCH['cuda']} on a GPU)")
-    parser.add_argument("--threads", type=options.Number(int, 1, 1024), default=None, metavar="N",
+    parser.add_argument("--threads", type=limits.Number(int, 1, 1024), default=None, metavar="N",
                         help="CPU threads for torch (default: torch's own choice, the cores)")
-    parser.add_argument("--repeats", type=options.Number(int, 1, 100000), default=None, metavar="N",
+    parser.add_argument("--repeats", type=limits.Number(int, 1, 100000), default=None, metavar="N",
                         help=f"timed batch-1 runs for the latency; each throughput times N/{RUNS_PER_BATCH} batches, "
                              f"at least one (default: {REPEATS['cpu']} on the CPU, {REPEATS['cuda']} on a GPU)")
     parser.add_argument("--quick", action="store_true",
@@ -78,13 +82,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_model(spec: str, archs: list[str]) -> tuple[str, float]:
     """``arch`` or ``ghostnet:W`` as (arch, width); unknown names are refused with a suggestion."""
     arch, _, width = spec.partition(":")
-    options.check_arch(arch, archs)
+    factory.check_arch(arch, archs)
     if not width:
         return arch, 1.0
     if arch != "ghostnet":
         raise UserError(f"--models {spec}: only ghostnet takes a width (ghostnet:0.5); drop ':{width}'.")
     try:
-        value = options.Number(float, 0, options.MAX_WIDTH_MULT, low_open=True)(width)
+        value = limits.Number(float, 0, limits.MAX_WIDTH_MULT, low_open=True)(width)
     except argparse.ArgumentTypeError as exc:
         raise UserError(f"--models {spec}: the width {exc}.") from None
     return arch, value
@@ -114,9 +118,9 @@ def check_args(args: argparse.Namespace) -> None:
         args.models = args.models or list(QUICK_MODELS)
         for key, value in QUICK.items():
             setattr(args, key, getattr(args, key) or value)
-    archs = models.available_archs()
+    archs = factory.available_archs()
     args.specs = [parse_model(spec, archs) for spec in (args.models or DEFAULT_MODELS)]
-    args.input_size = args.input_size or options.VAL_CROP_SIZE
+    args.input_size = args.input_size or limits.VAL_CROP_SIZE
     args.batch_size = args.batch_size or BATCH[args.device.type]
     args.repeats = args.repeats or REPEATS[args.device.type]
     if args.amp and args.device.type == "cpu" and args.amp_dtype == "fp16":
@@ -153,14 +157,14 @@ def measure_setups(model: torch.nn.Module, device: torch.device, setups: list[me
 
 
 def count_macs(model: torch.nn.Module, input_size: int) -> int:
-    """``models.count_macs`` on a meta-device copy (shapes only, no arithmetic), or on the model itself for one whose
+    """``factory.count_macs`` on a meta-device copy (shapes only, no arithmetic), or on the model itself for one whose
     forward needs real values (a data-dependent branch)."""
     try:
-        return models.count_macs(copy.deepcopy(model).to("meta"), input_size)
+        return factory.count_macs(copy.deepcopy(model).to("meta"), input_size)
     except (NotImplementedError, RuntimeError) as exc:
         if "meta" not in str(exc):  # a real failure, such as an input too small: the same on the CPU
             raise
-        return models.count_macs(model, input_size)
+        return factory.count_macs(model, input_size)
 
 
 def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[measure.Setup],
@@ -172,10 +176,10 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
            "published_source": pub.source, "eval_resize": pub.resize, "eval_crop": pub.crop,
            "eval_interpolation": pub.interpolation, "device": str(args.device), "batch_size": budget.batch_size}
     try:
-        model = models.create_model(arch, models.IMAGENET_CLASSES, width_mult=width).eval()
+        model = factory.create_model(arch, factory.IMAGENET_CLASSES, width_mult=width).eval()
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built keeps its row
         return {**row, "error": f"build: {_reason(exc)}"}
-    row["params"] = models.count_params(model)
+    row["params"] = factory.count_params(model)
     try:
         row["macs"] = count_macs(model, budget.input_size)
     except Exception as exc:  # noqa: BLE001 - e.g. an input too small for the model's pooling

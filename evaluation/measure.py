@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from common import inference, models, optim
-from common.precision import Precision, choose_precision, synchronize
-from common.train_step import TrainStep
+from common.dist.precision import Precision, choose_precision, synchronize
+from common.models import factory
+from common.predict import inference
+from common.train import optim
+from common.train.step import TrainStep
 
 RSS_SAMPLE_S = 0.002  # how often the CPU memory sampler reads the resident set size
 
@@ -123,7 +125,7 @@ def train_figures(base: nn.Module, device: torch.device, setup: Setup, budget: B
     """
     step = train_step(base, device, setup.speed)
     images = _images(budget.batch_size, budget.input_size, device, step.precision)
-    labels = torch.randint(0, models.IMAGENET_CLASSES, (budget.batch_size,), device=device)
+    labels = torch.randint(0, factory.IMAGENET_CLASSES, (budget.batch_size,), device=device)
 
     def run() -> float:
         return step(images, labels)[1].item()  # reading the loss waits for the step, as the training loop does

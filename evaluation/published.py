@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torchvision
 
-from common import models, preprocess
+from common.models import factory, preprocess
 
 # width: (top-1, top-5 or None, source)
 GHOSTNET_PUBLISHED = {
-    1.0: (73.98, 91.46, f"official release ({models.GHOSTNET_URL.rsplit('/', 1)[-1]})"),
+    1.0: (73.98, 91.46, f"official release ({factory.GHOSTNET_URL.rsplit('/', 1)[-1]})"),
     0.5: (66.2, None, "paper, Table 7 (no weights released)"),
     1.3: (75.7, None, "paper, Table 7 (no weights released)"),
 }

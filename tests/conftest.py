@@ -91,3 +91,12 @@ def run_script(script: str, *args: str, launcher: list[str] | None = None, env: 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def fill_and_check(args, archs: list[str]) -> None:
+    """What ``launch.prepare`` does with a training script's flags before the data source: fill the defaults that
+    depend on other flags, then check them."""
+    from common.cli import defaults, options
+
+    defaults.fill_training_defaults(args)
+    options.check_training_args(args, archs)

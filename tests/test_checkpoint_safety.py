@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-
-from common import checkpoint, model_loading
-from common.errors import UserError
 from conftest import ROOT, SMALL, make_image_folder, run_script
+
+from common.errors import UserError
+from common.models import checkpoint, loading
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL[:6], "-j", "1",
          "-p", "100"]
@@ -120,7 +120,7 @@ def test_a_damaged_checkpoint_field_is_named_before_anything_is_built(trained_ck
     path = str(tmp_path / "damaged.pth.tar")
     torch.save(ckpt, path)
     with pytest.raises(UserError) as err:
-        model_loading.load_model(model_loading.ModelSource(path))
+        loading.load_model(loading.ModelSource(path))
     assert words in str(err.value) and str(err.value).startswith(path) and "\n" not in str(err.value)
 
 

@@ -12,7 +12,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import SMALL, make_image_folder, run_script
 from inprocess import call_main
 

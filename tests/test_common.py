@@ -7,12 +7,16 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-
-from common import checkpoint, data, models, options, schedule, transforms
-from common.errors import UserError
 from conftest import refusal
-from common.meters import AverageMeter
-from common.metrics import accuracy, topk_correct
+
+from common.cli import defaults
+from common.data import formats, imagefolder, loaders, sampling, transforms
+from common.errors import UserError
+from common.models import checkpoint, factory
+from common.report.metrics import accuracy, topk_correct
+from common.report.progress import AverageMeter
+from common.train import schedule
+from tests.conftest import fill_and_check
 from train_main import get_args_parser
 
 
@@ -26,24 +30,24 @@ def parse(*argv: str):
 def test_dataset_is_given_positionally_or_with_data_flag():
     for argv in (["/some/dir"], ["--data", "/some/dir"], ["/some/dir", "--data", "/some/dir"]):
         args = parse(*argv)
-        options.resolve_data_dir(args)
+        defaults.resolve_data_dir(args)
         assert args.data == "/some/dir"
 
 
 def test_two_different_dataset_paths_are_refused():
     args = parse("/a", "--data", "/b")
     with pytest.raises(UserError, match="two dataset paths"):
-        options.resolve_data_dir(args)
+        defaults.resolve_data_dir(args)
 
 
 def test_missing_dataset_suggests_dummy():
     with pytest.raises(UserError, match="--dummy"):
-        options.check_training_args(parse(), models.available_archs())
+        fill_and_check(parse(), factory.available_archs())
 
 
 def test_unknown_arch_suggests_close_names():
     with pytest.raises(UserError, match="resnet50"):
-        options.check_training_args(parse("--dummy", "-a", "resnet5O"), models.available_archs())
+        fill_and_check(parse("--dummy", "-a", "resnet5O"), factory.available_archs())
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -53,49 +57,49 @@ def test_unknown_arch_suggests_close_names():
 ])
 def test_bad_flag_values_are_refused_in_one_line(argv, message):
     def check(*flags: str) -> None:
-        options.check_training_args(parse("--dummy", *flags), models.available_archs())
+        fill_and_check(parse("--dummy", *flags), factory.available_archs())
 
     assert message in refusal(check, *argv)
 
 
 def test_size_defaults_are_filled_once():
     args = parse("--dummy")
-    options.check_training_args(args, models.available_archs())
+    fill_and_check(args, factory.available_archs())
     assert (args.train_crop_size, args.val_resize_size, args.val_crop_size) == (224, 256, 224)
 
 
 def test_wrong_layout_error_names_expected_layout(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(UserError, match=r"no val/ subfolder.*train/<class>/<image>.*--dummy"):
-        data.split_dirs(str(tmp_path))
+        imagefolder.split_dirs(str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
-        data.split_dirs(str(tmp_path / "nope"))
+        imagefolder.split_dirs(str(tmp_path / "nope"))
 
 
 # ---------------------------------------------------------------- data
 
 
 def test_image_folder_returns_paths_and_skips_hidden_folders(tiny_data, tmp_path):
-    ds = data.image_folder(os.path.join(tiny_data, "val"), transforms.eval_transform(32, 32, fast=False))
+    ds = imagefolder.image_folder(os.path.join(tiny_data, "val"), transforms.eval_transform(32, 32, fast=False))
     image, target, path = ds[0]
     assert image.shape == (3, 32, 32) and target == 0 and path.endswith("class0/img0.png")
     assert ds.classes == ["class0", "class1", "class2", "class3"] and len(ds) == 40
     (tmp_path / "a").mkdir()
     (tmp_path / ".ipynb_checkpoints").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(open(path, "rb").read())
-    assert data.image_folder(str(tmp_path), None).classes == ["a"]
+    assert imagefolder.image_folder(str(tmp_path), None).classes == ["a"]
 
 
 def test_train_and_val_with_different_classes_are_refused():
     with pytest.raises(UserError, match=r"only in train/: \['dog'\].*only in val/: \['cow'\]"):
-        data.check_same_classes(["cat", "dog"], ["cat", "cow"])
+        imagefolder.check_same_classes(["cat", "dog"], ["cat", "cow"])
 
 
 @pytest.mark.parametrize("n, batch, world", [(64, 8, 2), (100, 8, 4), (37, 4, 3)])
 def test_rank_batches_together_form_the_one_process_batches(n, batch, world):
-    single = data.GlobalBatchSampler(n, batch * world, 1, 0, seed=3)
+    single = sampling.GlobalBatchSampler(n, batch * world, 1, 0, seed=3)
     single.set_epoch(5)
-    ranks = [data.GlobalBatchSampler(n, batch, world, r, seed=3) for r in range(world)]
+    ranks = [sampling.GlobalBatchSampler(n, batch, world, r, seed=3) for r in range(world)]
     for s in ranks:
         s.set_epoch(5)
     one = list(single)
@@ -109,17 +113,17 @@ def test_rank_batches_together_form_the_one_process_batches(n, batch, world):
 
 
 def test_train_sampler_reshuffles_each_epoch_and_pads_tiny_sets():
-    s = data.GlobalBatchSampler(50, 8, seed=0)
+    s = sampling.GlobalBatchSampler(50, 8, seed=0)
     first = list(s)
     s.set_epoch(1)
     assert list(s) != first and sorted(first) == sorted(set(first))
-    tiny = [list(data.GlobalBatchSampler(5, 8, 2, r)) for r in range(2)]
+    tiny = [list(sampling.GlobalBatchSampler(5, 8, 2, r)) for r in range(2)]
     assert len(tiny[0]) == len(tiny[1]) == 3 and set(tiny[0] + tiny[1]) == set(range(5))
 
 
 @pytest.mark.parametrize("n, world", [(21, 2), (10, 3), (2, 4)])
 def test_eval_shards_count_every_image_exactly_once(n, world):
-    indices = [i for r in range(world) for i in data.ShardSampler(n, world, r)]
+    indices = [i for r in range(world) for i in sampling.ShardSampler(n, world, r)]
     assert sorted(indices) == list(range(n))
 
 
@@ -134,23 +138,23 @@ def test_eval_shards_count_every_image_exactly_once(n, world):
 ])
 def test_smallest_forward_batch_matches_what_the_sampler_and_chunking_produce(n, batch, world, accum, replicas,
                                                                              expected):
-    assert data.smallest_forward_batch(n, batch, world, accum, replicas) == expected
+    assert sampling.smallest_forward_batch(n, batch, world, accum, replicas) == expected
     per_process = batch // world
     batches = [batch_indices for r in range(world)  # what each rank's DataLoader collates, batch by batch
                for batch_indices in torch.utils.data.DataLoader(
-                   list(data.GlobalBatchSampler(n, per_process, world, r, seed=0)), batch_size=per_process)]
+                   list(sampling.GlobalBatchSampler(n, per_process, world, r, seed=0)), batch_size=per_process)]
     smallest = min(len(r) for b in batches for m in b.chunk(accum) for r in m.chunk(replicas))
     assert smallest == expected
 
 
 def test_batch_must_divide_over_processes():
-    assert data.per_process_batch(256, 4) == 64
+    assert sampling.per_process_batch(256, 4) == 64
     with pytest.raises(UserError, match="multiple of 3"):
-        data.per_process_batch(256, 3)
+        sampling.per_process_batch(256, 3)
 
 
 def test_dummy_data_has_paths_and_imagenet_classes():
-    train, val, classes = data.build_datasets(data.DataConfig(None, dummy=True, train_crop_size=32,
+    train, val, classes = loaders.build_datasets(loaders.DataConfig(formats.DataSource(formats.SYNTHETIC), train_crop_size=32,
                                                               val_resize_size=36, val_crop_size=32))
     image, target, path = val[3]
     assert image.shape == (3, 32, 32) and 0 <= target < 1000 and path == "dummy/3" and len(classes) == 1000
@@ -264,9 +268,9 @@ def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small", "squeezenet1_0"])
 def test_create_model_and_replace_head(arch):
-    model = models.create_model(arch, num_classes=7)
+    model = factory.create_model(arch, num_classes=7)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
-    name = models.replace_head(model, 3)
+    name = factory.replace_head(model, 3)
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3) and name in dict(model.named_modules())
 
 
@@ -297,24 +301,24 @@ def test_macs_from_flop_counter_equal_conv_and_linear_hooks(arch):
     """FlopCounterMode's count, halved, is the paper's convention: a count of Conv2d and Linear layers by hand."""
     from ghost_net import count_macs as ghost_net_macs
 
-    model = models.create_model(arch, num_classes=10).train()
-    assert models.count_macs(model, 64) == ghost_net_macs(model, 64) == hook_macs(model, 64) > 0
+    model = factory.create_model(arch, num_classes=10).train()
+    assert factory.count_macs(model, 64) == ghost_net_macs(model, 64) == hook_macs(model, 64) > 0
     assert model.training
 
 
 def test_every_torchvision_classifier_is_offered():
-    archs = models.available_archs()
+    archs = factory.available_archs()
     assert "ghostnet" in archs and "resnet50" in archs and "vit_b_16" in archs and len(archs) > 50
 
 
 def test_pretrained_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    reference = models.create_model("resnet18", 1000)
-    cached = models.cache_path(models.weights_url("resnet18"))
+    reference = factory.create_model("resnet18", 1000)
+    cached = factory.cache_path(factory.weights_url("resnet18"))
     assert cached.startswith(str(tmp_path))
     os.makedirs(os.path.dirname(cached))
     torch.save(reference.state_dict(), cached)
-    model = models.create_model("resnet18", 5, pretrained=True)
+    model = factory.create_model("resnet18", 5, pretrained=True)
     assert torch.equal(model.conv1.weight, reference.conv1.weight) and model.fc.out_features == 5
 
 
@@ -326,8 +330,8 @@ def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(UserError) as err:
-        models.create_model("resnet18", 1000, pretrained=True)
-    expected = models.cache_path(models.weights_url("resnet18"))
+        factory.create_model("resnet18", 1000, pretrained=True)
+    expected = factory.cache_path(factory.weights_url("resnet18"))
     assert expected in str(err.value) and "--weights" in str(err.value)
 
 
@@ -335,41 +339,41 @@ def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content", ["garbage", "other model"])
 def test_a_wrong_file_in_the_hub_cache_is_named_with_the_fix(tmp_path, monkeypatch, arch, content):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = models.cache_path(models.weights_url(arch))
+    cached = factory.cache_path(factory.weights_url(arch))
     os.makedirs(os.path.dirname(cached))
     if content == "garbage":
         with open(cached, "wb") as f:
             f.write(b"<html>rate limited</html>")
     else:
-        torch.save(models.create_model("squeezenet1_1", 1000).state_dict(), cached)
+        torch.save(factory.create_model("squeezenet1_1", 1000).state_dict(), cached)
     with pytest.raises(UserError) as err:
-        models.create_model(arch, 5, pretrained=True)
+        factory.create_model(arch, 5, pretrained=True)
     assert f"the cached file {cached} is not the {arch} ImageNet weights" in str(err.value)
     assert "delete it" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_weights_file_with_other_head_drops_only_the_head(tmp_path, capsys):
-    source = models.create_model("ghostnet", 10)
+    source = factory.create_model("ghostnet", 10)
     path = tmp_path / "ckpt.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "arch": "ghostnet"}, path)
-    model = models.create_model("ghostnet", 4, weights_path=str(path))
+    model = factory.create_model("ghostnet", 4, weights_path=str(path))
     assert torch.equal(model.conv_stem.weight, source.conv_stem.weight) and model.classifier.out_features == 4
     assert "new head" in capsys.readouterr().out
     with pytest.raises(UserError, match="does not fit"):
-        models.create_model("resnet18", 4, weights_path=str(path))
+        factory.create_model("resnet18", 4, weights_path=str(path))
 
 
 def test_image_folder_decodes_cmyk_and_16_bit_and_names_a_bad_file(tmp_path):
     from PIL import Image
 
-    from common.images import BadImage
+    from common.data.images import BadImage
 
     folder = tmp_path / "c"
     folder.mkdir()
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "a_cmyk.jpg")
     Image.new("I;16", (8, 8), 65535).save(folder / "b_16bit.png")
     (folder / "c_empty.png").write_bytes(b"")
-    ds = data.image_folder(str(tmp_path), transforms.eval_transform(8, 8, fast=False))
+    ds = imagefolder.image_folder(str(tmp_path), transforms.eval_transform(8, 8, fast=False))
     red, white = ds[0][0], ds[1][0]  # normalised: invert Normalize to read the pixel values back
     mean = torch.tensor(transforms.IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(transforms.IMAGENET_STD)[:, None, None]

@@ -6,10 +6,11 @@ import hashlib
 import os
 
 import pytest
-
-from common import demo, options
-from common.errors import UserError
 from conftest import run_script
+
+from common.cli import defaults
+from common.data import demo
+from common.errors import UserError
 
 
 def digest(root: str) -> str:
@@ -55,10 +56,10 @@ def test_demo_defaults_yield_to_every_flag_given():
     import train_main
 
     args = train_main.get_args_parser().parse_args(["--demo", "--epochs", "3", "-a", "ghostnet"])
-    options.apply_demo_defaults(args)
+    defaults.apply_demo_defaults(args)
     assert (args.epochs, args.arch, args.lr, args.train_crop_size) == (3, "ghostnet", demo.DEFAULTS["lr"], 64)
     with pytest.raises(UserError, match="drop DIR/--data or --demo"):
-        options.apply_demo_defaults(train_main.get_args_parser().parse_args(["--demo", "--data", "x"]))
+        defaults.apply_demo_defaults(train_main.get_args_parser().parse_args(["--demo", "--data", "x"]))
 
 
 def test_the_quick_start_learns_far_above_chance(tmp_path):

@@ -10,10 +10,11 @@ import time
 
 import pytest
 import torch
-
-from common import checkpoint, engine, models
-from common.distributed import free_port
 from conftest import ROOT, SMALL, run_script
+
+from common.dist.distributed import free_port
+from common.models import checkpoint, factory
+from common.train import engine
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BASE = ["-b", "16", "--seed", "0", "--no-accel", "--epochs", "2", *SMALL]
@@ -44,7 +45,7 @@ def test_one_and_two_processes_train_the_same_model(tiny_data, tmp_path):
     run_script("train_distributed.py", *flags, "--output-dir", str(tmp_path / "torchrun"),
                launcher=TORCHRUN + ["--standalone", "--nproc_per_node", "2"])
     engine.seed_process(0)  # the initial weights, made as build_run makes them
-    init = models.create_model("squeezenet1_1", 4, dropout=0.0).state_dict()
+    init = factory.create_model("squeezenet1_1", 4, dropout=0.0).state_dict()
     one = weights(str(tmp_path / "one"))
     moved = torch.cat([(one[k] - init[k]).flatten() for k in one]).norm()
     for name in ("spawn", "torchrun"):

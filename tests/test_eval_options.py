@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from common import models
 from conftest import make_image_folder, refusal
 from inprocess import call_main, load_script
+from PIL import Image
+
+from common.models import factory, loading
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 FAST = ["-j", "0", "--no-amp", "-b", "8"]
@@ -25,7 +25,7 @@ def save_ckpt(path: str, always: int | None = None) -> str:
     """A random GhostNet (width 0.5) checkpoint of the four tiny classes; ``always``: a head that predicts that
     class whatever the image (zero weights, one-hot bias)."""
     torch.manual_seed(0)
-    state = models.create_model("ghostnet", len(CLASSES), width_mult=0.5).state_dict()
+    state = factory.create_model("ghostnet", len(CLASSES), width_mult=0.5).state_dict()
     if always is not None:
         state["classifier.weight"].zero_()
         state["classifier.bias"] = torch.nn.functional.one_hot(torch.tensor(always), len(CLASSES)).float() * 5
@@ -66,10 +66,9 @@ def test_five_crop_is_the_mean_of_the_corner_and_centre_crops_logits(ckpt, tmp_p
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     result, _ = call_main("test.py", "--ckpt", ckpt, str(tmp_path / "a.png"), "--tta", "five-crop", "--no-fold-bn",
                           "--no-channels-last", "--no-uint8-pipeline", *FAST)
-    from common import model_loading
     from torchvision import transforms
 
-    model = model_loading.load_model(model_loading.ModelSource(ckpt)).model
+    model = loading.load_model(loading.ModelSource(ckpt)).model
     resized = transforms.Resize(40)(Image.open(tmp_path / "a.png").convert("RGB"))
     crops = torch.stack([transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(
         transforms.functional.to_tensor(c)) for c in transforms.FiveCrop(32)(resized)])

@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
-
-from common import model_loading, models, options, preprocess, transforms
 from conftest import refusal
 from inprocess import call_main, load_script
+from PIL import Image
+
+from common.data import transforms
+from common.models import factory, loading, preprocess
+from tests.conftest import fill_and_check
 
 DEFAULT_WEIGHTS = sorted({str(torchvision.models.get_model_weights(a).DEFAULT): a
                           for a in torchvision.models.list_models(module=torchvision.models)}.items())
 
 
-def loaded_as_pretrained(arch: str, train_args: dict | None = None) -> model_loading.LoadedModel:
+def loaded_as_pretrained(arch: str, train_args: dict | None = None) -> loading.LoadedModel:
     """What load_model returns for --pretrained -a arch, without building the model (only its metadata matters)."""
-    return model_loading.LoadedModel(torch.nn.Identity(), arch, 1000, None, train_args or {}, "ImageNet weights",
+    return loading.LoadedModel(torch.nn.Identity(), arch, 1000, None, train_args or {}, "ImageNet weights",
                                      preprocess.weights_preprocess(arch))
 
 
@@ -35,7 +37,7 @@ def photo() -> Image.Image:
 @pytest.mark.parametrize("name,arch", DEFAULT_WEIGHTS, ids=[n for n, _ in DEFAULT_WEIGHTS])
 def test_pretrained_eval_transform_is_the_weights_own(name, arch, photo):
     reference = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    prep = model_loading.eval_preprocess(loaded_as_pretrained(arch), preprocess.EvalFlags())
+    prep = loading.eval_preprocess(loaded_as_pretrained(arch), preprocess.EvalFlags())
     assert (prep.resize, prep.crop, prep.interpolation) == (reference.resize_size[0], reference.crop_size[0],
                                                             reference.interpolation.value)
     assert (prep.mean, prep.std) == (tuple(reference.mean), tuple(reference.std)) and prep.source == name
@@ -52,19 +54,19 @@ def test_pretrained_eval_transform_is_the_weights_own(name, arch, photo):
 
 
 def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation(tmp_path, monkeypatch, photo):
-    prep = model_loading.eval_preprocess(loaded_as_pretrained("ghostnet"), preprocess.EvalFlags())
+    prep = loading.eval_preprocess(loaded_as_pretrained("ghostnet"), preprocess.EvalFlags())
     assert (prep.resize, prep.crop, prep.interpolation, prep.norm) == (256, 224, "bilinear", transforms.IMAGENET)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    cached = models.cache_path(models.weights_url("ghostnet"))
+    cached = factory.cache_path(factory.weights_url("ghostnet"))
     os.makedirs(os.path.dirname(cached))
-    torch.save(models.create_model("ghostnet", 1000).state_dict(), cached)  # random stand-in for the release
+    torch.save(factory.create_model("ghostnet", 1000).state_dict(), cached)  # random stand-in for the release
     photo.save(tmp_path / "a.png")
     _, printed = call_main("test.py", "--pretrained", "-a", "ghostnet", str(tmp_path / "a.png"), "-j", "0")
     assert "Resize(256, bilinear, antialias) + CenterCrop(224); normalise on device (from GhostNet's" in printed
 
 
 def test_flags_win_over_the_weights_and_the_source_names_them():
-    prep = model_loading.eval_preprocess(loaded_as_pretrained("efficientnet_b3"),
+    prep = loading.eval_preprocess(loaded_as_pretrained("efficientnet_b3"),
                                          preprocess.EvalFlags(resize=350, interpolation="bilinear"))
     assert (prep.resize, prep.crop, prep.interpolation) == (350, 300, "bilinear")
     assert prep.source == ("EfficientNet_B3_Weights.IMAGENET1K_V1; resize from --val-resize-size; "
@@ -74,22 +76,22 @@ def test_flags_win_over_the_weights_and_the_source_names_them():
 def test_a_checkpoint_keeps_the_preprocessing_of_the_weights_it_started_from():
     recorded = {"val_resize_size": 255, "val_crop_size": 240, "interpolation": "bicubic", "mean": [0.5] * 3,
                 "std": [0.25] * 3, "start_weights": "EfficientNet_B1_Weights.IMAGENET1K_V2"}
-    loaded = model_loading.LoadedModel(torch.nn.Identity(), "efficientnet_b1", 4, None, recorded)
-    prep = model_loading.eval_preprocess(loaded, preprocess.EvalFlags(crop=224), "ft.pth")
+    loaded = loading.LoadedModel(torch.nn.Identity(), "efficientnet_b1", 4, None, recorded)
+    prep = loading.eval_preprocess(loaded, preprocess.EvalFlags(crop=224), "ft.pth")
     assert (prep.resize, prep.crop, prep.interpolation, prep.mean, prep.std) == (255, 224, "bicubic", (0.5,) * 3,
                                                                                 (0.25,) * 3)
     assert prep.source == "ft.pth, trained from EfficientNet_B1_Weights.IMAGENET1K_V2; crop from --val-crop-size"
 
 
 def test_a_damaged_recorded_interpolation_is_one_line():
-    loaded = model_loading.LoadedModel(torch.nn.Identity(), "resnet18", 4, None, {"interpolation": "lanczos9"})
-    message = refusal(lambda: model_loading.eval_preprocess(loaded, preprocess.EvalFlags(), "x.pth"))
+    loaded = loading.LoadedModel(torch.nn.Identity(), "resnet18", 4, None, {"interpolation": "lanczos9"})
+    message = refusal(lambda: loading.eval_preprocess(loaded, preprocess.EvalFlags(), "x.pth"))
     assert "x.pth records interpolation='lanczos9'" in message
 
 
 def train_args(*argv: str):
     args = load_script("train_main.py").get_args_parser().parse_args(["--dummy", *argv])
-    options.check_training_args(args, models.available_archs())
+    fill_and_check(args, factory.available_archs())
     return args
 
 
@@ -110,7 +112,7 @@ def test_pretrained_test_py_matches_torchvision_reference_on_a_photo(tmp_path, m
     """End to end with random weights at the hub-cache path: --pretrained -a mobilenet_v2 (DEFAULT: V2, resize 232)
     prints the weights' sizes and gives the probabilities of weights.transforms() + the same model."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    cached = models.cache_path(models.weights_url("mobilenet_v2"))
+    cached = factory.cache_path(factory.weights_url("mobilenet_v2"))
     os.makedirs(os.path.dirname(cached))
     torch.manual_seed(0)
     reference = torchvision.models.mobilenet_v2().eval()

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from common import models
-from common.precision import Precision
+from common.dist.precision import Precision
+from common.models import factory
 from evaluation import chart, compare, measure, published
 from tests.conftest import refusal
 from tests.inprocess import call_main
@@ -22,13 +22,13 @@ TORCHVISION_DEFAULTS = [m for m in compare.DEFAULT_MODELS if not m.startswith("g
 @pytest.fixture(scope="module")
 def default_set() -> dict[str, torch.nn.Module]:
     """Every model of the default set, built once (random init, not run)."""
-    archs = models.available_archs()
-    return {spec: models.create_model(*_arch_width(spec, archs)) for spec in compare.DEFAULT_MODELS}
+    archs = factory.available_archs()
+    return {spec: factory.create_model(*_arch_width(spec, archs)) for spec in compare.DEFAULT_MODELS}
 
 
 def _arch_width(spec: str, archs: list[str]) -> tuple[str, int, bool, None, float]:
     arch, width = compare.parse_model(spec, archs)
-    return arch, models.IMAGENET_CLASSES, False, None, width
+    return arch, factory.IMAGENET_CLASSES, False, None, width
 
 
 def _meta(arch: str) -> dict:
@@ -37,12 +37,12 @@ def _meta(arch: str) -> dict:
 
 @pytest.mark.parametrize("spec", TORCHVISION_DEFAULTS)
 def test_params_equal_torchvision_num_params(default_set, spec):
-    assert models.count_params(default_set[spec]) == _meta(spec)["num_params"]
+    assert factory.count_params(default_set[spec]) == _meta(spec)["num_params"]
 
 
 def test_ghostnet_1x_has_5_182_508_params_and_141m_macs(default_set):
     model = default_set["ghostnet"]
-    assert models.count_params(model) == 5_182_508
+    assert factory.count_params(model) == 5_182_508
     assert compare.count_macs(model, 224) == pytest.approx(141e6, rel=0.02)
 
 
@@ -83,8 +83,8 @@ def test_quick_run_writes_csv_markdown_and_png(tmp_path):
     assert [r["model"] for r in table] == list(compare.QUICK_MODELS) and list(table[0]) == compare.COLUMNS
     for written, row in zip(table, rows):
         assert written["error"] == "" and int(written["params"]) == row["params"] > 0
-        arch, width = compare.parse_model(row["model"], models.available_archs())
-        assert int(written["macs"]) == models.count_macs(models.create_model(arch, 1000, width_mult=width), 32)
+        arch, width = compare.parse_model(row["model"], factory.available_archs())
+        assert int(written["macs"]) == factory.count_macs(factory.create_model(arch, 1000, width_mult=width), 32)
         pub = published.published(arch, width)
         assert float(written["published_top1"]) == pub.top1 and float(written["published_top5"]) == pub.top5
         for setup in compare.SETUPS:
@@ -121,7 +121,7 @@ def test_resnet50_measures_slower_than_resnet18():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        median = {arch: sorted(measure.latencies(models.create_model(arch, 1000).eval(), torch.device("cpu"),
+        median = {arch: sorted(measure.latencies(factory.create_model(arch, 1000).eval(), torch.device("cpu"),
                                                  Precision(), budget))[3] for arch in ("resnet18", "resnet50")}
     finally:
         torch.set_num_threads(threads)

@@ -19,10 +19,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
-from common import model_loading, models, onnx_model, preprocess, transforms
 from conftest import SMALL, make_image_folder, refusal
 from inprocess import call_main, load_script
+
+from common.data import transforms
+from common.models import factory, loading, onnx_model, preprocess
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 SIZE = ["--val-resize-size", "36", "--val-crop-size", "32"]
@@ -30,7 +31,7 @@ SIZE = ["--val-resize-size", "36", "--val-crop-size", "32"]
 
 def random_state_dict(arch: str, path: str, num_classes: int = 1000, seed: int = 0) -> str:
     torch.manual_seed(seed)
-    torch.save(models.create_model(arch, num_classes).state_dict(), path)
+    torch.save(factory.create_model(arch, num_classes).state_dict(), path)
     return path
 
 
@@ -61,7 +62,7 @@ def exported(jpegs, tmp_path_factory) -> dict:
     out["pt2"] = call_main("export.py", *resnet, "--output", str(work / "r.pt2"))[0]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(work / "torch_home"))
-        cached = models.cache_path(models.weights_url("mobilenet_v3_small"))
+        cached = factory.cache_path(factory.weights_url("mobilenet_v3_small"))
         os.makedirs(os.path.dirname(cached))
         random_state_dict("mobilenet_v3_small", cached, seed=2)
         out["mobilenet"] = call_main("export.py", "--pretrained", "-a", "mobilenet_v3_small", *SIZE, "--output",
@@ -95,7 +96,7 @@ def test_exports_give_pytorch_logits_on_jpegs_and_the_uint8_graph_equals_the_eva
         assert exported[name]["agreement"] == 100.0 and exported[name]["max_diff"] < 1e-4, name
     # Independently: the uint8 graph fed the eval transform's pixels against PyTorch on test.py's input.
     pixels = val_pixels(jpegs)
-    resnet = model_loading.load_model(model_loading.ModelSource(exported["resnet18_sd"], "resnet18")).model
+    resnet = loading.load_model(loading.ModelSource(exported["resnet18_sd"], "resnet18")).model
     reference, got = pytorch_logits(resnet, pixels), onnx_logits(exported["resnet18"]["path"], pixels)
     assert got.shape == (20, 4) and (got - reference).abs().max() < 1e-4
     assert torch.equal(got.argmax(1), reference.argmax(1))
@@ -121,7 +122,7 @@ def test_metadata_round_trips_through_the_files_and_model_loading(exported):
     mobile = metadata_props(exported["mobilenet"]["path"])
     assert mobile["source_sha256"] == exported["mobilenet_sha256"] and len(json.loads(mobile["classes"])) == 1000
     assert json.loads(metadata_props(exported["resnet18"]["path"])["classes"]) == CLASSES  # from --classes
-    loaded = model_loading.load_model(model_loading.ModelSource(exported["resnet18"]["path"], onnx=True))
+    loaded = loading.load_model(loading.ModelSource(exported["resnet18"]["path"], onnx=True))
     assert (loaded.arch, loaded.classes, loaded.num_classes) == ("resnet18", CLASSES, 4)
     assert loaded.train_args["val_resize_size"] == 36 and loaded.train_args["val_crop_size"] == 32
     with zipfile.ZipFile(exported["pt2"]["path"]) as pt2:
@@ -181,7 +182,7 @@ def test_pt2_reloads_and_runs_in_a_fresh_python_that_does_not_import_the_project
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code, exported["pt2"]["path"], "input.pt", "output.pt"], cwd=tmp_path,
                    env=env, check=True, capture_output=True, timeout=120)
-    resnet = model_loading.load_model(model_loading.ModelSource(exported["resnet18_sd"], "resnet18")).model
+    resnet = loading.load_model(loading.ModelSource(exported["resnet18_sd"], "resnet18")).model
     got = torch.load(tmp_path / "output.pt")
     assert got.shape == (20, 4) and (got - pytorch_logits(resnet, pixels)).abs().max() < 1e-4
 
@@ -226,13 +227,13 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_file(exported, jpegs, t
 
 def test_the_ema_weights_a_checkpoint_marks_as_better_are_the_ones_exported(tmp_path):
     torch.manual_seed(0)
-    raw, ema = models.create_model("resnet18", 4), models.create_model("resnet18", 4)
+    raw, ema = factory.create_model("resnet18", 4), factory.create_model("resnet18", 4)
     path = str(tmp_path / "ema.pth.tar")
     torch.save({"epoch": 2, "arch": "resnet18", "state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict(),
                 "best_weights": "ema", "best_acc1": 50.0, "classes": CLASSES, "args": {}}, path)
     script = load_script("export.py")
-    source = model_loading.ModelSource(path)
-    loaded = model_loading.load_model(source)
+    source = loading.ModelSource(path)
+    loaded = loading.load_model(source)
     assert all(torch.equal(v, ema.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     prep = preprocess.EvalPreprocess(36, 32, "bilinear", transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
     meta = script.metadata(loaded, source, script.Target("onnx", "x.onnx", False, 18), prep, True)

@@ -11,15 +11,29 @@ import tarfile
 
 import pytest
 import torch
-
 from conftest import SMALL, make_image_folder, refusal
 from inprocess import call_main
+
+from common.data import (
+    convert,
+    formats,
+    hfdata,
+    imagefolder,
+    loaders,
+    transforms,
+    unreadable,
+)
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from common import convert, data, hfdata, transforms  # noqa: E402
 from common.errors import UserError  # noqa: E402
+
+
+def usable(data: str) -> None:
+    """What a training script does with ``--data`` before any process starts: resolve it, refuse what no reader
+    can use."""
+    formats.check_source(formats.resolve_source(data))
 
 
 def run_convert(src: str, out: str, to: str, *flags: str) -> dict:
@@ -65,8 +79,8 @@ def test_parquet_has_the_hub_layout_class_names_and_folder_order(jpeg_folder, pa
     schema = pq.read_schema(glob.glob(os.path.join(parquet_copy, "data", "validation-*.parquet"))[0])
     assert json.loads(schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"] == [
         f"class{i}" for i in range(4)]
-    train, val, classes = data.build_datasets(data.DataConfig(parquet_copy, fast=True))
-    folder = data.image_folder(os.path.join(jpeg_folder, "train"), None)
+    train, val, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(parquet_copy), fast=True))
+    folder = imagefolder.image_folder(os.path.join(jpeg_folder, "train"), None)
     assert classes == folder.classes and train.targets.tolist() == folder.targets.tolist()
     index = len(train) - 1  # the last row of the last file, read after rows of other row groups
     image, target, key = train.dataset[index] if hasattr(train, "dataset") else train[index]
@@ -100,13 +114,13 @@ def test_a_corrupt_row_is_skipped_and_named_by_file_and_row(tmp_path):
     rows = good[:3] + [good[3][:60]] + good[4:]  # row 3: truncated JPEG
     write_parquet(str(tmp_path / "data" / "train-00000.parquet"), rows, [0, 1, 0, 1, 0], ["a", "b"])
     write_parquet(str(tmp_path / "data" / "validation-00000.parquet"), good[:2], [0, 1], ["a", "b"])
-    log = data.BadImageLog("skip")
-    train, _, classes = data.build_datasets(data.DataConfig(str(tmp_path), fast=True, bad_log=log, train_crop_size=8))
+    log = unreadable.BadImageLog("skip")
+    train, _, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(tmp_path)), fast=True, bad_log=log, train_crop_size=8))
     assert classes == ["a", "b"]
     _, target, key = train[3]  # replaced by the next readable row, as for a folder
     assert (key, target) == ("data/train-00000.parquet:4", 0)
     assert log.drain() == [("data/train-00000.parquet:3", "truncated JPEG")]
-    assert data.check_table(str(tmp_path), ("train", "val")) == 1
+    assert hfdata.scan(str(tmp_path), ("train", "val")) == 1
 
 
 def test_save_to_disk_arrow_folder_reads_as_the_same_rows(tmp_path, parquet_copy):
@@ -119,9 +133,9 @@ def test_save_to_disk_arrow_folder_reads_as_the_same_rows(tmp_path, parquet_copy
                 writer.write_table(table, max_chunksize=5)
         (root / split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
     (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation"]}))
-    assert data.resolve_source(str(root)) == ("arrow", str(root))
-    arrow, _, classes = data.build_datasets(data.DataConfig(str(root)))
-    table, _, same = data.build_datasets(data.DataConfig(parquet_copy))
+    assert formats.resolve_source(str(root)) == formats.DataSource("arrow", str(root))
+    arrow, _, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(root))))
+    table, _, same = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(parquet_copy)))
     assert classes == same and arrow.targets.tolist() == table.targets.tolist()
     assert all(arrow.encoded(i) == table.encoded(i) for i in range(len(arrow)))
 
@@ -203,19 +217,19 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, jpeg_folder, parquet_copy,
     nolabel = tmp_path / "nolabel"
     write_parquet(str(nolabel / "data" / "train-00000.parquet"), [jpeg((1, 2, 3))], None)
     write_parquet(str(nolabel / "data" / "validation-00000.parquet"), [jpeg((1, 2, 3))], None)
-    assert "no 'label' column" in refusal(lambda: data.build_datasets(data.DataConfig(str(nolabel))))
+    assert "no 'label' column" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(nolabel)))))
     mixed = make_image_folder(str(tmp_path / "mixed"), 1, 1)
     write_parquet(os.path.join(mixed, "data", "train-00000.parquet"), [jpeg((1, 2, 3))], [0])
-    assert "mixes dataset formats" in refusal(data.check_source, mixed)
-    assert data.resolve_source("folder:" + mixed) == ("folder", mixed)
-    assert "holds no Hugging Face" in refusal(data.check_source, "hf:" + jpeg_folder)
+    assert "mixes dataset formats" in refusal(usable, mixed)
+    assert formats.resolve_source("folder:" + mixed) == formats.DataSource("folder", mixed)
+    assert "holds no Hugging Face" in refusal(usable, "hf:" + jpeg_folder)
     outside = tmp_path / "labels"
     write_parquet(str(outside / "data" / "train-00000.parquet"), [jpeg((1, 2, 3))], [2], ["a", "b"])
     write_parquet(str(outside / "data" / "validation-00000.parquet"), [jpeg((1, 2, 3))], [0], ["a", "b"])
-    assert "outside the 2 classes" in refusal(lambda: data.build_datasets(data.DataConfig(str(outside))))
+    assert "outside the 2 classes" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(outside)))))
     assert "not empty" in refusal(run_convert, jpeg_folder, jpeg_folder, "parquet")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    assert "pip install pyarrow" in refusal(data.check_source, parquet_copy)
+    assert "pip install pyarrow" in refusal(usable, parquet_copy)
 
 
 def test_the_uint8_decoder_of_bytes_matches_the_one_of_files(jpeg_folder):
@@ -225,4 +239,4 @@ def test_the_uint8_decoder_of_bytes_matches_the_one_of_files(jpeg_folder):
         transforms.decode_uint8(open(path, "rb").read()[:80], "row 3")
     assert isinstance(hfdata.row_name("data/train-00001.parquet:7"), str)
     with pytest.raises(UserError):
-        data.resolve_source(str(os.path.join(jpeg_folder, "missing")))
+        formats.resolve_source(str(os.path.join(jpeg_folder, "missing")))

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ghost_net import GHOSTNET_CFG, GhostNet, _make_divisible, count_macs, count_params, ghost_net
+from ghost_net import (
+    GHOSTNET_CFG,
+    GhostNet,
+    _make_divisible,
+    count_macs,
+    count_params,
+    ghost_net,
+)
 
 # (key, shape) pairs read off the official ghostnet_pytorch/ghostnet.py module tree at width 1.0, 1000 classes.
 OFFICIAL_KEY_SHAPES = [

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from torchvision.datasets.folder import pil_loader
 
-from common.images import BadImage, check_images, load_rgb
+from common.data.images import BadImage, check_images, load_rgb
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -5,10 +5,11 @@ import re
 import time
 
 import pytest
-
-from common import engine, transforms
 from conftest import SMALL, make_image_folder
 from inprocess import call_main
+
+from common.data import transforms
+from common.train import loop
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def test_the_input_bound_line_appears_when_loading_is_slow_and_not_otherwise(sma
 
 
 def test_input_bound_line_figures():
-    stats = engine.EpochStats(1.0, 0, 0, images=100, seconds=10.0, data_seconds=4.0)
-    assert "waited 4.0 of 10.0 s (40%)" in engine.input_bound_line(stats, 2, 4)
-    assert engine.input_bound_line(engine.EpochStats(1.0, 0, 0, 100, 10.0, 0.9), 2, 4) is None
+    stats = loop.EpochStats(1.0, 0, 0, images=100, seconds=10.0, data_seconds=4.0)
+    assert "waited 4.0 of 10.0 s (40%)" in loop.input_bound_line(stats, 2, 4)
+    assert loop.input_bound_line(loop.EpochStats(1.0, 0, 0, 100, 10.0, 0.9), 2, 4) is None
 
 
 def test_profile_input_compares_the_loader_alone_with_the_model_alone(small_folder, tmp_path):

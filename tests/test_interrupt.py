@@ -15,12 +15,12 @@ import sys
 import time
 
 import pytest
-
-from common import checkpoint
-from common.errors import exit_on_user_error
 from conftest import ROOT, SMALL, make_image_folder, run_script
 from inprocess import call_main
 from test_distributed import processes_in_group
+
+from common.errors import exit_on_user_error
+from common.models import checkpoint
 
 # 40 images at 128 px, one per batch, with a loader worker: slow enough that a signal sent after the first batch
 # lands mid-run, and the worker is there to be left behind if the stop were not clean.

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from torch.utils.data import DataLoader
-
-from common import models
-from common.engine import PassConfig
-from common.logger import CSV_FIELDS
 from conftest import SMALL
 from inprocess import call_main, load_script
+from torch.utils.data import DataLoader
+
+from common.models import factory
+from common.train.loop import PassConfig
+from common.train.watch import CSV_FIELDS
 
 HEAD = "classifier."  # GhostNet's head
 PROBE = ["-a", "ghostnet", "-b", "16", "--lr", "0.5", "--seed", "0", "--epochs", "1", *SMALL]
@@ -89,7 +89,7 @@ def test_checkpoint_loads_in_test_py_with_the_accuracy_network_py_reported(cache
 
 def test_pretrained_backbone_comes_from_the_hub_cache(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    path = models.cache_path(models.weights_url("resnet18"))
+    path = factory.cache_path(factory.weights_url("resnet18"))
     os.makedirs(os.path.dirname(path))
     torch.manual_seed(1)
     saved = torchvision.models.resnet18().state_dict()  # random stand-in for the published weights
@@ -113,7 +113,7 @@ def test_pretrained_offline_is_one_error_line_naming_the_cache_file_and_weights_
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert exc.value.code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert models.cache_path(models.weights_url("resnet18")) in errors[0] and "--weights" in errors[0]
+    assert factory.cache_path(factory.weights_url("resnet18")) in errors[0] and "--weights" in errors[0]
 
 
 def test_features_are_cached_only_when_the_head_gives_the_model_output():

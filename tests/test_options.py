@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
-
-from common import options
-from common.recipes import RECIPES
 from conftest import ROOT, refusal
+
+from common import limits
+from common.cli import options
+from common.cli.recipes import RECIPES
 
 SCRIPTS = ("train_main", "train_multiprocessing", "train_distributed", "train_dataparallel", "network", "test",
            "classify_test_data", "export")
@@ -49,10 +50,10 @@ def test_the_sorter_takes_output_dir_and_out_as_one_flag():
 
 def numeric_actions(script: str):
     parser = importlib.import_module(script).get_args_parser()
-    return [a for a in parser._actions if isinstance(a.type, options.Number)]
+    return [a for a in parser._actions if isinstance(a.type, limits.Number)]
 
 
-def outside(number: options.Number) -> list[str]:
+def outside(number: limits.Number) -> list[str]:
     """Values ``number`` must refuse: beyond each bound, NaN, infinity, and a float for an integer flag."""
     bad = ["nan", "inf", "x"]
     if number.low is not None:
@@ -78,7 +79,7 @@ def test_every_numeric_flag_refuses_bad_values_in_one_line(script):
 
 
 def test_a_number_type_accepts_its_bounds_and_says_what_it_wants():
-    assert options.POSITIVE_INT("1") == 1 and options.PIXELS(str(options.MAX_PIXELS)) == options.MAX_PIXELS
+    assert options.POSITIVE_INT("1") == 1 and options.PIXELS(str(limits.MAX_PIXELS)) == limits.MAX_PIXELS
     assert options.FRACTION("0") == 0.0 and options.PROBABILITY("1") == 1.0
     assert options.POSITIVE_INT.describe() == "a positive integer"
     assert options.FRACTION.describe() == "a number in [0, 1)"
@@ -104,5 +105,5 @@ def test_prediction_scripts_start_without_the_training_engine(script):
                           text=True, timeout=120)
     assert done.returncode == 0 and "usage:" in done.stdout
     loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "common.inference" in loaded or "common.model_loading" in loaded
-    assert not {"common.engine", "common.launch", "common.train_step"} & loaded
+    assert "common.predict.inference" in loaded or "common.models.loading" in loaded
+    assert not {"common.train.engine", "common.train.launch", "common.train.step"} & loaded

@@ -6,9 +6,11 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from common import models, precision, transforms
+from common.data import transforms
+from common.dist import precision
 from common.errors import UserError
-from common.train_step import TrainStep
+from common.models import factory
+from common.train.step import TrainStep
 from ghost_net import ghost_net
 
 CPU = torch.device("cpu")
@@ -76,9 +78,9 @@ def randomise_batchnorms(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small"])
 def test_folded_batchnorm_gives_the_same_outputs_without_a_batchnorm(arch):
     torch.manual_seed(0)
-    model = models.create_model(arch, 10).eval()
+    model = factory.create_model(arch, 10).eval()
     randomise_batchnorms(model)
-    folded = models.fold_batchnorm(model)
+    folded = factory.fold_batchnorm(model)
     bns = [type(m) for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert bns == [] and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy is folded
     x = torch.randn(3, 3, 64, 64)
@@ -96,4 +98,4 @@ def test_a_model_torch_fx_cannot_trace_is_not_folded():
         def forward(self, x):
             return self.bn(self.conv(x)) if x.sum() > 0 else x  # control flow on values: fx cannot trace it
 
-    assert models.fold_batchnorm(DataDependent()) is None
+    assert factory.fold_batchnorm(DataDependent()) is None

@@ -12,11 +12,12 @@ from collections import Counter
 
 import pytest
 import torch
-from PIL import Image
-
-from common import metrics, model_loading
 from conftest import SMALL
 from inprocess import call_main, load_script
+from PIL import Image
+
+from common.models import loading
+from common.report import metrics
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 
@@ -124,10 +125,10 @@ def test_plain_output_is_one_line_per_class(probe_ckpt, tiny_data):
 
 def test_imagenet_wnid_folders_get_human_readable_names():
     wnids = [f"n{i:08d}" for i in range(1000)]
-    names = model_loading.display_names(wnids)
+    names = loading.display_names(wnids)
     assert names[0] == "tench" and names[1] == "goldfish" and len(names) == 1000
-    assert model_loading.display_names(CLASSES) == CLASSES
-    assert model_loading.display_names(wnids[::-1])[0] == wnids[-1]  # not in class-index order: left as they are
+    assert loading.display_names(CLASSES) == CLASSES
+    assert loading.display_names(wnids[::-1])[0] == wnids[-1]  # not in class-index order: left as they are
 
 
 def test_plain_dataparallel_state_dict_needs_arch_and_gives_the_same_accuracy(probe_ckpt, evaluated, tiny_data,

@@ -12,11 +12,14 @@ import torch.nn.functional as F
 import torchvision
 from conftest import ROOT, SMALL, refusal, run_script
 
-from common import checkpoint, data, engine, models, optim, options, transforms
-from common.distributed import DistContext
-from common.precision import Precision
-from common.train_step import TrainStep
+from common.data import loaders, transforms, unreadable
+from common.dist.distributed import DistContext
+from common.dist.precision import Precision
+from common.models import checkpoint, factory
+from common.train import engine, loop, optim, resume
+from common.train.step import TrainStep
 from ghost_net import ghost_net
+from tests.conftest import fill_and_check
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL]
 
@@ -25,7 +28,7 @@ def parse(*argv: str):
     import train_main
 
     args = train_main.get_args_parser().parse_args(["--dummy", *argv])
-    options.check_training_args(args, ["ghostnet", "resnet18"])
+    fill_and_check(args, ["ghostnet", "resnet18"])
     return args
 
 
@@ -156,10 +159,10 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says(ema_run, tiny_data
     import train_main
 
     args = train_main.get_args_parser().parse_args([tiny_data, *TRAIN, "--label-smoothing", "0.2", "--model-ema"])
-    options.check_training_args(args, ["ghostnet"])
+    fill_and_check(args, ["ghostnet"])
     run = engine.build_run(args, DistContext(), lambda m, ctx: m)
-    engine.restore(os.path.join(ema_run, "checkpoint.pth.tar"), run, "ghostnet")
-    stats = engine.evaluate(run.model, run.val_loader, run.criterion, DistContext(), precision=run.precision)
+    resume.restore(os.path.join(ema_run, "checkpoint.pth.tar"), run, "ghostnet")
+    stats = loop.evaluate(run.model, run.val_loader, run.criterion, DistContext(), precision=run.precision)
     logp, targets = [], []
     with torch.no_grad():
         for images, target, _ in run.val_loader:
@@ -219,9 +222,9 @@ def test_header_prints_params_macs_batch_and_speed_features_and_footer_the_best(
     flags = [f for f in TRAIN if f not in ("--lr", "0.02")]
     result = run_script("train_main.py", tiny_data, *flags, "--epochs", "1", "--recipe", "ghostnet", "-b", "16",
                         "--output-dir", str(tmp_path))
-    model = models.create_model("ghostnet", 4)
-    macs = models.count_macs(model, 32) / 1e6
-    assert f"{models.count_params(model) / 1e6:.2f} M params, {macs:.1f} M MACs at 32 px" in result.stdout
+    model = factory.create_model("ghostnet", 4)
+    macs = factory.count_macs(model, 32) / 1e6
+    assert f"{factory.count_params(model) / 1e6:.2f} M params, {macs:.1f} M MACs at 32 px" in result.stdout
     assert "recipe ghostnet (lr 0.4 per 1024 images, scaled linearly): global batch 16, lr 0.00625 cosine" \
         in result.stdout
     assert "Nesterov, wd 4e-05 (norm/bias 0), label smoothing 0.1" in result.stdout
@@ -276,7 +279,7 @@ def test_augmentation_flags_shape_the_training_pipeline(tiny_data):
     """--rrc-scale 1 1 --rrc-ratio 1 1 --hflip 0 on square images leaves nothing random; the defaults do."""
     def two_draws(*flags: str) -> tuple[torch.Tensor, torch.Tensor]:
         args = parse(*flags)
-        train, _, _ = data.build_datasets(engine.data_config(args, data.BadImageLog()))
+        train, _, _ = loaders.build_datasets(engine.data_config(args, unreadable.BadImageLog()))
         image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
         tf = train.transform.transforms[-1]  # after PILToTensor (synthetic data)
         torch.manual_seed(0)
@@ -288,7 +291,7 @@ def test_augmentation_flags_shape_the_training_pipeline(tiny_data):
     assert fixed[0].shape == (3, 32, 32) and torch.equal(*fixed)
     assert not torch.equal(*two_draws("--train-crop-size", "32"))
     args = parse("--auto-augment", "randaugment", "--random-erase", "0.3", "--color-jitter", "0.4")
-    steps = [type(t).__name__ for t in data.build_transforms(engine.data_config(args, None))[0].transforms]
+    steps = [type(t).__name__ for t in loaders.build_transforms(engine.data_config(args, None))[0].transforms]
     assert steps == ["PILToTensor", "Compose"]
-    inner = [type(t).__name__ for t in data.build_transforms(engine.data_config(args, None))[0].transforms[1].transforms]
+    inner = [type(t).__name__ for t in loaders.build_transforms(engine.data_config(args, None))[0].transforms[1].transforms]
     assert inner == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ColorJitter", "RandomErasing"]

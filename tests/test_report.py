@@ -11,14 +11,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 from torchvision import transforms
 
-from common import figures, files, report
+from common import files
+from common.data.images import load_rgb
 from common.errors import UserError
-from common.images import load_rgb
-from common.logger import CsvLog
-from conftest import ROOT
+from common.report import curves, figures
+from common.train.watch import CsvLog
 
 FIVE_EPOCHS = [  # epoch, lr, train_loss, val_loss, train_top1, val_top1: val top-1 peaks at epoch 3
     (0, 0.1, 6.9, 6.8, 1.0, 2.0), (1, 0.1, 5.5, 5.9, 10.0, 12.0), (2, 0.01, 4.2, 4.8, 25.0, 30.0),
@@ -35,7 +36,7 @@ def write_log(path: str, rows: list[tuple]) -> str:
 
 
 def run(run_dir: str, *flags: str) -> list[str]:
-    return report.main(report.get_args_parser().parse_args([run_dir, *flags]))
+    return curves.main(curves.get_args_parser().parse_args([run_dir, *flags]))
 
 
 def colours_in(image: Image.Image, box: tuple[int, int, int, int]) -> set[tuple[int, int, int]]:
@@ -44,7 +45,7 @@ def colours_in(image: Image.Image, box: tuple[int, int, int, int]) -> set[tuple[
 
 def drawn(csv_path: str):
     """The figure ``python -m common.report`` saves for this CSV, laid out as in the PNG."""
-    fig = report.figure(report.read_log(csv_path))
+    fig = curves.figure(curves.read_log(csv_path))
     fig.canvas.draw()
     return fig
 
@@ -68,18 +69,18 @@ def test_five_epoch_log_gives_a_png_beside_it_with_both_loss_curves(tmp_path, ca
     assert written == [png] and capsys.readouterr().out.strip() == png
     with Image.open(png) as image:
         image.load()
-    assert image.size == report.SIZE
+    assert image.size == curves.SIZE
     assert len(image.getcolors(maxcolors=1 << 20)) > 10  # not blank: text, grid, several curves
     loss, accuracy, lr = plot_boxes(csv_path)
-    assert {report.TRAIN, report.VAL} <= colours_in(image, loss)
-    assert report.LR_COLOR in colours_in(image, lr) and report.LR_COLOR not in colours_in(image, loss)
+    assert {curves.TRAIN, curves.VAL} <= colours_in(image, loss)
+    assert curves.LR_COLOR in colours_in(image, lr) and curves.LR_COLOR not in colours_in(image, loss)
     assert os.path.exists(csv_path)
 
 
 def test_title_names_the_csv_and_the_best_val_top1_epoch(tmp_path):
-    log = report.read_log(write_log(str(tmp_path / "main.csv"), FIVE_EPOCHS))
-    assert report.best_val_top1(log) == (41.5, 3)
-    assert report.title_of(log).startswith("main.csv: best val top-1 41.50% at epoch 3")
+    log = curves.read_log(write_log(str(tmp_path / "main.csv"), FIVE_EPOCHS))
+    assert curves.best_val_top1(log) == (41.5, 3)
+    assert curves.title_of(log).startswith("main.csv: best val top-1 41.50% at epoch 3")
 
 
 def test_single_epoch_log_is_drawn_as_points(tmp_path):
@@ -87,7 +88,7 @@ def test_single_epoch_log_is_drawn_as_points(tmp_path):
     (png,) = run(str(tmp_path))
     with Image.open(png) as image:
         loss = plot_boxes(csv_path)[0]
-        assert {report.TRAIN, report.VAL} <= colours_in(image, loss)
+        assert {curves.TRAIN, curves.VAL} <= colours_in(image, loss)
     assert drawn(csv_path).axes[0].get_xlim() == (-0.5, 0.5)  # the one epoch in the middle
 
 
@@ -101,7 +102,7 @@ def test_empty_cells_leave_gaps_and_an_empty_column_says_so(tmp_path):
         row[header.index("lr")] = ""
     rows[2][header.index("val_loss")] = ""
     path.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
-    log = report.read_log(str(path))
+    log = curves.read_log(str(path))
     assert log.columns["val_loss"][2] is None and all(v is None for v in log.columns["lr"])
     (png,) = run(str(tmp_path))
     assert os.path.exists(png)
@@ -114,8 +115,8 @@ def test_empty_cells_leave_gaps_and_an_empty_column_says_so(tmp_path):
 def test_out_and_csv_flags_choose_the_input_and_the_png(tmp_path):
     csv_path = write_log(str(tmp_path / "main.csv"), FIVE_EPOCHS)
     out = str(tmp_path / "curves.png")
-    assert report.main(report.get_args_parser().parse_args(["--csv", csv_path, "--out", out])) == [out]
-    assert Image.open(out).size == report.SIZE
+    assert curves.main(curves.get_args_parser().parse_args(["--csv", csv_path, "--out", out])) == [out]
+    assert Image.open(out).size == curves.SIZE
 
 
 def test_other_csv_files_in_the_run_are_ignored(tmp_path):
@@ -147,7 +148,7 @@ def test_tick_labels_are_round_distinct_and_inside_the_range(tmp_path, lo, hi):
     rows = [(e, lo + (hi - lo) * e / 4, *FIVE_EPOCHS[e][2:]) for e in range(5)]  # the lr panel spans [lo, hi]
     ax = drawn(write_log(str(tmp_path / "main.csv"), rows)).axes[2]
     bottom, top = ax.get_ylim()
-    assert (bottom, top) == report.value_range([lo, hi]) and bottom <= lo and hi <= top
+    assert (bottom, top) == curves.value_range([lo, hi]) and bottom <= lo and hi <= top
     shown = [(t, label.get_text()) for t, label in zip(ax.get_yticks(), ax.get_yticklabels()) if bottom <= t <= top]
     ticks, labels = [t for t, _ in shown], [label for _, label in shown]
     assert len(ticks) >= 2 and all(labels) and len(set(labels)) == len(labels)
@@ -161,10 +162,10 @@ def test_tick_labels_are_round_distinct_and_inside_the_range(tmp_path, lo, hi):
 
 def test_each_curve_is_its_csv_column_and_the_axes_span_the_data(tmp_path):
     csv_path = write_log(str(tmp_path / "main.csv"), FIVE_EPOCHS)
-    log = report.read_log(csv_path)
+    log = curves.read_log(csv_path)
     fig = drawn(csv_path)
-    assert len(fig.axes) == 3 and fig.get_size_inches() * fig.dpi == pytest.approx(report.SIZE)
-    for ax, (_, series) in zip(fig.axes, report.PANELS):
+    assert len(fig.axes) == 3 and fig.get_size_inches() * fig.dpi == pytest.approx(curves.SIZE)
+    for ax, (_, series) in zip(fig.axes, curves.PANELS):
         lines = {line.get_label(): line for line in ax.get_lines()}
         assert sorted(lines) == sorted(s.label for s in series)
         for s in series:
@@ -172,11 +173,11 @@ def test_each_curve_is_its_csv_column_and_the_axes_span_the_data(tmp_path):
             assert list(lines[s.label].get_ydata()) == log.columns[s.column]
             assert lines[s.label].get_linestyle() == ("--" if s.dashed else "-")
         values = [v for s in series for v in log.columns[s.column]]
-        assert ax.get_ylim() == report.value_range(values) and ax.get_ylim()[0] >= 0
+        assert ax.get_ylim() == curves.value_range(values) and ax.get_ylim()[0] >= 0
         assert ax.get_xlim() == pytest.approx((-0.08, 4.08))
     assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()] == [6.9, 6.8]
     assert fig.axes[2].get_ylim() == pytest.approx((0.0, 0.1 + 0.05 * (0.1 - 0.001)))
-    assert fig.axes[2].get_xlabel() == "epoch" and fig.get_suptitle() == report.title_of(log)
+    assert fig.axes[2].get_xlabel() == "epoch" and fig.get_suptitle() == curves.title_of(log)
 
 
 def test_a_different_val_loss_changes_the_loss_panel_and_nothing_else(tmp_path):
@@ -184,7 +185,7 @@ def test_a_different_val_loss_changes_the_loss_panel_and_nothing_else(tmp_path):
     (tmp_path / "b").mkdir()
     a = write_log(str(tmp_path / "a" / "main.csv"), FIVE_EPOCHS)
     b = write_log(str(tmp_path / "b" / "main.csv"), [(*r[:3], r[3] + 1.5, *r[4:]) for r in FIVE_EPOCHS])
-    images = [np.asarray(Image.open(report.write_report(p)).convert("RGB")) for p in (a, b)]
+    images = [np.asarray(Image.open(curves.write_report(p)).convert("RGB")) for p in (a, b)]
     boxes = plot_boxes(a)
     assert boxes == plot_boxes(b)
 
@@ -205,7 +206,7 @@ import sys
 sys.path.insert(0, {root!r})
 sys.modules["matplotlib"] = None  # as if it were not installed: every import of it raises ImportError
 from common import report
-report.main(report.get_args_parser().parse_args([{run_dir!r}]))
+curves.main(curves.get_args_parser().parse_args([{run_dir!r}]))
 """
 
 
@@ -244,7 +245,7 @@ def test_a_png_that_cannot_be_written_exits_2_naming_it(tmp_path, capsys):
     csv_path = write_log(str(tmp_path / "main.csv"), FIVE_EPOCHS)
     out = str(tmp_path / "main.csv" / "curves.png")  # its folder is a file: the system refuses, as a read-only one
     with pytest.raises(SystemExit) as exit_info:
-        report.main(report.get_args_parser().parse_args(["--csv", csv_path, "--out", out]))
+        curves.main(curves.get_args_parser().parse_args(["--csv", csv_path, "--out", out]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot write {out} (Not a directory)")
@@ -268,7 +269,7 @@ import resource, sys
 sys.path.insert(0, {root!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 from common import report
-report.main(report.get_args_parser().parse_args([{run_dir!r}]))
+curves.main(curves.get_args_parser().parse_args([{run_dir!r}]))
 """
 
 
@@ -287,7 +288,7 @@ def test_a_full_disk_keeps_the_earlier_png_and_says_so_in_one_line(tmp_path):
         "writable folder or a shorter name, and run it again."]
     assert (tmp_path / "main.png").read_bytes() == earlier
     assert sorted(os.listdir(tmp_path)) == ["main.csv", "main.png"]  # no temporary file left behind
-    assert len(report.read_log(csv_path).epochs) == 5 and run(str(tmp_path))  # with room again, it is redrawn
+    assert len(curves.read_log(csv_path).epochs) == 5 and run(str(tmp_path))  # with room again, it is redrawn
     assert (tmp_path / "main.png").read_bytes() != earlier
 
 

@@ -8,10 +8,17 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import refusal
-from common import data, shards
-from common.images import BadImage
+
+from common.data import convert, formats, loaders, shards, unreadable
+from common.data.images import BadImage
+from common.models import factory
+
+
+def usable(data: str) -> None:
+    """What a training script does with ``--data`` before any process starts: resolve it, refuse what no reader
+    can use."""
+    formats.check_source(formats.resolve_source(data))
 
 
 def write_shards(root: str, split: str, sizes: list[int], classes: int = 3, labels: dict | None = None) -> list[str]:
@@ -40,7 +47,7 @@ def fake_decode(payload: bytes, name: str) -> torch.Tensor:
 
 
 def keys_of(root: str, split: str, cfg: shards.StreamConfig, epoch: int = 0, start: int = 0) -> list[list[str]]:
-    stream = shards.ShardStream(root, split, shards.read_classes(root), fake_decode, None, data.BadImageLog("skip"))
+    stream = shards.ShardStream(root, split, shards.read_classes(root), fake_decode, None, unreadable.BadImageLog("skip"))
     loader = shards.ShardLoader(stream, cfg, torch.device("cpu"))
     loader.sampler.set_epoch(epoch)  # as the engine does
     loader.sampler.set_start(start)
@@ -104,15 +111,15 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_named(tmp_path):
     path = os.path.join(root, "train-000001.tar")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    stream = shards.ShardStream(root, "train", shards.read_classes(root), fake_decode, None, data.BadImageLog("skip"))
+    stream = shards.ShardStream(root, "train", shards.read_classes(root), fake_decode, None, unreadable.BadImageLog("skip"))
     assert stream.counts[1] < 4  # counted as far as it is readable
-    log = data.BadImageLog("skip")
+    log = unreadable.BadImageLog("skip")
     stream = shards.ShardStream(root, "train", ["a", "b", "c"], fake_decode, None, log)
     loader = shards.ShardLoader(stream, shards.StreamConfig(1, train=False), torch.device("cpu"))
     assert sum(len(keys) for *_, keys in loader) == sum(stream.counts)
     assert any("train-000001.tar" in name and "truncated" in reason for name, reason in log.drain())
     write_shards(root, "val", [2])
-    assert shards.check(root, fake_decode) == 1  # --check-data names the truncated shard
+    assert shards.scan(root, decode=fake_decode) == 1  # --check-data names the truncated shard
 
 
 def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
@@ -122,30 +129,29 @@ def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
         info = tarfile.TarInfo("x.jpg")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
-    assert "has no .cls member" in refusal(lambda: data.build_datasets(data.DataConfig(str(nocls))))
+    assert "has no .cls member" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(nocls)))))
     labels = tmp_path / "labels"
     write_shards(str(labels), "train", [2], classes=2, labels={"s0_1": 7})
     write_shards(str(labels), "val", [1], classes=2)
-    assert "disagrees with the labels" in refusal(lambda: data.build_datasets(data.DataConfig(str(labels))))
+    assert "disagrees with the labels" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(labels)))))
     text = tmp_path / "text"
     write_shards(str(text), "train", [2], classes=2, labels={"s0_1": "cat"})
     write_shards(str(text), "val", [1], classes=2)
-    assert "not an integer label" in refusal(lambda: data.build_datasets(data.DataConfig(str(text))))
+    assert "not an integer label" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(text)))))
     empty = tmp_path / "empty"
     write_shards(str(empty), "train", [0])
     write_shards(str(empty), "val", [1])
-    assert "holds no readable sample" in refusal(lambda: data.build_datasets(data.DataConfig(str(empty))))
+    assert "holds no readable sample" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(empty)))))
     nolist = tmp_path / "nolist"
     write_shards(str(nolist), "train", [1])
     os.remove(nolist / "classes.txt")
-    assert "no classes.txt" in refusal(data.check_source, str(nolist))
+    assert "no classes.txt" in refusal(usable, str(nolist))
 
 
 @pytest.fixture(scope="module")
 def val_as_shards(tmp_path_factory) -> dict:
     """The same 12 validation JPEGs as a folder and as several shards (common.convert), and a random 4-class
     GhostNet state_dict: equality of the two readings is what is tested, not accuracy."""
-    from common import convert, models
     from conftest import make_image_folder
 
     base = tmp_path_factory.mktemp("val_shards")
@@ -154,7 +160,7 @@ def val_as_shards(tmp_path_factory) -> dict:
     convert.main(convert.get_args_parser().parse_args([folder, out, "--to", "shards", "--max-shard-mb", "0.004"]))
     torch.manual_seed(0)
     weights = str(base / "ghostnet.pth")
-    torch.save(models.create_model("ghostnet", 4, width_mult=0.25).state_dict(), weights)
+    torch.save(factory.create_model("ghostnet", 4, width_mult=0.25).state_dict(), weights)
     flags = ["--ckpt", weights, "-a", "ghostnet", "--width-mult", "0.25", "-j", "0", "--val-resize-size", "32",
              "--val-crop-size", "32"]
     return {"folder": folder, "shards": out, "flags": flags}

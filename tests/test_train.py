@@ -9,11 +9,12 @@ import sys
 
 import pytest
 import torch
-
-from common import checkpoint, models
-from common.errors import UserError
-from common.logger import CSV_FIELDS
 from conftest import COLORS, SMALL, make_image_folder, run_script
+
+from common.errors import UserError
+from common.models import checkpoint, factory
+from common.train import engine
+from common.train.watch import CSV_FIELDS
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "1", "--no-accel", *SMALL]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -66,7 +67,7 @@ def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_chec
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "ghostnet" and isinstance(ckpt["best_acc1"], float)
     assert ckpt["classes"] == ["class0", "class1", "class2", "class3"] and isinstance(ckpt["args"], dict)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
-    models.create_model("ghostnet", 4).load_state_dict(ckpt["state_dict"], strict=True)
+    factory.create_model("ghostnet", 4).load_state_dict(ckpt["state_dict"], strict=True)
     rows = read_csv(os.path.join(out, log_name))
     assert [r["epoch"] for r in rows] == ["0", "1"] and tuple(rows[0]) == CSV_FIELDS
     assert float(rows[1]["val_top1"]) == pytest.approx(final[1][0], abs=1e-3) and rows[1]["val_images"] == "40"
@@ -144,10 +145,9 @@ def test_a_batchnorm_model_is_never_given_a_single_image_pass(tiny_data, tmp_pat
 
 
 def test_the_batchnorm_rule_spares_models_without_batchnorm_and_counts_dataparallel_replicas():
-    from common import engine
 
-    engine.check_batchnorm_batch(models.create_model("squeezenet1_1", 4), 100, 1, 1, 1)  # no BatchNorm: allowed
-    ghostnet = models.create_model("ghostnet", 4)
+    engine.check_batchnorm_batch(factory.create_model("squeezenet1_1", 4), 100, 1, 1, 1)  # no BatchNorm: allowed
+    ghostnet = factory.create_model("ghostnet", 4)
     engine.check_batchnorm_batch(ghostnet, 100, 2, 1, 1)
     replicated = torch.nn.DataParallel(ghostnet)
     replicated.device_ids = [0, 1, 2]  # as on three GPUs: 5 images are split 2, 2, 1

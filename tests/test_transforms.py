@@ -20,9 +20,9 @@ from torchvision import transforms as classic
 
 import ghost_net
 from benchmarks.benchlib import make_photos
-from common import transforms as T
-from common.images import BadImage, load_rgb
-from common.samples import CompactSamples
+from common.data import transforms as T
+from common.data.images import BadImage, load_rgb
+from common.data.samples import CompactSamples
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; they are what load_uint8 uses (pinned).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from common import data, valprep
+from common.data import imagefolder, valprep
 from common.errors import UserError
 
 WNIDS = {1: "n01440764", 2: "n01443537", 3: "n01484850"}  # ILSVRC2012 ids of three leaf classes
@@ -62,7 +62,7 @@ def sort(*argv: str) -> dict:
 def test_a_flat_val_folder_is_named_with_the_command_that_sorts_it(tmp_path):
     folder = flat_folder(tmp_path)
     with pytest.raises(UserError) as err:
-        data.image_folder(folder, None)
+        imagefolder.image_folder(folder, None)
     assert "holds 10 images but no class folders" in str(err.value) and "python -m common.valprep" in str(err.value)
 
 
@@ -78,7 +78,7 @@ def test_devkit_labels_sort_the_folder_and_a_rerun_changes_nothing(tmp_path, cap
     with open(os.path.join(folder, valprep.MANIFEST_NAME), newline="") as f:
         assert [(r["file"], r["class"]) for r in csv.DictReader(f)] == [
             (f"ILSVRC2012_val_{n:08d}.JPEG", WNIDS[c]) for n, c in enumerate(TRUTH, 1)]
-    assert data.image_folder(folder, None).classes == sorted(WNIDS.values())
+    assert imagefolder.image_folder(folder, None).classes == sorted(WNIDS.values())
     assert sort(folder, "--devkit", str(tmp_path / "devkit.tar.gz"))["placed"] == 0
     assert snapshot(folder) == after and "already sorted" in capsys.readouterr().out
 
