@@ -29,10 +29,10 @@ import shutil
 import time
 
 from common import files, limits
-from common.cli import options, process
+from common.cli import defaults, options, process
 from common.data import hfdata, images, shards
-from common.dist import distributed, faults
-from common.dist.distributed import DistContext
+from common.parallel import distributed, faults
+from common.parallel.distributed import DistContext
 from common.predict import inference
 from common.report import figures, metrics
 
@@ -70,14 +70,14 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Check the flags (after ``defaults.resolve_data_dir``); changes nothing."""
     options.check_inference_args(args)
     if not args.data:
         raise UserError("no images to sort: pass --data DIR (a dataset root with val/, or a folder of class folders).")
     if _inside(args.output_dir, args.data) or _inside(args.data, args.output_dir):
         raise UserError(f"--output-dir {args.output_dir!r} and --data {args.data!r} overlap; choose an output folder "
                         "outside the dataset (the source images must stay untouched).")
-    args.output_dir = os.path.normpath(args.output_dir)  # destinations are compared as strings to remove stale files
-    check_output(args.output_dir)  # on every rank, so that none waits for a rank 0 that gave up
+    check_output(os.path.normpath(args.output_dir))  # on every rank, so that none waits for a rank 0 that gave up
 
 
 def check_output(out: str) -> None:
@@ -399,6 +399,8 @@ def keep_placed(placed: inference.Predictions, names: list[str], classes: list[s
 def main(args: argparse.Namespace) -> dict | None:
     """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
     with exit_on_user_error():
+        defaults.resolve_data_dir(args)
+        args.output_dir = os.path.normpath(args.output_dir)  # destinations are compared as strings to remove stale files
         check_args(args)
         return process.run_in_context(lambda ctx: run(args, ctx), args.gpu, args.no_accel, args.dist_backend,
                                       args.dist_timeout)

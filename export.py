@@ -48,7 +48,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from common import files, limits
-from common.cli import options
+from common.cli import defaults, options
 from common.data import sampling, transforms
 from common.models import factory, loading, onnx_model, preprocess
 from common.predict import inference
@@ -306,6 +306,7 @@ def header(loaded: loading.LoadedModel, source: loading.ModelSource, target: Tar
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Export the model the flags name; returns the file's path, size, metadata and check results."""
     with exit_on_user_error():
+        defaults.resolve_data_dir(args)
         return export(args, check_args(args))
 
 

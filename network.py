@@ -38,9 +38,9 @@ from torchvision.models.feature_extraction import (
 from common.cli import options
 from common.cli.process import exit_on_stop
 from common.data import loaders, sampling, unreadable
-from common.dist import distributed, faults
-from common.dist.distributed import DistContext
 from common.models import checkpoint, factory
+from common.parallel import distributed, faults
+from common.parallel.distributed import DistContext
 from common.report.progress import Progress
 from common.train import engine, launch, loop, resume, schedule
 from common.train.step import TrainStep

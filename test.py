@@ -31,7 +31,7 @@ files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's fold
     python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
 
 The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
-where they come from. A flat ImageNet val folder is sorted by `python -m common.valprep`. Whole pickled models
+where they come from. A flat ImageNet val folder is sorted by `python -m common.data.valprep`. Whole pickled models
 (torch.save(model)) are refused unless --unsafe-load is given, because loading them runs arbitrary code.
 
 List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:
@@ -54,7 +54,7 @@ import torch
 from common import files
 from common.cli import options, process
 from common.data import formats, sampling, scan
-from common.dist import distributed, faults
+from common.parallel import distributed, faults
 from common.predict import inference, labels
 from common.report import figures, metrics
 
@@ -94,18 +94,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Check the flags, and sort the positional arguments into a folder (``--data``) or image files."""
+def sort_inputs(args: argparse.Namespace) -> None:
+    """Sort the positional arguments into a folder (``args.data``, when one folder is given) or image files
+    (``args.images``)."""
     positional = ([args.data_dir] if args.data_dir else []) + args.images
     args.data_dir = None
-    options.check_inference_args(args)
     if not args.data and len(positional) == 1 and os.path.isdir(positional[0]):
         args.data, positional = positional[0], []
-    if args.data and positional:
-        raise UserError("give either image files or a folder (--data DIR), not both.")
-    if not args.data and not positional:
-        raise UserError("nothing to classify: pass image files, or --data DIR for a labelled folder.")
     args.images = positional
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check the flags once ``sort_inputs`` has sorted the positional arguments; changes nothing."""
+    options.check_inference_args(args)
+    if args.data and args.images:
+        raise UserError("give either image files or a folder (--data DIR), not both.")
+    if not args.data and not args.images:
+        raise UserError("nothing to classify: pass image files, or --data DIR for a labelled folder.")
     if args.data and args.json:
         raise UserError("--json is for the predictions of IMAGE...; a folder's results are in the CSV files that "
                         "--output-dir receives.")
@@ -299,6 +304,7 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
 def main(args: argparse.Namespace) -> dict | list | None:
     """Classify IMAGE... or evaluate --data; returns the printed results (rank 0) for callers such as tests."""
     with exit_on_user_error():
+        sort_inputs(args)
         check_args(args)
         if args.check_data:
             sys.exit(check_data(args))

@@ -14,7 +14,7 @@ import argparse
 import functools
 
 from common.cli import options
-from common.dist import distributed
+from common.parallel import distributed
 from common.train import launch
 
 LOG_NAME = "dataparallel.csv"

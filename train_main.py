@@ -27,7 +27,7 @@ quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one li
 import argparse
 
 from common.cli import options
-from common.dist import distributed
+from common.parallel import distributed
 from common.train import launch
 
 LOG_NAME = "main.csv"

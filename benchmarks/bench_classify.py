@@ -31,9 +31,9 @@ from benchmarks.benchlib import make_class_folder  # noqa: E402
 from common import limits  # noqa: E402
 from common.cli import defaults, options  # noqa: E402
 from common.data import imagefolder  # noqa: E402
-from common.dist import distributed  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
 from common.models import factory, loading, preprocess  # noqa: E402
+from common.parallel import distributed  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 16

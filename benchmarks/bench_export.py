@@ -31,8 +31,8 @@ from benchmarks.benchlib import make_class_folder, write_csv  # noqa: E402
 from common import limits  # noqa: E402
 from common.cli import options  # noqa: E402
 from common.data import imagefolder  # noqa: E402
-from common.dist import distributed  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
+from common.parallel import distributed  # noqa: E402
 from tests.inprocess import load_script  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

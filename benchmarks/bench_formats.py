@@ -1,7 +1,7 @@
 """Benchmark: training-loader throughput and worker memory on the same JPEGs as a folder, as parquet and as shards.
 
 1,000 photo-like JPEGs of ImageNet-like sizes (benchlib) are written as an ImageFolder, then converted with
-``python -m common.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
+``python -m common.data.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
 training builds (``loaders.build_datasets`` + ``loaders.build_loaders``: uint8 pipeline, RandomResizedCrop 224 + flip,
 per-image seeds), for a warm-up epoch and then a timed one. Reported per format: images/s of the timed epoch, and
 the resident (RSS) and private memory of each loader worker, read in the middle of the epoch.
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import make_dataset, require_smaps, smaps, write_csv
 from common.data import convert, formats, loaders, unreadable  # noqa: E402
-from common.dist import distributed  # noqa: E402
+from common.parallel import distributed  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -57,7 +57,8 @@ def epoch(loader) -> tuple[int, float, list[tuple[float, float]]]:
 
 def measure(name: str, root: str, args: argparse.Namespace) -> list[dict]:
     """Rows of one format: a warm-up epoch, then the timed one."""
-    cfg = loaders.DataConfig(formats.resolve_source(root), train_crop_size=224, fast=True, bad_log=unreadable.BadImageLog("skip"))
+    cfg = loaders.DataConfig(formats.resolve_source(root), train_crop_size=224, fast=True,
+                             bad_log=unreadable.BadImageLog("skip"))
     train, val, _ = loaders.build_datasets(cfg)
     ctx = distributed.single_process(None, True)
     loader, _ = loaders.build_loaders(cfg.source, train, val, args.batch_size, args.workers, ctx, seed=0)
@@ -70,13 +71,13 @@ def measure(name: str, root: str, args: argparse.Namespace) -> list[dict]:
 
 def run(args: argparse.Namespace, work: str) -> list[dict]:
     folder = make_dataset(os.path.join(work, "folder"), args.images // 4, 1)
-    formats = [("folder", folder)]
+    sources = [("folder", folder)]
     for to in ("parquet", "shards"):
         out = os.path.join(work, to)
         convert.main(convert.get_args_parser().parse_args([folder, out, "--to", to, "--max-shard-mb", "16"]))
-        formats.append((to, out))
+        sources.append((to, out))
     rows = []
-    for name, root in formats:
+    for name, root in sources:
         rows += measure(name, root, args)
     return rows
 

@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.benchlib import device_tag, photo_like, write_csv  # noqa: E402
 from common.data import imagefolder, transforms  # noqa: E402
 from common.data.images import load_rgb
-from common.dist import precision  # noqa: E402
 from common.models import factory  # noqa: E402
+from common.parallel import precision  # noqa: E402
 from common.train.step import TrainStep
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -9,12 +9,12 @@
     data/     where is the data: formats (what --data is, resolved once), one reader per format (imagefolder,
               hfdata, shards, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan
               (--check-data), convert and valprep (python -m common.data.convert / .valprep), demo
-    dist/     where is distributed: distributed (the frozen process context), faults (signals, stops), precision
+    parallel/ where is distributed: distributed (the frozen process context), faults (signals, stops), precision
     errors, files, limits: the ground floor (one-line user errors, output files, numeric limits and sizes)
 
 Imports run one way, from the scripts down, and never in a circle:
 
-    scripts -> train, predict -> cli -> models, report -> data -> dist -> errors, files, limits
+    scripts -> train, predict -> cli -> models, report -> data -> parallel -> errors, files, limits
 
 A module imports its own package and the floors below it, never a floor above or beside it: train and predict do
 not import each other (prediction loads no training code), models and report do not import each other. Nothing here

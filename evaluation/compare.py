@@ -111,8 +111,8 @@ def choose_device(name: str | None) -> torch.device:
     return device
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Fill the defaults that depend on --quick and the device, and refuse bad names before any work."""
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Fill the defaults that depend on --quick and the device; refuse a bad device or model name on the way."""
     args.device = choose_device(args.device)
     if args.quick:
         args.models = args.models or list(QUICK_MODELS)
@@ -123,6 +123,10 @@ def check_args(args: argparse.Namespace) -> None:
     args.input_size = args.input_size or limits.VAL_CROP_SIZE
     args.batch_size = args.batch_size or BATCH[args.device.type]
     args.repeats = args.repeats or REPEATS[args.device.type]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags that do not go together, and an unusable output folder, before any work; changes nothing."""
     if args.amp and args.device.type == "cpu" and args.amp_dtype == "fp16":
         raise UserError("--amp-dtype fp16 needs a CUDA GPU; use --amp-dtype bf16 on the CPU.")
     files.check_output_dir(args.output_dir)
@@ -279,6 +283,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     """Measure every model, write the three files, and return the rows (for callers such as tests)."""
     with exit_on_user_error():
         start = time.perf_counter()
+        fill_defaults(args)
         check_args(args)
         threads = torch.get_num_threads()
         try:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from common.dist.precision import Precision, choose_precision, synchronize
 from common.models import factory
+from common.parallel.precision import Precision, choose_precision, synchronize
 from common.predict import inference
 from common.train import optim
 from common.train.step import TrainStep

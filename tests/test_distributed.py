@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import ROOT, SMALL, run_script
 
-from common.dist.distributed import free_port
 from common.models import checkpoint, factory
+from common.parallel.distributed import free_port
 from common.train import engine
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -95,6 +95,7 @@ def test_each_resolution_of_one_pass_equals_its_own_run(ckpt, small_data, tmp_pa
 def parse(*argv: str):
     script = load_script("test.py")
     args = script.get_args_parser().parse_args(list(argv))
+    script.sort_inputs(args)
     script.check_args(args)
 
 

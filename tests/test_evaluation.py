@@ -10,8 +10,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from common.dist.precision import Precision
 from common.models import factory
+from common.parallel.precision import Precision
 from evaluation import chart, compare, measure, published
 from tests.conftest import refusal
 from tests.inprocess import call_main
@@ -139,7 +139,9 @@ def test_a_model_that_cannot_run_keeps_a_row_with_the_reason(tmp_path):
 
 
 def parse(*argv: str) -> None:
-    compare.check_args(compare.get_args_parser().parse_args(list(argv)))
+    args = compare.get_args_parser().parse_args(list(argv))
+    compare.fill_defaults(args)
+    compare.check_args(args)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,4 +1,4 @@
-"""Hugging Face parquet / save_to_disk datasets as --data, and the converter between formats (common.convert)."""
+"""Hugging Face parquet / save_to_disk datasets as --data, and the converter between formats (common.data.convert)."""
 from __future__ import annotations
 
 import glob

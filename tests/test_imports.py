@@ -1,7 +1,7 @@
 """The project's imports run one way: no circle between modules, no import of the project's own code placed inside a
 function (optional third-party packages alone stay lazy), and the packages of ``common/`` import only downward:
 
-    scripts -> train, predict -> cli -> models, report -> data -> dist -> errors, files, limits
+    scripts -> train, predict -> cli -> models, report -> data -> parallel -> errors, files, limits
 
 (``common/__init__.py`` says the same in words; ghost_net.py imports torch only.) The graph is read with ``ast``
 from the source files, so nothing is imported to build it.
@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 # The packages of common/ by floor, from the top; a module may import its own package and any floor below.
-FLOORS = (("train", "predict"), ("cli",), ("models", "report"), ("data",), ("dist",), ("ground",))
+FLOORS = (("train", "predict"), ("cli",), ("models", "report"), ("data",), ("parallel",), ("ground",))
 GROUND = ("errors", "files", "limits")  # the ground floor: modules of common/ itself, which import only each other
 FLOOR_OF = {package: level for level, names in enumerate(FLOORS) for package in names}
 SKIP = {".git", "tests", "__pycache__", "docs"}

@@ -7,9 +7,9 @@ import torch.nn as nn
 import torchvision
 
 from common.data import transforms
-from common.dist import precision
 from common.errors import UserError
 from common.models import factory
+from common.parallel import precision
 from common.train.step import TrainStep
 from ghost_net import ghost_net
 

@@ -13,9 +13,9 @@ import torchvision
 from conftest import ROOT, SMALL, refusal, run_script
 
 from common.data import loaders, transforms, unreadable
-from common.dist.distributed import DistContext
-from common.dist.precision import Precision
 from common.models import checkpoint, factory
+from common.parallel.distributed import DistContext
+from common.parallel.precision import Precision
 from common.train import engine, loop, optim, resume
 from common.train.step import TrainStep
 from ghost_net import ghost_net

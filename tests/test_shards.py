@@ -150,7 +150,7 @@ def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def val_as_shards(tmp_path_factory) -> dict:
-    """The same 12 validation JPEGs as a folder and as several shards (common.convert), and a random 4-class
+    """The same 12 validation JPEGs as a folder and as several shards (common.data.convert), and a random 4-class
     GhostNet state_dict: equality of the two readings is what is tested, not accuracy."""
     from conftest import make_image_folder
 

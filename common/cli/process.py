@@ -18,9 +18,9 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from common.dist import distributed, faults
-from common.dist.distributed import DistContext
 from common.models import checkpoint
+from common.parallel import distributed, faults
+from common.parallel.distributed import DistContext
 
 T = TypeVar("T")
 

@@ -4,4 +4,4 @@ policy (``unreadable``), sampling (``sampling``), the datasets and loaders of a 
 (``images``), the pipelines (``transforms``), compact sample lists (``samples``), ``--check-data`` (``scan``), and the
 tools ``python -m common.data.convert`` and ``python -m common.data.valprep``, and the demo dataset (``demo``).
 
-May import: dist and the ground floor; never models, report, cli, train or predict."""
+May import: parallel and the ground floor; never models, report, cli, train or predict."""

@@ -1,8 +1,8 @@
 """Convert a dataset between formats: an ImageFolder to Hugging Face parquet or WebDataset shards, and back.
 
-    python -m common.convert /data/imagenet /data/imagenet-parquet --to parquet
-    python -m common.convert /data/imagenet /data/imagenet-shards --to shards --max-shard-mb 1024
-    python -m common.convert /data/imagenet-parquet /data/imagenet-again --to folder
+    python -m common.data.convert /data/imagenet /data/imagenet-parquet --to parquet
+    python -m common.data.convert /data/imagenet /data/imagenet-shards --to shards --max-shard-mb 1024
+    python -m common.data.convert /data/imagenet-parquet /data/imagenet-again --to folder
 
 ``--to parquet`` writes ``OUT/data/train-NNNNN.parquet`` and ``OUT/data/validation-NNNNN.parquet`` as on the Hub:
 an ``image`` struct column (the file's bytes as they are, and its path below the split folder), an int64 ``label``
@@ -93,7 +93,8 @@ class Source:
 
 def open_source(src: str) -> Source:
     """The dataset at ``src`` as a Source (an ImageFolder, parquet or Arrow; shards are read by ``shards``)."""
-    fmt, root = formats.resolve_source(src)
+    source = formats.resolve_source(src)
+    fmt, root = source.format, source.root
     if fmt == "folder":
         items, classes = {}, None
         for split, folder in zip(("train", "val"), imagefolder.split_dirs(root)):

@@ -13,7 +13,7 @@ distributed evaluation, mid-epoch resume and bad-image skipping hold as they do 
 lazily in each process (DataLoader workers included) and memory-mapped. Arrow rows are read in place; a parquet row
 costs reading its row group's image column (the Hub writes 100 images per group), of which one group per process is
 kept, so random access reads each group once per image drawn from it. The Hub's 100-image groups make that about
-11 MB per ImageNet image; ``python -m common.convert HUB_DIR OUT --to parquet`` rewrites them with 16-image groups
+11 MB per ImageNet image; ``python -m common.data.convert HUB_DIR OUT --to parquet`` rewrites them with 16-image groups
 (measured 5x less reading per random sample), and benchmarks/bench_formats.py compares the formats.
 """
 from __future__ import annotations

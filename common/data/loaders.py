@@ -16,7 +16,7 @@ from common.data.formats import SYNTHETIC, DataSource
 from common.data.sampling import GlobalBatchSampler, SeededSamples, ShardSampler
 from common.data.synthetic import FakeDataWithPaths
 from common.data.unreadable import BadImageLog, skip_none_collate
-from common.dist.distributed import DistContext
+from common.parallel.distributed import DistContext
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def read_classes(root: str) -> list[str]:
     path = os.path.join(root, CLASSES_NAME)
     if not os.path.isfile(path):
         raise UserError(f"{root!r} holds shards but no {CLASSES_NAME} (one class name per line, in label order); "
-                        "write it beside the shards, or convert again with python -m common.convert.")
+                        "write it beside the shards, or convert again with python -m common.data.convert.")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
 
@@ -111,12 +111,12 @@ def label_of(where: str, cls: bytes | None, classes: int) -> int:
     it lies outside the class list."""
     if cls is None:
         raise UserError(f"sample {where} has no .cls member (its integer label); write KEY.cls beside each image, "
-                        "or convert again with python -m common.convert.")
+                        "or convert again with python -m common.data.convert.")
     try:
         label = int(cls.strip() or -1)
     except ValueError:
         raise UserError(f"sample {where} has a .cls member that is not an integer label ({cls[:20]!r}); write the "
-                        "label's index, or convert again with python -m common.convert.") from None
+                        "label's index, or convert again with python -m common.data.convert.") from None
     if not 0 <= label < classes:
         raise UserError(f"sample {where} has label {label} but {CLASSES_NAME} names {classes} classes; the class "
                         "list disagrees with the labels: fix it or convert again.")
@@ -130,7 +130,7 @@ def count_shard(path: str, classes: int) -> int:
 
 
 def shard_counts(root: str, files: list[str], classes: int) -> list[int]:
-    """Samples per shard: from ``manifest.json`` (written by common.convert) when it lists them, else a scan."""
+    """Samples per shard: from ``manifest.json`` (written by common.data.convert) when it lists them, else a scan."""
     listed = {}
     manifest = os.path.join(root, MANIFEST_NAME)
     if os.path.isfile(manifest):

@@ -1,8 +1,8 @@
 """Sort a flat ImageNet val folder (ILSVRC2012_val_00000001.JPEG ... in one folder) into one folder per class.
 
-    python -m common.valprep /imagenet/val --devkit ILSVRC2012_devkit_t12.tar.gz
-    python -m common.valprep /imagenet/val --labels LOC_val_solution.csv          # Kaggle's layout
-    python -m common.valprep /imagenet/val --devkit ILSVRC2012_devkit_t12.tar.gz --link
+    python -m common.data.valprep /imagenet/val --devkit ILSVRC2012_devkit_t12.tar.gz
+    python -m common.data.valprep /imagenet/val --labels LOC_val_solution.csv          # Kaggle's layout
+    python -m common.data.valprep /imagenet/val --devkit ILSVRC2012_devkit_t12.tar.gz --link
 
 The labels come from the official devkit archive (data/meta.mat maps the ILSVRC2012 class ids to wnids,
 data/ILSVRC2012_validation_ground_truth.txt gives each image's id, in file-number order, as torchvision's
@@ -55,7 +55,7 @@ def flat_folder_error(folder: str) -> str | None:
     if not count:
         return None
     return (f"{folder!r} holds {count} images but no class folders; an ImageNet val folder is sorted into them by "
-            f"`python -m common.valprep {folder} --devkit ILSVRC2012_devkit_t12.tar.gz` (or --labels "
+            f"`python -m common.data.valprep {folder} --devkit ILSVRC2012_devkit_t12.tar.gz` (or --labels "
             "LOC_val_solution.csv); other images go into one folder per class.")
 
 

@@ -2,4 +2,4 @@
 safely (``checkpoint``), any model file to a model to predict with (``loading``), an ONNX model behind nn.Module
 (``onnx_model``), and each model's eval preprocessing with its source (``preprocess``).
 
-May import: data, dist, the ground floor and ghost_net.py; never report, cli, train or predict."""
+May import: data, parallel, the ground floor and ghost_net.py; never report, cli, train or predict."""

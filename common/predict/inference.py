@@ -25,9 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 from common.cli import options
 from common.data import formats, imagefolder, sampling, transforms
 from common.data.images import BadImage, load_rgb
-from common.dist import faults
-from common.dist.distributed import DistContext
-from common.dist.precision import Precision, choose_precision, synchronize
 from common.errors import UserError
 from common.models import factory, preprocess
 from common.models.loading import (
@@ -39,6 +36,9 @@ from common.models.loading import (
     load_model,
 )
 from common.models.onnx_model import OnnxModel
+from common.parallel import faults
+from common.parallel.distributed import DistContext
+from common.parallel.precision import Precision, choose_precision, synchronize
 from common.predict.labels import ClassMap
 from common.report.progress import AverageMeter, Progress
 

@@ -2,4 +2,4 @@
 per-class scores (``metrics``), matplotlib figures and contact sheets (``figures``), and a run's training curves
 (``curves``, run as ``python -m common.report RUN_DIR``).
 
-May import: data, dist and the ground floor; never models, cli, train or predict."""
+May import: data, parallel and the ground floor; never models, cli, train or predict."""

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from common.dist.distributed import DistContext, all_reduce_sum
+from common.parallel.distributed import DistContext, all_reduce_sum
 
 
 class AverageMeter:

@@ -2,4 +2,4 @@
 (``loop``), one optimizer step (``step``), the optimiser and EMA (``optim``), the schedule (``schedule``), resuming
 (``resume``), what rank 0 records (``watch``), and looking at the input (``inputs``).
 
-May import: cli, models, report, data, dist and the ground floor; never predict."""
+May import: cli, models, report, data, parallel and the ground floor; never predict."""

@@ -1,11 +1,10 @@
-"""The one training/evaluation engine that all four training scripts call through ``fit(args, ctx, wrap, log_name)``.
+"""Flags to a run: the builder that all four training scripts call through ``fit(args, ctx, wrap, log_name)``.
 
-A script only decides how processes start (``ctx``) and how the model is wrapped (``wrap``); everything else, from
-datasets to checkpoints, happens here. Only ``fit`` and the builders it calls (``build_run``, ``augment_config``,
-``data_config``, ``build_model``, ``header``, ``optimisation_line``, ``loop_config``) read ``args``. The loop below
-them takes small configs instead: ``train_loop`` a ``LoopConfig``, ``run_epoch`` a ``PassConfig``. ``train_loop``
-also takes a ``Trainee`` saying what is trained; that is how network.py trains only a new head, on cached features or
-through a frozen backbone, in the same loop as the training scripts.
+A script only decides how processes start (``ctx``) and how the model is wrapped (``wrap``); ``fit`` builds the
+datasets, model, optimiser and schedule from the flags, restores a checkpoint (``resume``), prints the header and
+hands over to the epoch loop (``loop.train_loop``), the input profiler or a lone evaluation. Only the functions here
+read ``args``; the loop takes small configs instead (``LoopConfig``, ``PassConfig``) and a ``Trainee`` saying what is
+trained, which is how network.py trains only a new head in the same loop as the training scripts.
 """
 from __future__ import annotations
 
@@ -21,10 +20,10 @@ import torch.nn as nn
 from common import files
 from common.cli import recipes
 from common.data import loaders, sampling, transforms, unreadable
-from common.dist.distributed import DistContext
-from common.dist.precision import choose_precision
 from common.errors import UserError
 from common.models import checkpoint, factory
+from common.parallel.distributed import DistContext
+from common.parallel.precision import choose_precision
 from common.train import optim, schedule
 from common.train.inputs import SAMPLES_NAME, profile_input, save_samples
 from common.train.loop import (
@@ -107,7 +106,7 @@ def augment_config(args: argparse.Namespace) -> transforms.AugmentConfig:
 
 
 def normalization(args: argparse.Namespace) -> transforms.Normalization:
-    """The mean and std that ``options.fill_size_defaults`` chose (the starting weights' own, or ImageNet's)."""
+    """The mean and std that ``defaults.fill_size_defaults`` chose (the starting weights' own, or ImageNet's)."""
     return transforms.Normalization(args.mean, args.std)
 
 

@@ -10,8 +10,8 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from common.data import transforms
-from common.dist.distributed import DistContext
-from common.dist.precision import synchronize
+from common.parallel.distributed import DistContext
+from common.parallel.precision import synchronize
 from common.train.loop import Run
 
 

@@ -19,9 +19,9 @@ from common import files
 from common.cli import defaults, options
 from common.cli.process import exit_on_stop
 from common.data import formats, sampling, scan
-from common.dist import distributed, faults
 from common.errors import UserError, exit_on_user_error
 from common.models import factory
+from common.parallel import distributed, faults
 from common.train import engine
 
 

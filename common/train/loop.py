@@ -13,15 +13,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from common.data import sampling, transforms, unreadable
-from common.dist import faults
-from common.dist.distributed import (
+from common.models import checkpoint
+from common.parallel import faults
+from common.parallel.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
 )
-from common.dist.precision import Precision
-from common.models import checkpoint
+from common.parallel.precision import Precision
 from common.report.metrics import topk_correct
 from common.report.progress import AverageMeter, Progress
 from common.train import optim

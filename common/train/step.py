@@ -9,9 +9,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from common.dist.precision import Precision
 from common.models import checkpoint
 from common.models.factory import logits_of
+from common.parallel.precision import Precision
 from common.train.optim import ModelEma
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from common.dist.distributed import DistContext
+from common.parallel.distributed import DistContext
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FAULT_ENV = "TRAIN_INJECT_FAULT"  # "RANK:STEP:exit|hang", read only by tests of fault tolerance
