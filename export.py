@@ -108,7 +108,7 @@ def check_args(args: argparse.Namespace) -> Target:
                         f"it *{next(e for e, f in FORMATS.items() if f == fmt)}.")
     if os.path.isdir(args.output):
         raise UserError(f"--output {args.output!r} is a folder; give a file name.")
-    files.check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
+    files.make_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
     if fmt == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
             onnx_model.require(module, "export.py --format onnx")

@@ -120,7 +120,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--real-labels, --class-map and several resolutions are for a labelled folder: add --data DIR.")
     inference.check_sizes(loader_config(args))
     if args.data and not args.check_data:
-        files.check_output_dir(args.output_dir)
+        files.make_output_dir(args.output_dir)
 
 
 def check_data(args: argparse.Namespace) -> int:

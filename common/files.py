@@ -1,6 +1,6 @@
 """Output files and folders: every file a script writes for the user appears whole or not at all.
 
-* ``check_output_dir``: create the output folder and check that it is writable, before any work starts.
+* ``make_output_dir``: create the output folder and check that it is writable, before any work starts.
 * ``atomic_write``: write a temporary file beside the target, fsync it, rename it over the target; on any failure
   the temporary file is removed and the target is left as it was. Checkpoints use it directly (a failed save is a
   warning there, not the end of a run).
@@ -24,8 +24,8 @@ from common.errors import UserError
 Writer = Callable[[BinaryIO], None]
 
 
-def check_output_dir(path: str, flag: str = "--output-dir") -> None:
-    """Create the output folder and make sure it is writable, before any work starts."""
+def make_output_dir(path: str, flag: str = "--output-dir") -> None:
+    """Create the output folder (when missing) and make sure it is writable, before any work starts."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:

@@ -7,20 +7,10 @@ import math
 from dataclasses import dataclass
 
 TRAIN_CROP_SIZE = 224
-
-
 VAL_RESIZE_SIZE = 256
-
-
 VAL_CROP_SIZE = 224
-
-
 MAX_PIXELS = 4096  # crop and resize sizes above this are typing mistakes: 4096^2 RGB is 48 MiB per image
-
-
 MAX_WIDTH_MULT = 4.0  # GhostNet's published widths are 0.5 to 1.3; 4.0 already has about 80 M parameters
-
-
 MAX_DIST_TIMEOUT = 7 * 24 * 3600.0  # a week; datetime.timedelta overflows on absurd values
 
 

@@ -129,7 +129,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse flags that do not go together, and an unusable output folder, before any work; changes nothing."""
     if args.amp and args.device.type == "cpu" and args.amp_dtype == "fp16":
         raise UserError("--amp-dtype fp16 needs a CUDA GPU; use --amp-dtype bf16 on the CPU.")
-    files.check_output_dir(args.output_dir)
+    files.make_output_dir(args.output_dir)
 
 
 def label(arch: str, width: float) -> str:

@@ -95,8 +95,10 @@ def run_script(script: str, *args: str, launcher: list[str] | None = None, env: 
 
 def fill_and_check(args, archs: list[str]) -> None:
     """What ``launch.prepare`` does with a training script's flags before the data source: fill the defaults that
-    depend on other flags, then check them."""
+    depend on other flags, check them, and resolve the data source."""
     from common.cli import defaults, options
 
     defaults.fill_training_defaults(args)
     options.check_training_args(args, archs)
+    if args.dummy or args.data:
+        args.data_source = defaults.data_source(args)

@@ -38,7 +38,7 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tiny_data, tmp_path
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from common import checkpoint
+from common.models import checkpoint
 state = {{"epoch": 99, "state_dict": {{"w": torch.randn(96_000_000)}}}}  # ~380 MB, long enough to be caught
 checkpoint.save_checkpoint(state, {out!r}, is_best=True)
 """

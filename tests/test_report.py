@@ -205,7 +205,7 @@ BLOCKED = """
 import sys
 sys.path.insert(0, {root!r})
 sys.modules["matplotlib"] = None  # as if it were not installed: every import of it raises ImportError
-from common import report
+from common.report import curves
 curves.main(curves.get_args_parser().parse_args([{run_dir!r}]))
 """
 
@@ -268,7 +268,7 @@ LIMITED = """
 import resource, sys
 sys.path.insert(0, {root!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-from common import report
+from common.report import curves
 curves.main(curves.get_args_parser().parse_args([{run_dir!r}]))
 """
 

@@ -29,32 +29,14 @@ from common.limits import (
 from common.models.factory import check_arch
 
 LR_SCHEDULES = ("step", "linear", "cosine", "constant")
-
-
 POSITIVE_INT = Number(int, 1)
-
-
 NON_NEGATIVE_INT = Number(int, 0)
-
-
 POSITIVE = Number(float, 0, low_open=True)
-
-
 NON_NEGATIVE = Number(float, 0)
-
-
 PROBABILITY = Number(float, 0, 1)
-
-
 FRACTION = Number(float, 0, 1, high_open=True)  # [0, 1): label smoothing, dropout, momentum
-
-
 PIXELS = Number(int, 1, MAX_PIXELS)
-
-
 WORKERS = Number(int, 0, 1024)
-
-
 SEED = Number(int, 0, 2**32 - 1)  # NumPy's seed range
 
 
@@ -379,8 +361,6 @@ def check_recipe_args(args: argparse.Namespace) -> None:
 # Evaluation batch per process: large batches keep a GPU busy, but on the CPU they run slower per image than batches
 # of about 16 (activations stop fitting in cache).
 INFER_BATCH_SIZE_GPU = 64
-
-
 INFER_BATCH_SIZE_CPU = 16
 
 

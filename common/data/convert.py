@@ -287,7 +287,7 @@ def convert(args: argparse.Namespace) -> dict:
     if os.path.isfile(os.path.join(args.out, MANIFEST_NAME)) and not os.path.isfile(os.path.join(args.out, STATE_NAME)):
         raise UserError(f"{args.out!r} already holds a finished conversion ({MANIFEST_NAME}); choose a new folder.")
     state = load_state(args.out, fp)
-    files.check_output_dir(args.out, "OUT")
+    files.make_output_dir(args.out, "OUT")
     total = sum(len(items) for items in order.values())
     with tqdm(total=total, desc=f"to {args.to}", unit="img", dynamic_ncols=True) as bar:
         if args.to == "folder":

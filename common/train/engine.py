@@ -167,7 +167,7 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     Returns a summary: best top-1, the epoch it was reached, and the last validation stats.
     """
     if ctx.is_main:
-        files.check_output_dir(args.output_dir)
+        files.make_output_dir(args.output_dir)
     torch.backends.cudnn.benchmark = args.seed is None
     run = build_run(args, ctx, wrap)
     path = resume_path(args.resume, args.output_dir)

@@ -46,7 +46,7 @@ def check_args(args: argparse.Namespace) -> None:
                         "choose one below that, or drop --gpu.")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
-    files.check_output_dir(args.output_dir)
+    files.make_output_dir(args.output_dir)
 
 
 def check_data(source: formats.DataSource, workers: int | None) -> int:
