@@ -162,7 +162,8 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says(ema_run, tiny_data
     fill_and_check(args, ["ghostnet"])
     run = engine.build_run(args, DistContext(), lambda m, ctx: m)
     resume.restore(os.path.join(ema_run, "checkpoint.pth.tar"), run, "ghostnet")
-    stats = loop.evaluate(run.model, run.val_loader, run.criterion, DistContext(), precision=run.precision)
+    show = loop.eval_pass(run, 10)
+    stats = loop.evaluate(run.model, run.val_loader, run.criterion, DistContext(), show, run.precision)
     logp, targets = [], []
     with torch.no_grad():
         for images, target, _ in run.val_loader:
