@@ -15,6 +15,8 @@ from common import checkpoint, engine, models
 from common.distributed import free_port
 from conftest import ROOT, SMALL, run_script
 
+pytestmark = pytest.mark.slow  # every test starts multi-process training runs (10-55 s each)
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BASE = ["-b", "16", "--seed", "0", "--no-accel", "--epochs", "2", *SMALL]
 
