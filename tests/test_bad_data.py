@@ -28,6 +28,7 @@ def dirty_data(tmp_path_factory) -> tuple[str, list[str]]:
     return root, sorted(os.path.join(root, rel) for rel in bad)
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_named_once_and_counted_each_epoch(dirty_data, tmp_path):
     root, bad = dirty_data
     proc = run_script("train_main.py", root, *TRAIN, "--epochs", "2", "-j", "1", "--output-dir", str(tmp_path))
@@ -40,6 +41,7 @@ def test_bad_images_are_skipped_named_once_and_counted_each_epoch(dirty_data, tm
     assert [r["bad_images"] for r in rows] == ["6", "6"] and [r["val_images"] for r in rows] == ["12", "12"]
 
 
+@pytest.mark.slow
 def test_fail_policy_stops_at_the_first_bad_image_with_its_path(dirty_data, tmp_path):
     root, bad = dirty_data
     proc = run_script("train_main.py", root, *TRAIN, "--epochs", "1", "-j", "1", "--bad-images", "fail",
@@ -48,6 +50,7 @@ def test_fail_policy_stops_at_the_first_bad_image_with_its_path(dirty_data, tmp_
     assert proc.stderr.startswith("error: unreadable image ") and any(path in proc.stderr for path in bad)
 
 
+@pytest.mark.slow
 def test_check_data_lists_every_unreadable_file_without_training(dirty_data, tiny_data, tmp_path):
     root, bad = dirty_data
     proc = run_script("train_multiprocessing.py", root, "--check-data", "-j", "2", "--output-dir", str(tmp_path),
@@ -60,6 +63,7 @@ def test_check_data_lists_every_unreadable_file_without_training(dirty_data, tin
     assert "checked 200 images" in clean.stdout and "0 unreadable" in clean.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, message", [
     ({"train/a": 2, "train/b": 0, "val/a": 1, "val/b": 1}, "no valid file for the classes b"),
     ({"train/a": 0, "val/a": 0}, "no valid file for the classes a"),
@@ -74,6 +78,7 @@ def test_empty_class_folders_and_image_less_datasets_are_refused_in_one_line(lay
     assert proc.returncode == 2 and message in proc.stderr.lower() and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_non_utf8_file_names_train_evaluate_and_sort(tmp_path):
     root = make_image_folder(str(tmp_path / "data"), train_per_class=6, val_per_class=2)
     odd = os.path.join(os.fsencode(root), b"val", b"class1", b"caf\xe9.png")
@@ -97,11 +102,13 @@ def test_non_utf8_file_names_train_evaluate_and_sort(tmp_path):
             assert b"cl\xe4ss3" in f.read()
 
 
+@pytest.mark.slow
 def test_gpu_beyond_the_device_count_is_refused():
     proc = run_script("train_main.py", "--dummy", "--gpu", "7", "--no-accel", check=False)
     assert proc.returncode == 2 and "--gpu 7 does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["--cache-features", "--no-cache-features"])
 def test_network_py_skips_bad_images_too(cache, dirty_data, trained_ckpt, tmp_path):
     root, _bad = dirty_data
@@ -133,6 +140,7 @@ def test_test_py_check_data_lists_the_unreadable_files_of_the_labelled_set_or_of
     assert check(good)[0] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, what", [
     ("train_main.py", "training's skipped-image line"),
     ("train_main.py --check-data", "the --check-data listing"),

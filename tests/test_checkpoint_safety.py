@@ -17,6 +17,8 @@ from conftest import ROOT, SMALL, make_image_folder, run_script
 from common.errors import UserError
 from common.models import checkpoint, loading
 
+pytestmark = pytest.mark.slow  # every test trains, or damages and loads trained_ckpt (a training run of 5-90 s)
+
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL[:6], "-j", "1",
          "-p", "100"]
 

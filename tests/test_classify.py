@@ -15,6 +15,8 @@ import torch
 from conftest import SMALL, make_image_folder, run_script
 from inprocess import call_main
 
+pytestmark = pytest.mark.slow  # every test sorts with heads trained on trained_ckpt (module fixtures of 2-7 s)
+
 CLASSES = ["class0", "class1", "class2", "class3"]
 
 

@@ -25,6 +25,7 @@ def digest(root: str) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_the_demo_dataset_is_drawn_once_the_same_everywhere_and_redrawn_when_incomplete(tmp_path):
     first, second = str(tmp_path / "a" / "demo"), str(tmp_path / "b" / "demo")
     demo.ensure_dataset(first)
@@ -62,6 +63,7 @@ def test_demo_defaults_yield_to_every_flag_given():
         defaults.apply_demo_defaults(train_main.get_args_parser().parse_args(["--demo", "--data", "x"]))
 
 
+@pytest.mark.slow
 def test_the_quick_start_learns_far_above_chance(tmp_path):
     """The README's first command, seeded: ResNet-18 on the six demo classes (chance: 16.7%)."""
     done = run_script("train_main.py", "--demo", "--seed", "0", "-p", "100", cwd=str(tmp_path), timeout=600)

@@ -16,6 +16,8 @@ from common.models import checkpoint, factory
 from common.parallel.distributed import free_port
 from common.train import engine
 
+pytestmark = pytest.mark.slow  # every test starts multi-process training runs (10-55 s each)
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BASE = ["-b", "16", "--seed", "0", "--no-accel", "--epochs", "2", *SMALL]
 

@@ -77,6 +77,7 @@ def test_five_crop_is_the_mean_of_the_corner_and_centre_crops_logits(ckpt, tmp_p
     assert top_probabilities(result[0]) == pytest.approx(expected.tolist(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_each_resolution_of_one_pass_equals_its_own_run(ckpt, small_data, tmp_path):
     result, printed = call_main("test.py", "--ckpt", ckpt, "--data", small_data, "--val-crop-size", "24", "32",
                                 "--crop-pct", "0.8", "--output-dir", str(tmp_path / "multi"), *FAST)
@@ -127,6 +128,7 @@ def always_two(tmp_path_factory) -> str:
     return save_ckpt(str(tmp_path_factory.mktemp("always") / "always2.pth.tar"), always=2)
 
 
+@pytest.mark.slow
 def test_real_top1_counts_only_labelled_images_and_any_of_their_labels(always_two, tmp_path):
     folder = val_folder(tmp_path / "val", [CLASSES[c] for c in FOLDERS])
     (tmp_path / "real.json").write_text(json.dumps(REAL))
@@ -137,6 +139,7 @@ def test_real_top1_counts_only_labelled_images_and_any_of_their_labels(always_tw
     assert " * ReaL Acc@1 50.000 on 8 images with a ReaL label (Acc@1 30.000 on all 10)" in printed
 
 
+@pytest.mark.slow
 def test_class_map_index_reads_folders_named_by_class_index(always_two, tmp_path):
     folder = val_folder(tmp_path / "v2", [str(c) for c in FOLDERS])
     result, _ = call_main("test.py", "--ckpt", always_two, "--data", folder, "--class-map", "index",

@@ -53,6 +53,7 @@ def test_pretrained_eval_transform_is_the_weights_own(name, arch, photo):
     assert off.max() <= 2.01 and (off > 0.5).float().mean() < 0.03
 
 
+@pytest.mark.slow
 def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation(tmp_path, monkeypatch, photo):
     prep = loading.eval_preprocess(loaded_as_pretrained("ghostnet"), preprocess.EvalFlags())
     assert (prep.resize, prep.crop, prep.interpolation, prep.norm) == (256, 224, "bilinear", transforms.IMAGENET)
@@ -108,6 +109,7 @@ def test_training_from_weights_takes_their_sizes_and_records_them():
                                                                                                       None)
 
 
+@pytest.mark.slow
 def test_pretrained_test_py_matches_torchvision_reference_on_a_photo(tmp_path, monkeypatch, photo):
     """End to end with random weights at the hub-cache path: --pretrained -a mobilenet_v2 (DEFAULT: V2, resize 232)
     prints the weights' sizes and gives the probabilities of weights.transforms() + the same model."""

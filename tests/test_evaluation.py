@@ -75,6 +75,7 @@ def test_ghostnet_figures_are_the_release_and_the_papers():
     assert published.published("ghostnet", 0.75) == published.Published()
 
 
+@pytest.mark.slow
 def test_quick_run_writes_csv_markdown_and_png(tmp_path):
     rows, out = call_main("evaluation/compare.py", "--quick", "--threads", "1", "--output-dir", str(tmp_path))
     assert [r["model"] for r in rows] == list(compare.QUICK_MODELS)
@@ -128,6 +129,7 @@ def test_resnet50_measures_slower_than_resnet18():
     assert median["resnet50"] > median["resnet18"]
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_run_keeps_a_row_with_the_reason(tmp_path):
     rows, _ = call_main("evaluation/compare.py", "--models", "squeezenet1_1", "ghostnet:0.5", "--input-size", "16",
                         "--batch-size", "2", "--repeats", "2", "--threads", "1", "--output-dir", str(tmp_path))

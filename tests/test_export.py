@@ -90,6 +90,7 @@ def pytorch_logits(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor
         return model.eval()(transforms.to_model_input(pixels, torch.device("cpu")))
 
 
+@pytest.mark.slow
 def test_exports_give_pytorch_logits_on_jpegs_and_the_uint8_graph_equals_the_eval_path(exported, jpegs):
     # export.py compared each file with the PyTorch model on the 20 val JPEGs before writing it.
     for name in ("ghostnet", "resnet18", "pt2", "mobilenet"):
@@ -109,6 +110,7 @@ def metadata_props(path: str) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(path).metadata_props}
 
 
+@pytest.mark.slow
 def test_metadata_round_trips_through_the_files_and_model_loading(exported):
     ckpt = exported["ghostnet_ckpt"]
     meta = onnx_model.decode_metadata(metadata_props(exported["ghostnet"]["path"]), "g.onnx")
@@ -135,6 +137,7 @@ def read_csv(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_test_py_reports_through_onnx_equal_those_through_the_checkpoint(exported, jpegs, tmp_path):
     runs = {}
     for name, flags in (("ckpt", ["--ckpt", exported["ghostnet_ckpt"]]),
@@ -155,6 +158,7 @@ def test_test_py_reports_through_onnx_equal_those_through_the_checkpoint(exporte
     assert sort["placed"] == 20 and {r["class"] for r in sort["summary"]} == {*CLASSES, "all"}
 
 
+@pytest.mark.slow
 def test_onnx_without_metadata_runs_with_class_indices_or_a_classes_file(exported, jpegs, tmp_path):
     import onnx
 
@@ -173,6 +177,7 @@ def test_onnx_without_metadata_runs_with_class_indices_or_a_classes_file(exporte
                        atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pt2_reloads_and_runs_in_a_fresh_python_that_does_not_import_the_project(exported, jpegs, tmp_path):
     pixels = val_pixels(jpegs)
     torch.save(transforms.to_model_input(pixels, torch.device("cpu")), tmp_path / "input.pt")
@@ -187,6 +192,7 @@ def test_pt2_reloads_and_runs_in_a_fresh_python_that_does_not_import_the_project
     assert got.shape == (20, 4) and (got - pytorch_logits(resnet, pixels)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_in_one_line_and_leave_no_file(exported, jpegs, tmp_path, monkeypatch):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")

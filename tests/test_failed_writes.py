@@ -10,8 +10,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, make_image_folder
 from inprocess import call_main
+
+pytestmark = pytest.mark.slow  # every test runs test.py or the sorter on trained_ckpt (2-7 s each)
 
 LIMIT = 3000  # bytes: above every file the scripts need to read or create before the reports, below the reports
 

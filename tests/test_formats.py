@@ -59,6 +59,7 @@ def folder_bytes(root: str) -> list[tuple[str, str, str]]:
                   for split in ("train", "val") for p in glob.glob(os.path.join(root, split, "*", "*")))
 
 
+@pytest.mark.slow
 def test_two_seeded_epochs_on_folder_and_parquet_end_with_identical_weights(tmp_path):
     folder = make_image_folder(str(tmp_path / "folder"), 8, 1, classes=((200, 30, 30), (30, 30, 200)), ext="jpg")
     parquet = str(tmp_path / "parquet")
@@ -140,6 +141,7 @@ def test_save_to_disk_arrow_folder_reads_as_the_same_rows(tmp_path, parquet_copy
     assert all(arrow.encoded(i) == table.encoded(i) for i in range(len(arrow)))
 
 
+@pytest.mark.slow
 def test_test_py_and_the_sorter_read_parquet_as_they_read_the_folder(jpeg_folder, parquet_copy, trained_ckpt,
                                                                       tmp_path):
     flags = ["--ckpt", trained_ckpt, "-j", "0", "--val-resize-size", "32", "--val-crop-size", "32"]

@@ -22,6 +22,7 @@ def train(folder: str, out: str, *extra: str) -> str:
                      "--output-dir", out, *SMALL, *extra)[1]
 
 
+@pytest.mark.slow
 def test_the_input_bound_line_appears_when_loading_is_slow_and_not_otherwise(small_folder, tmp_path, monkeypatch):
     assert "the input bounds this run" not in train(small_folder, str(tmp_path / "fast"))
     real = transforms.load_uint8

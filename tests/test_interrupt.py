@@ -59,6 +59,7 @@ def assert_clean_stop(status: int, stderr: str, sig: int) -> None:
     assert stderr.startswith(f"=> stopped by {signal.Signals(sig).name} after ")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_folder_evaluation_stops_cleanly_without_a_report(trained_ckpt, tiny_data, tmp_path):
     args = ["--ckpt", trained_ckpt, "--data", tiny_data, *EVAL, "--output-dir", str(tmp_path)]
     status, _, stderr = interrupt("test.py", args, "Predict: [", signal.SIGINT, group=True)
@@ -77,6 +78,7 @@ def tree(folder: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_sigterm_while_sorting_keeps_a_manifest_and_a_rerun_ends_as_an_uninterrupted_run(trained_ckpt, tiny_data,
                                                                                           tmp_path):
     out, fresh = str(tmp_path / "out"), str(tmp_path / "fresh")
@@ -97,6 +99,7 @@ def test_sigterm_while_sorting_keeps_a_manifest_and_a_rerun_ends_as_an_uninterru
     assert tree(out) == tree(fresh)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_network_py_with_a_checkpoint_that_resume_continues(trained_ckpt, tmp_path):
     root = make_image_folder(str(tmp_path / "data"), train_per_class=8, val_per_class=2)  # 8 steps of 4 images
     flags = [root, "-a", "ghostnet", "--weights", trained_ckpt, "-b", "4", "--lr", "0.5", "--seed", "0",
@@ -119,6 +122,7 @@ def test_a_ctrl_c_that_no_loop_caught_exits_130_in_one_line(capsys):
     assert exc.value.code == 130 and capsys.readouterr().err == "=> interrupted by Ctrl+C (SIGINT)\n"
 
 
+@pytest.mark.slow
 def test_a_loader_worker_killed_from_outside_ends_in_one_line_naming_memory_and_the_checkpoint(tiny_data, tmp_path):
     # As the kernel's out-of-memory killer does: SIGKILL to the loader workers, not to the training process.
     out = str(tmp_path / "out")

@@ -45,6 +45,7 @@ def state(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["cached_run", "plain_run"])
 def test_only_head_changes_backbone_weights_and_bn_buffers_stay_bit_identical(run, trained_ckpt, request):
     before = state(trained_ckpt)
@@ -56,6 +57,7 @@ def test_only_head_changes_backbone_weights_and_bn_buffers_stay_bit_identical(ru
     assert not torch.equal(before[HEAD + "weight"], after[HEAD + "weight"])
 
 
+@pytest.mark.slow
 def test_cached_features_and_plain_path_give_the_same_head_after_one_epoch(cached_run, plain_run):
     cached = state(os.path.join(cached_run, "checkpoint.pth.tar"))
     plain = state(os.path.join(plain_run, "checkpoint.pth.tar"))
@@ -63,6 +65,7 @@ def test_cached_features_and_plain_path_give_the_same_head_after_one_epoch(cache
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_has_the_training_format_and_the_optimizer_holds_only_the_head(cached_run):
     ckpt = torch.load(os.path.join(cached_run, "model_best.pth.tar"), map_location="cpu", weights_only=True)
     assert {"epoch", "arch", "state_dict", "best_acc1", "optimizer", "scheduler", "args", "classes"} <= ckpt.keys()
@@ -76,6 +79,7 @@ def test_checkpoint_has_the_training_format_and_the_optimizer_holds_only_the_hea
     assert float(rows[0]["val_top1"]) == pytest.approx(ckpt["best_acc1"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_test_py_with_the_accuracy_network_py_reported(cached_run, tiny_data, tmp_path):
     with open(os.path.join(cached_run, "network.csv")) as f:
         last = list(csv.DictReader(f))[-1]
@@ -87,6 +91,7 @@ def test_checkpoint_loads_in_test_py_with_the_accuracy_network_py_reported(cache
     assert result["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_comes_from_the_hub_cache(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     path = factory.cache_path(factory.weights_url("resnet18"))

@@ -99,6 +99,7 @@ def test_help_shows_each_recipes_default():
     assert f"resnet {RECIPES['resnet']['lr']:g}, ghostnet {ghostnet['lr']:g} per {ghostnet['lr_ref_batch']} images" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["test.py", "classify_test_data.py"])
 def test_prediction_scripts_start_without_the_training_engine(script):
     done = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], cwd=ROOT, capture_output=True,

@@ -58,6 +58,7 @@ def test_bf16_channels_last_step_computes_the_fp32_loss_and_gradient_direction()
     assert torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0) > 0.85
 
 
+@pytest.mark.slow
 def test_channels_last_alone_changes_nothing_but_rounding():
     ref_loss, ref_grad = loss_and_gradient(precision.Precision("cpu", None, False))
     loss, grad = loss_and_gradient(precision.Precision("cpu", None, True))
@@ -75,6 +76,7 @@ def randomise_batchnorms(model: torch.nn.Module) -> None:
             torch.nn.init.uniform_(m.bias, -0.2, 0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ghostnet", "resnet18", "mobilenet_v3_small"])
 def test_folded_batchnorm_gives_the_same_outputs_without_a_batchnorm(arch):
     torch.manual_seed(0)

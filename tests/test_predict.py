@@ -51,6 +51,7 @@ def read_csv(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_printed_accuracy_equals_the_one_recomputed_from_predictions_csv(evaluated):
     result, printed, out = evaluated
     rows = read_csv(os.path.join(out, "predictions.csv"))
@@ -65,6 +66,7 @@ def test_printed_accuracy_equals_the_one_recomputed_from_predictions_csv(evaluat
     assert 0 < top1 < 100, "the fixture model should be right on some images and wrong on others"
 
 
+@pytest.mark.slow
 def test_per_class_report_and_confusion_csv_match_the_predictions(evaluated):
     _, _, out = evaluated
     pairs = Counter((r["true"], r["predicted"]) for r in read_csv(os.path.join(out, "predictions.csv")))
@@ -99,6 +101,7 @@ def test_class_scores_match_a_hand_computed_confusion_matrix():
     assert test_py.confused_with(cm, 0, ["a", "b", "c"]) == "b:1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("topk, shown", [(3, 3), (10, 4)])
 def test_single_image_output_lists_k_classes_with_probabilities_summing_to_at_most_one(probe_ckpt, tiny_data,
                                                                                          topk, shown):
@@ -114,6 +117,7 @@ def test_single_image_output_lists_k_classes_with_probabilities_summing_to_at_mo
         assert all(sum(t["probability"] for t in r["top"]) == pytest.approx(1, abs=1e-5) for r in parsed)
 
 
+@pytest.mark.slow
 def test_plain_output_is_one_line_per_class(probe_ckpt, tiny_data):
     image = os.path.join(tiny_data, "val", "class1", "img3.png")
     _, printed = call_main("test.py", "--ckpt", probe_ckpt, image, "--topk", "2", "-j", "0")
@@ -131,6 +135,7 @@ def test_imagenet_wnid_folders_get_human_readable_names():
     assert loading.display_names(wnids[::-1])[0] == wnids[-1]  # not in class-index order: left as they are
 
 
+@pytest.mark.slow
 def test_plain_dataparallel_state_dict_needs_arch_and_gives_the_same_accuracy(probe_ckpt, evaluated, tiny_data,
                                                                               tmp_path, capsys):
     weights = torch.load(probe_ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -145,6 +150,7 @@ def test_plain_dataparallel_state_dict_needs_arch_and_gives_the_same_accuracy(pr
     assert (result["top1"], result["loss"]) == pytest.approx((evaluated[0]["top1"], evaluated[0]["loss"]))
 
 
+@pytest.mark.slow
 def test_whole_pickled_model_is_refused_unless_unsafe_load(probe_ckpt, evaluated, tiny_data, tmp_path, capsys):
     from ghost_net import ghost_net
 
@@ -162,6 +168,7 @@ def test_whole_pickled_model_is_refused_unless_unsafe_load(probe_ckpt, evaluated
     assert result["top1"] == pytest.approx(evaluated[0]["top1"])
 
 
+@pytest.mark.slow
 def test_limit_evaluates_the_first_n_images(probe_ckpt, tiny_data, tmp_path):
     result, _ = call_main("test.py", "--ckpt", probe_ckpt, "--data", os.path.join(tiny_data, "val"), "--limit", "7",
                           "-j", "0", "--output-dir", str(tmp_path))
@@ -177,6 +184,7 @@ def predicted_rows(folder: str) -> dict[str, tuple[str, float]]:
     return {r["path"]: (r["predicted"], float(r["confidence"])) for r in rows}
 
 
+@pytest.mark.slow
 def test_speed_defaults_give_the_predictions_of_every_feature_switched_off(probe_ckpt, evaluated, tiny_data,
                                                                            tmp_path):
     """Defaults (uint8 decode and resize, normalised per batch, channels_last, BatchNorm folded; GhostNet stays fp32

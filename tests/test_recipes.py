@@ -140,6 +140,7 @@ def ema_run(tiny_data, tmp_path_factory) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_ema_weights_differ_from_the_raw_ones_and_are_saved_and_marked(ema_run):
     ckpt = checkpoint.load_file(os.path.join(ema_run, "checkpoint.pth.tar"))
     raw, ema = ckpt["state_dict"], ckpt["state_dict_ema"]
@@ -154,6 +155,7 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_saved_and_marked(ema_run):
     assert best["best_acc1"] == pytest.approx(max(max(float(r["val_top1"]), float(r["val_top1_ema"])) for r in rows))
 
 
+@pytest.mark.slow
 def test_label_smoothing_changes_the_loss_as_the_formula_says(ema_run, tiny_data):
     """Validation loss of the saved raw weights, recomputed by hand: (1 - e) * NLL + e * mean over classes of -log p."""
     import train_main
@@ -188,6 +190,7 @@ def expected_lr(it: int, base: float, iters: int, epochs: int, schedule: str, wa
     return base * (1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule, extra", [
     ("cosine", ["--warmup-epochs", "1"]),
     ("step", ["--lr-step-size", "1", "--lr-gamma", "0.5"]),
@@ -206,6 +209,7 @@ def test_logged_lr_follows_the_schedule_per_iteration(tiny_data, tmp_path, sched
         assert float(r["lr"]) == pytest.approx(want, rel=1e-5, abs=1e-12), r
 
 
+@pytest.mark.slow
 def test_finetune_from_takes_weights_only_and_starts_a_fresh_run(ema_run, tiny_data, tmp_path):
     out = str(tmp_path)
     source = os.path.join(ema_run, "checkpoint.pth.tar")
@@ -219,6 +223,7 @@ def test_finetune_from_takes_weights_only_and_starts_a_fresh_run(ema_run, tiny_d
     assert weights and all(torch.equal(before[k], after[k]) for k in weights)  # lr 0: the loaded weights, unchanged
 
 
+@pytest.mark.slow
 def test_header_prints_params_macs_batch_and_speed_features_and_footer_the_best(tiny_data, tmp_path):
     flags = [f for f in TRAIN if f not in ("--lr", "0.02")]
     result = run_script("train_main.py", tiny_data, *flags, "--epochs", "1", "--recipe", "ghostnet", "-b", "16",
@@ -233,6 +238,7 @@ def test_header_prints_params_macs_batch_and_speed_features_and_footer_the_best(
     assert "best Acc@1" in result.stdout and "(Acc@5" in result.stdout and "at epoch 0" in result.stdout
 
 
+@pytest.mark.slow
 def test_tensorboard_events_and_sample_grid(tiny_data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -253,6 +259,7 @@ def test_tensorboard_events_and_sample_grid(tiny_data, tmp_path):
         assert grid.size == (2 + 8 * (32 + 2), 2 + 2 * (32 + 2))  # 16 images (one batch of the tiny set), 8 per row
 
 
+@pytest.mark.slow
 def test_tensorboard_missing_is_a_notice_not_a_crash(tiny_data, tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()

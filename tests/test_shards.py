@@ -92,6 +92,7 @@ def test_validation_on_shards_counts_each_sample_once(tmp_path, world_size):
     assert sorted(seen) == sorted(keys)
 
 
+@pytest.mark.slow
 def test_a_resumed_epoch_delivers_the_batches_an_uninterrupted_one_would(tmp_path):
     root = str(tmp_path)
     write_shards(root, "train", [6, 6, 4, 4])
@@ -202,6 +203,7 @@ def test_test_py_on_shards_reports_what_it_reports_on_the_same_images_as_a_folde
     assert len(predictions["shards"]) == 12 and predictions["shards"] == predictions["folder"]
 
 
+@pytest.mark.slow
 def test_the_sorter_writes_every_shard_image_once_with_the_folder_counts(val_as_shards, tmp_path):
     import glob
     import hashlib

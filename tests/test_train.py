@@ -52,6 +52,7 @@ def odd_data(tmp_path_factory) -> str:
                              classes=((200, 30, 30), (30, 200, 30), (30, 30, 200)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAUNCHERS))
 def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_checkpoints(name, learnable_data,
                                                                                          tmp_path):
@@ -73,6 +74,7 @@ def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_chec
     assert float(rows[1]["val_top1"]) == pytest.approx(final[1][0], abs=1e-3) and rows[1]["val_images"] == "40"
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint_and_evaluate_reports_it(tiny_data, tmp_path):
     out = str(tmp_path)
     run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "1", "--output-dir", out)
@@ -90,6 +92,7 @@ def test_resume_continues_from_the_checkpoint_and_evaluate_reports_it(tiny_data,
     assert results(evaluated.stdout)[0][0] == pytest.approx(results(proc.stdout)[0][0])
 
 
+@pytest.mark.slow
 def test_two_processes_count_the_same_validation_images_as_one(odd_data, tmp_path):
     out = str(tmp_path)
     single = run_script("train_main.py", odd_data, *TRAIN, "--epochs", "1", "-b", "8", "--output-dir", out)
@@ -105,12 +108,14 @@ def test_two_processes_count_the_same_validation_images_as_one(odd_data, tmp_pat
         assert other[:2] == one[:2] and other[2] == pytest.approx(one[2], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dummy_data_run_ends_with_a_checkpoint(tmp_path):
     run_script("train_main.py", "--dummy", "-a", "ghostnet", "--epochs", "1", "-b", "32", *SMALL,
                "--output-dir", str(tmp_path))
     assert checkpoint.load_file(str(tmp_path / "model_best.pth.tar"))["classes"][:2] == ["class0000", "class0001"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["/nonexistent/dir"], "does not exist"),
     (["--dummy", "-a", "ghostnett"], "Did you mean ghostnet"),
@@ -130,6 +135,7 @@ BN_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, flags, words", BN_CASES, ids=["b1", "accum", "two-procs", "one-image"])
 def test_a_batchnorm_model_is_never_given_a_single_image_pass(tiny_data, tmp_path, script, flags, words):
     if "ONE" in flags:

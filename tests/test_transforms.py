@@ -254,6 +254,7 @@ def fit_classifier(model: torch.nn.Module, feats: torch.Tensor, labels: torch.Te
         model.classifier.bias.copy_(y.mean(0) - mean @ w)
 
 
+@pytest.mark.slow
 def test_fast_eval_path_gives_the_classic_paths_predictions(tmp_path):
     """Measured: 100 of 100 agree here; with the same kind of model, 299 of 300 other generated photos (99.7%) and
     300 of 300 crops of real photos. The inputs differ by at most one grey level, on about 0.3% of the values."""
