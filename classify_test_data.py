@@ -293,7 +293,8 @@ def write_summary(out: str, rows: list[dict]) -> str:
     lines = [f"{'class':<{width}} {'right':>7} {'wrong':>7} {'accuracy':>9}"]
     lines += [f"{r['class']:<{width}} {r['right']:>7} {r['wrong']:>7} {r['accuracy']:>8.3f}%" for r in rows]
     fields = ["class", "right", "wrong", "images", "accuracy"]
-    files.write_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), files.csv_bytes(fields, ([r[k] for k in fields] for r in rows)))
+    table = files.csv_bytes(fields, ([r[k] for k in fields] for r in rows))
+    files.write_if_changed(os.path.join(out, SUMMARY_NAME + ".csv"), table)
     text = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # class folders whose names are not UTF-8
     files.write_if_changed(os.path.join(out, SUMMARY_NAME + ".txt"), text)
     return "\n".join(lines)
@@ -400,7 +401,7 @@ def main(args: argparse.Namespace) -> dict | None:
     """Sort --data into --out; returns the summary (rank 0) for callers such as tests and the benchmark."""
     with exit_on_user_error():
         defaults.resolve_data_dir(args)
-        args.output_dir = os.path.normpath(args.output_dir)  # destinations are compared as strings to remove stale files
+        args.output_dir = os.path.normpath(args.output_dir)  # destinations are compared as strings (stale files)
         check_args(args)
         return process.run_in_context(lambda ctx: run(args, ctx), args.gpu, args.no_accel, args.dist_backend,
                                       args.dist_timeout)

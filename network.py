@@ -136,7 +136,7 @@ def head_taps(model: nn.Module, head_name: str) -> nn.Module | None:
                                    for names in get_graph_node_names(model, suppress_diff_warning=True))
         return create_feature_extractor(model, train_return_nodes=train_nodes, eval_return_nodes=eval_nodes,
                                         suppress_diff_warning=True)
-    except Exception as exc:  # fx fails in many ways (TraceError, TypeError, ...) on Python it cannot follow
+    except Exception as exc:  # noqa: BLE001 (fx fails in many ways, TraceError, TypeError..., on Python it cannot follow)
         print(f"=> torch.fx cannot trace {type(model).__name__} up to its head {head_name} ({type(exc).__name__}), so "
               "features are not cached; the backbone runs every epoch", flush=True)
         return None
@@ -196,7 +196,8 @@ def cache_loaders(args: argparse.Namespace, run: loop.Run, head_name: str, train
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
     """Loaders over the cached train and val features, or None if they cannot be cached."""
     t0 = time.time()
-    ordered = loaders.ordered_loader(args.data_source, train_set, run.train_loader.batch_size, run.train_loader.num_workers, ctx.device)
+    ordered = loaders.ordered_loader(args.data_source, train_set, run.train_loader.batch_size,
+                                     run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
                                    loop.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop)
     if train_feats is None:
@@ -214,7 +215,8 @@ def cache_loaders(args: argparse.Namespace, run: loop.Run, head_name: str, train
 def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple[loop.Run, str, Dataset]:
     """Image loaders, model with a new head, SGD over the head only, schedule; the head's name and the train set."""
     train_set, val_set, classes = build_datasets(args)
-    train_loader, val_loader = loaders.build_loaders(args.data_source, train_set, val_set, args.batch_size, workers, ctx, seed=args.seed)
+    train_loader, val_loader = loaders.build_loaders(args.data_source, train_set, val_set, args.batch_size, workers,
+                                                     ctx, seed=args.seed)
     model, head_name = build_model(args, len(classes))
     model.to(ctx.device)
     head = model.get_submodule(head_name)
@@ -245,7 +247,8 @@ def header(args: argparse.Namespace, ctx: DistContext, run: loop.Run, head_name:
     return (f"=> {args.arch} from {source}, new head {head_name} ({head}) | "
             f"{(factory.count_params(run.model) - trained) / 1e6:.2f} M params frozen, {trained / 1e3:.2f} k trained"
             f" | data: {len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images "
-            f"({args.data_source.describe()}), {len(run.classes)} classes | 1 process on {ctx.device.type} | batch {args.batch_size} | lr {args.lr} "
+            f"({args.data_source.describe()}), {len(run.classes)} classes | 1 process on {ctx.device.type} | "
+            f"batch {args.batch_size} | lr {args.lr} "
             f"{args.lr_schedule} schedule | epochs {args.epochs} | train transform: {transform} | feature cache "
             f"{'on' if cache else 'off'} | output {args.output_dir}")
 

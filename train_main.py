@@ -4,7 +4,8 @@ One device (CUDA, MPS or CPU), or nn.DataParallel over all GPUs (the default wit
 
     python train_main.py --data /imagenet -a ghostnet
     python train_main.py --data /imagenet -a resnet50 --gpu 0
-    python train_main.py --dummy -a ghostnet --epochs 1 -b 32 --train-crop-size 64 --val-resize-size 64 --val-crop-size 64
+    python train_main.py --dummy -a ghostnet --epochs 1 -b 32 --train-crop-size 64 --val-resize-size 64 \
+        --val-crop-size 64
 
 One process per GPU (mp.spawn + DDP), on one node or several (here node 0 of 2; run rank 1 on the other node):
 

@@ -6,9 +6,10 @@ import io
 import os
 
 import pytest
+from PIL import Image
+
 from conftest import SMALL, make_image_folder, run_script
 from inprocess import load_script
-from PIL import Image
 
 TRAIN = ["-a", "ghostnet", "-b", "12", "--lr", "0.02", "--seed", "0", "--no-accel", *SMALL]
 

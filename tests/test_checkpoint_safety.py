@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, make_image_folder, run_script
 
 from common.errors import UserError
 from common.models import checkpoint, loading
+from conftest import ROOT, SMALL, make_image_folder, run_script
 
 pytestmark = pytest.mark.slow  # every test trains, or damages and loads trained_ckpt (a training run of 5-90 s)
 
@@ -61,7 +61,8 @@ def test_kill_during_a_large_save_keeps_the_previous_checkpoint_and_resume_works
     assert after["epoch"] == before["epoch"] == 1
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     resumed = run_script("train_main.py", tiny_data, *TRAIN, "--epochs", "2", "--output-dir", out, "--resume", "auto")
-    assert "resumed from" in resumed.stdout and checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 2
+    assert "resumed from" in resumed.stdout
+    assert checkpoint.load_file(os.path.join(out, "checkpoint.pth.tar"))["epoch"] == 2
 
 
 def test_a_save_that_fails_mid_run_keeps_the_previous_checkpoint_and_the_next_save_retries(tmp_path):

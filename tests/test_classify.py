@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+
 from conftest import SMALL, make_image_folder, run_script
 from inprocess import call_main
 
@@ -105,8 +106,8 @@ def test_right_plus_wrong_files_equal_the_readable_images_and_same_names_do_not_
     assert sum(len(names) for names in files.values()) == sort_data["readable"] == sorted_once["result"]["placed"]
     assert sorted_once["result"]["unreadable"] == 1 and "broken.jpg" in sorted_once["printed"]
     class0 = files.get("class0/right", []) + files.get("class0/wrong", [])
-    assert any(n.startswith("img0.") or n.startswith("img0__pred-") for n in class0)
-    assert any(n.startswith("sub__img0.") or n.startswith("sub__img0__pred-") for n in class0)
+    assert any(n.startswith(("img0.", "img0__pred-")) for n in class0)
+    assert any(n.startswith(("sub__img0.", "sub__img0__pred-")) for n in class0)
     for key, names in files.items():
         if key.endswith("/wrong"):
             assert all("__pred-class" in n for n in names)

@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-from conftest import refusal
 
 from common.cli import defaults
 from common.data import formats, imagefolder, loaders, sampling, transforms
@@ -16,6 +15,7 @@ from common.models import checkpoint, factory
 from common.report.metrics import accuracy, topk_correct
 from common.report.progress import AverageMeter
 from common.train import schedule
+from conftest import refusal
 from tests.conftest import fill_and_check
 from train_main import get_args_parser
 
@@ -154,8 +154,9 @@ def test_batch_must_divide_over_processes():
 
 
 def test_dummy_data_has_paths_and_imagenet_classes():
-    train, val, classes = loaders.build_datasets(loaders.DataConfig(formats.DataSource(formats.SYNTHETIC), train_crop_size=32,
-                                                              val_resize_size=36, val_crop_size=32))
+    cfg = loaders.DataConfig(formats.DataSource(formats.SYNTHETIC), train_crop_size=32, val_resize_size=36,
+                             val_crop_size=32)
+    train, val, classes = loaders.build_datasets(cfg)
     image, target, path = val[3]
     assert image.shape == (3, 32, 32) and 0 <= target < 1000 and path == "dummy/3" and len(classes) == 1000
     assert not torch.equal(train[0][0], val[0][0])
@@ -379,5 +380,5 @@ def test_image_folder_decodes_cmyk_and_16_bit_and_names_a_bad_file(tmp_path):
     std = torch.tensor(transforms.IMAGENET_STD)[:, None, None]
     assert torch.allclose((red * std + mean)[:, 4, 4], torch.tensor([1.0, 0.0, 0.0]), atol=0.05)
     assert torch.allclose((white * std + mean)[:, 4, 4], torch.ones(3), atol=0.01)  # not clipped garbage
-    with pytest.raises(BadImage, match="c_empty.png: empty file"):
+    with pytest.raises(BadImage, match=r"c_empty\.png: empty file"):
         ds[2]

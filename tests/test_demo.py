@@ -6,11 +6,11 @@ import hashlib
 import os
 
 import pytest
-from conftest import run_script
 
 from common.cli import defaults
 from common.data import demo
 from common.errors import UserError
+from conftest import run_script
 
 
 def digest(root: str) -> str:

@@ -10,11 +10,11 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, run_script
 
 from common.models import checkpoint, factory
 from common.parallel.distributed import free_port
 from common.train import engine
+from conftest import ROOT, SMALL, run_script
 
 pytestmark = pytest.mark.slow  # every test starts multi-process training runs (10-55 s each)
 

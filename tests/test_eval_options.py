@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, refusal
-from inprocess import call_main, load_script
 from PIL import Image
 
 from common.models import factory, loading
+from conftest import make_image_folder, refusal
+from inprocess import call_main, load_script
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 FAST = ["-j", "0", "--no-amp", "-b", "8"]

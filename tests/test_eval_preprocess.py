@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import refusal
-from inprocess import call_main, load_script
 from PIL import Image
 
 from common.data import transforms
 from common.models import factory, loading, preprocess
+from conftest import refusal
+from inprocess import call_main, load_script
 from tests.conftest import fill_and_check
 
 DEFAULT_WEIGHTS = sorted({str(torchvision.models.get_model_weights(a).DEFAULT): a

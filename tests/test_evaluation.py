@@ -107,7 +107,7 @@ def test_figure_has_both_panels_with_every_rated_point_and_the_front():
     points = [[tuple(c.get_offsets()[0]) for c in ax.collections if len(c.get_offsets())] for ax in (left, right)]
     assert sorted(points[0]) == sorted([(141.0, 73.98), (1800.0, 69.8), (4100.0, 80.9), (104.0, 67.7)])
     assert sorted(points[1]) == sorted([(9.0, 73.98), (20.0, 69.8), (50.0, 80.9)])
-    front = [line for line in right.lines if line.get_label() == "Pareto front"][0]
+    front = next(line for line in right.lines if line.get_label() == "Pareto front")
     assert list(front.get_xdata()) == [9.0, 50.0]
     assert {t.get_text() for t in left.texts} == {"GhostNet 1.0x", "resnet18", "resnet50", "mnasnet0_5"}
 

@@ -19,11 +19,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, make_image_folder, refusal
-from inprocess import call_main, load_script
 
 from common.data import transforms
 from common.models import factory, loading, onnx_model, preprocess
+from conftest import SMALL, make_image_folder, refusal
+from inprocess import call_main, load_script
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 SIZE = ["--val-resize-size", "36", "--val-crop-size", "32"]

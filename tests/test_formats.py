@@ -11,8 +11,6 @@ import tarfile
 
 import pytest
 import torch
-from conftest import SMALL, make_image_folder, refusal
-from inprocess import call_main
 
 from common.data import (
     convert,
@@ -23,11 +21,18 @@ from common.data import (
     transforms,
     unreadable,
 )
+from conftest import SMALL, make_image_folder, refusal
+from inprocess import call_main
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from common.errors import UserError  # noqa: E402
+
+
+def datasets_at(data: str):
+    """The training and validation sets that a training run reads from ``data``, with default settings."""
+    return loaders.build_datasets(loaders.DataConfig(formats.resolve_source(data)))
 
 
 def usable(data: str) -> None:
@@ -67,8 +72,8 @@ def test_two_seeded_epochs_on_folder_and_parquet_end_with_identical_weights(tmp_
     weights, tiny = [], ["--train-crop-size", "16", "--val-resize-size", "16", "--val-crop-size", "16"]
     for source in (folder, parquet):
         out = str(tmp_path / f"run_{os.path.basename(source)}")
-        _, printed = call_main("train_main.py", source, "-a", "ghostnet", "--width-mult", "0.25", "--epochs", "2", "-b", "8", "--lr", "0.01",
-                               "--seed", "0", "--no-amp", "--output-dir", out, *SMALL, *tiny)
+        _, printed = call_main("train_main.py", source, "-a", "ghostnet", "--width-mult", "0.25", "--epochs", "2",
+                               "-b", "8", "--lr", "0.01", "--seed", "0", "--no-amp", "--output-dir", out, *SMALL, *tiny)
         assert ("(Hugging Face parquet)" if source == parquet else "(ImageFolder)") in printed
         weights.append(torch.load(os.path.join(out, "checkpoint.pth.tar"), weights_only=False)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
@@ -84,7 +89,7 @@ def test_parquet_has_the_hub_layout_class_names_and_folder_order(jpeg_folder, pa
     folder = imagefolder.image_folder(os.path.join(jpeg_folder, "train"), None)
     assert classes == folder.classes and train.targets.tolist() == folder.targets.tolist()
     index = len(train) - 1  # the last row of the last file, read after rows of other row groups
-    image, target, key = train.dataset[index] if hasattr(train, "dataset") else train[index]
+    _image, target, key = train.dataset[index] if hasattr(train, "dataset") else train[index]
     assert key.startswith("data/train-") and key.endswith(":" + key.rsplit(":", 1)[1])
     path, folder_target = folder.samples[index]
     assert target == folder_target and train.encoded(index) == open(path, "rb").read()
@@ -116,7 +121,8 @@ def test_a_corrupt_row_is_skipped_and_named_by_file_and_row(tmp_path):
     write_parquet(str(tmp_path / "data" / "train-00000.parquet"), rows, [0, 1, 0, 1, 0], ["a", "b"])
     write_parquet(str(tmp_path / "data" / "validation-00000.parquet"), good[:2], [0, 1], ["a", "b"])
     log = unreadable.BadImageLog("skip")
-    train, _, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(tmp_path)), fast=True, bad_log=log, train_crop_size=8))
+    cfg = loaders.DataConfig(formats.resolve_source(str(tmp_path)), fast=True, bad_log=log, train_crop_size=8)
+    train, _, classes = loaders.build_datasets(cfg)
     assert classes == ["a", "b"]
     _, target, key = train[3]  # replaced by the next readable row, as for a folder
     assert (key, target) == ("data/train-00000.parquet:4", 0)
@@ -129,10 +135,11 @@ def test_save_to_disk_arrow_folder_reads_as_the_same_rows(tmp_path, parquet_copy
     for split, hub in (("train", "train"), ("validation", "validation")):
         table = pa.concat_tables(pq.read_table(f) for f in sorted(glob.glob(f"{parquet_copy}/data/{hub}-*.parquet")))
         (root / split).mkdir(parents=True)
-        with pa.OSFile(str(root / split / "data-00000-of-00001.arrow"), "wb") as sink:
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=5)
-        (root / split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+        arrow = str(root / split / "data-00000-of-00001.arrow")
+        with pa.OSFile(arrow, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=5)
+        state = {"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}
+        (root / split / "state.json").write_text(json.dumps(state))
     (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation"]}))
     assert formats.resolve_source(str(root)) == formats.DataSource("arrow", str(root))
     arrow, _, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(root))))
@@ -219,7 +226,7 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, jpeg_folder, parquet_copy,
     nolabel = tmp_path / "nolabel"
     write_parquet(str(nolabel / "data" / "train-00000.parquet"), [jpeg((1, 2, 3))], None)
     write_parquet(str(nolabel / "data" / "validation-00000.parquet"), [jpeg((1, 2, 3))], None)
-    assert "no 'label' column" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(nolabel)))))
+    assert "no 'label' column" in refusal(datasets_at, str(nolabel))
     mixed = make_image_folder(str(tmp_path / "mixed"), 1, 1)
     write_parquet(os.path.join(mixed, "data", "train-00000.parquet"), [jpeg((1, 2, 3))], [0])
     assert "mixes dataset formats" in refusal(usable, mixed)
@@ -228,7 +235,7 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, jpeg_folder, parquet_copy,
     outside = tmp_path / "labels"
     write_parquet(str(outside / "data" / "train-00000.parquet"), [jpeg((1, 2, 3))], [2], ["a", "b"])
     write_parquet(str(outside / "data" / "validation-00000.parquet"), [jpeg((1, 2, 3))], [0], ["a", "b"])
-    assert "outside the 2 classes" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(outside)))))
+    assert "outside the 2 classes" in refusal(datasets_at, str(outside))
     assert "not empty" in refusal(run_convert, jpeg_folder, jpeg_folder, "parquet")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     assert "pip install pyarrow" in refusal(usable, parquet_copy)

@@ -87,7 +87,7 @@ def test_state_dict_has_official_number_of_entries(model_1x: GhostNet) -> None:
     state = model_1x.state_dict()
     assert len(state) == OFFICIAL_NUM_STATE_DICT_KEYS
     # Blocks without a stride or SE carry no conv_dw / bn_dw / se entries; identity shortcuts carry none either.
-    assert not any(k.startswith("blocks.0.0.conv_dw") or k.startswith("blocks.0.0.se") for k in state)
+    assert not any(k.startswith(("blocks.0.0.conv_dw", "blocks.0.0.se")) for k in state)
     assert not any(k.startswith("blocks.0.0.shortcut") for k in state)
     assert isinstance(model_1x.blocks[0][0].shortcut, nn.Sequential) and len(model_1x.blocks[0][0].shortcut) == 0
 

@@ -53,7 +53,8 @@ def graph() -> tuple[dict[str, set[str]], list[str]]:
         edges[name] = {m for node in tree.body for m in imported(node, modules)}
         for func in ast.walk(tree):
             if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                nested += [f"{name}.{func.name} imports {m}" for node in ast.walk(func) for m in imported(node, modules)]
+                inside = [m for node in ast.walk(func) for m in imported(node, modules)]
+                nested += [f"{name}.{func.name} imports {m}" for m in inside]
     return edges, nested
 
 

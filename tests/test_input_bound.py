@@ -5,11 +5,11 @@ import re
 import time
 
 import pytest
-from conftest import SMALL, make_image_folder
-from inprocess import call_main
 
 from common.data import transforms
 from common.train import loop
+from conftest import SMALL, make_image_folder
+from inprocess import call_main
 
 
 @pytest.fixture(scope="module")

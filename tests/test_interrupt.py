@@ -15,12 +15,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SMALL, make_image_folder, run_script
-from inprocess import call_main
-from test_distributed import processes_in_group
 
 from common.errors import exit_on_user_error
 from common.models import checkpoint
+from conftest import ROOT, SMALL, make_image_folder, run_script
+from inprocess import call_main
+from test_distributed import processes_in_group
 
 # 40 images at 128 px, one per batch, with a loader worker: slow enough that a signal sent after the first batch
 # lands mid-run, and the worker is there to be left behind if the stop were not clean.
@@ -145,7 +145,8 @@ def test_a_loader_worker_killed_from_outside_ends_in_one_line_naming_memory_and_
     last = os.path.join(out, "checkpoint.pth.tar")
     assert proc.returncode == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert stderr.startswith("error: a data loading worker died (DataLoader worker (pid")
-    assert "lower -j/--workers or -b/--batch-size" in stderr and f"the last checkpoint, {last}, with --resume auto" in stderr
+    assert "lower -j/--workers or -b/--batch-size" in stderr
+    assert f"the last checkpoint, {last}, with --resume auto" in stderr
     assert checkpoint.load_file(last)["epoch"] == 1
 
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from conftest import SMALL
-from inprocess import call_main, load_script
 from torch.utils.data import DataLoader
 
 from common.models import factory
 from common.train.loop import PassConfig
 from common.train.watch import CSV_FIELDS
+from conftest import SMALL
+from inprocess import call_main, load_script
 
 HEAD = "classifier."  # GhostNet's head
 PROBE = ["-a", "ghostnet", "-b", "16", "--lr", "0.5", "--seed", "0", "--epochs", "1", *SMALL]

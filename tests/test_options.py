@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, refusal
 
 from common import limits
 from common.cli import options
 from common.cli.recipes import RECIPES
+from conftest import ROOT, refusal
 
 SCRIPTS = ("train_main", "train_multiprocessing", "train_distributed", "train_dataparallel", "network", "test",
            "classify_test_data", "export")
@@ -35,7 +35,8 @@ def test_each_launcher_shows_only_the_process_flags_it_honours():
     assert {"--world-size", "--rank", "--nprocs", "--gpu"} & flags_of("network") == {"--gpu"}
     assert not {"--dropout", "--checkpoint-interval", "--sync-bn", "--recipe"} & flags_of("network")
     assert not {"--world-size", "--nprocs", "--rank"} & flags_of("train_distributed")
-    assert not {"--world-size", "--nprocs", "--dist-url", "--sync-bn", "--dist-timeout"} & flags_of("train_dataparallel")
+    spawned = {"--world-size", "--nprocs", "--dist-url", "--sync-bn", "--dist-timeout"}
+    assert not spawned & flags_of("train_dataparallel")
     assert "--gpu" not in flags_of("train_multiprocessing")  # one process per GPU: --gpu would mean nothing
     assert {"--world-size", "--rank", "--nprocs", "--dist-url", "--sync-bn"} <= flags_of("train_main")
 
@@ -96,7 +97,8 @@ def test_help_shows_each_recipes_default():
     epochs = ", ".join(f"{name} {recipe['epochs']}" for name, recipe in RECIPES.items())
     assert f"(default: {epochs})" in text
     ghostnet = RECIPES["ghostnet"]
-    assert f"resnet {RECIPES['resnet']['lr']:g}, ghostnet {ghostnet['lr']:g} per {ghostnet['lr_ref_batch']} images" in text
+    resnet = RECIPES["resnet"]
+    assert f"resnet {resnet['lr']:g}, ghostnet {ghostnet['lr']:g} per {ghostnet['lr_ref_batch']} images" in text
 
 
 @pytest.mark.slow

@@ -12,12 +12,12 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import SMALL
-from inprocess import call_main, load_script
 from PIL import Image
 
 from common.models import loading
 from common.report import metrics
+from conftest import SMALL
+from inprocess import call_main, load_script
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 
@@ -53,7 +53,7 @@ def read_csv(path: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_printed_accuracy_equals_the_one_recomputed_from_predictions_csv(evaluated):
-    result, printed, out = evaluated
+    _result, printed, out = evaluated
     rows = read_csv(os.path.join(out, "predictions.csv"))
     top1, top5, loss = map(float, re.search(r"Acc@1 ([\d.]+) Acc@5 ([\d.]+) Loss ([\d.]+) on 40 images",
                                             printed).groups())

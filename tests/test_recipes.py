@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from conftest import ROOT, SMALL, refusal, run_script
 
 from common.data import loaders, transforms, unreadable
 from common.models import checkpoint, factory
@@ -18,6 +17,7 @@ from common.parallel.distributed import DistContext
 from common.parallel.precision import Precision
 from common.train import engine, loop, optim, resume
 from common.train.step import TrainStep
+from conftest import ROOT, SMALL, refusal, run_script
 from ghost_net import ghost_net
 from tests.conftest import fill_and_check
 
@@ -301,5 +301,6 @@ def test_augmentation_flags_shape_the_training_pipeline(tiny_data):
     args = parse("--auto-augment", "randaugment", "--random-erase", "0.3", "--color-jitter", "0.4")
     steps = [type(t).__name__ for t in loaders.build_transforms(engine.data_config(args, None))[0].transforms]
     assert steps == ["PILToTensor", "Compose"]
-    inner = [type(t).__name__ for t in loaders.build_transforms(engine.data_config(args, None))[0].transforms[1].transforms]
+    train_tf = loaders.build_transforms(engine.data_config(args, None))[0]
+    inner = [type(t).__name__ for t in train_tf.transforms[1].transforms]
     assert inner == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ColorJitter", "RandomErasing"]

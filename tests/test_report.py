@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from PIL import Image
 from torchvision import transforms
 
@@ -20,6 +19,7 @@ from common.data.images import load_rgb
 from common.errors import UserError
 from common.report import curves, figures
 from common.train.watch import CsvLog
+from conftest import ROOT
 
 FIVE_EPOCHS = [  # epoch, lr, train_loss, val_loss, train_top1, val_top1: val top-1 peaks at epoch 3
     (0, 0.1, 6.9, 6.8, 1.0, 2.0), (1, 0.1, 5.5, 5.9, 10.0, 12.0), (2, 0.01, 4.2, 4.8, 25.0, 30.0),
@@ -71,7 +71,7 @@ def test_five_epoch_log_gives_a_png_beside_it_with_both_loss_curves(tmp_path, ca
         image.load()
     assert image.size == curves.SIZE
     assert len(image.getcolors(maxcolors=1 << 20)) > 10  # not blank: text, grid, several curves
-    loss, accuracy, lr = plot_boxes(csv_path)
+    loss, _accuracy, lr = plot_boxes(csv_path)
     assert {curves.TRAIN, curves.VAL} <= colours_in(image, loss)
     assert curves.LR_COLOR in colours_in(image, lr) and curves.LR_COLOR not in colours_in(image, loss)
     assert os.path.exists(csv_path)

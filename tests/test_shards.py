@@ -8,11 +8,16 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import refusal
 
 from common.data import convert, formats, loaders, shards, unreadable
 from common.data.images import BadImage
 from common.models import factory
+from conftest import refusal
+
+
+def datasets_at(data: str):
+    """The training and validation sets that a training run reads from ``data``, with default settings."""
+    return loaders.build_datasets(loaders.DataConfig(formats.resolve_source(data)))
 
 
 def usable(data: str) -> None:
@@ -47,7 +52,8 @@ def fake_decode(payload: bytes, name: str) -> torch.Tensor:
 
 
 def keys_of(root: str, split: str, cfg: shards.StreamConfig, epoch: int = 0, start: int = 0) -> list[list[str]]:
-    stream = shards.ShardStream(root, split, shards.read_classes(root), fake_decode, None, unreadable.BadImageLog("skip"))
+    stream = shards.ShardStream(root, split, shards.read_classes(root), fake_decode, None,
+                                unreadable.BadImageLog("skip"))
     loader = shards.ShardLoader(stream, cfg, torch.device("cpu"))
     loader.sampler.set_epoch(epoch)  # as the engine does
     loader.sampler.set_start(start)
@@ -112,7 +118,8 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_named(tmp_path):
     path = os.path.join(root, "train-000001.tar")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    stream = shards.ShardStream(root, "train", shards.read_classes(root), fake_decode, None, unreadable.BadImageLog("skip"))
+    stream = shards.ShardStream(root, "train", shards.read_classes(root), fake_decode, None,
+                                unreadable.BadImageLog("skip"))
     assert stream.counts[1] < 4  # counted as far as it is readable
     log = unreadable.BadImageLog("skip")
     stream = shards.ShardStream(root, "train", ["a", "b", "c"], fake_decode, None, log)
@@ -130,19 +137,19 @@ def test_bad_shard_folders_are_refused_in_one_line(tmp_path):
         info = tarfile.TarInfo("x.jpg")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
-    assert "has no .cls member" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(nocls)))))
+    assert "has no .cls member" in refusal(datasets_at, str(nocls))
     labels = tmp_path / "labels"
     write_shards(str(labels), "train", [2], classes=2, labels={"s0_1": 7})
     write_shards(str(labels), "val", [1], classes=2)
-    assert "disagrees with the labels" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(labels)))))
+    assert "disagrees with the labels" in refusal(datasets_at, str(labels))
     text = tmp_path / "text"
     write_shards(str(text), "train", [2], classes=2, labels={"s0_1": "cat"})
     write_shards(str(text), "val", [1], classes=2)
-    assert "not an integer label" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(text)))))
+    assert "not an integer label" in refusal(datasets_at, str(text))
     empty = tmp_path / "empty"
     write_shards(str(empty), "train", [0])
     write_shards(str(empty), "val", [1])
-    assert "holds no readable sample" in refusal(lambda: loaders.build_datasets(loaders.DataConfig(formats.resolve_source(str(empty)))))
+    assert "holds no readable sample" in refusal(datasets_at, str(empty))
     nolist = tmp_path / "nolist"
     write_shards(str(nolist), "train", [1])
     os.remove(nolist / "classes.txt")

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-from conftest import COLORS, SMALL, make_image_folder, run_script
 
 from common.errors import UserError
 from common.models import checkpoint, factory
 from common.train import engine
 from common.train.watch import CSV_FIELDS
+from conftest import COLORS, SMALL, make_image_folder, run_script
 
 TRAIN = ["-a", "ghostnet", "-b", "16", "--lr", "0.02", "--seed", "1", "--no-accel", *SMALL]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_images import jpeg_bytes, make_mixed_files, noisy_rgb, write_bytes
 from torchvision import transforms as classic
 
 import ghost_net
@@ -23,6 +22,7 @@ from benchmarks.benchlib import make_photos
 from common.data import transforms as T
 from common.data.images import BadImage, load_rgb
 from common.data.samples import CompactSamples
+from test_images import jpeg_bytes, make_mixed_files, noisy_rgb, write_bytes
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; they are what load_uint8 uses (pinned).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -63,7 +63,8 @@ def test_a_flat_val_folder_is_named_with_the_command_that_sorts_it(tmp_path):
     folder = flat_folder(tmp_path)
     with pytest.raises(UserError) as err:
         imagefolder.image_folder(folder, None)
-    assert "holds 10 images but no class folders" in str(err.value) and "python -m common.data.valprep" in str(err.value)
+    assert "holds 10 images but no class folders" in str(err.value)
+    assert "python -m common.data.valprep" in str(err.value)
 
 
 def test_devkit_labels_sort_the_folder_and_a_rerun_changes_nothing(tmp_path, capsys):

@@ -11,7 +11,8 @@ per row group (the Hub writes 100; a random row costs reading its group, so parq
 re-group a Hub download for faster random access). ``--to shards`` writes ``OUT/train-NNNNNN.tar`` and
 ``OUT/val-NNNNNN.tar``, each sample a ``KEY.<ext>`` member with the image bytes and a ``KEY.cls`` member with its
 label, the training samples shuffled once (``--seed``), and ``OUT/classes.txt`` (one class name per line, in label
-order). ``--to folder`` writes ``OUT/{train,val}/<class>/<key>.<ext>`` from any readable format. Images are never decoded or re-encoded.
+order). ``--to folder`` writes ``OUT/{train,val}/<class>/<key>.<ext>`` from any readable format. Images are never
+decoded or re-encoded.
 
 Output files are size-capped (``--max-shard-mb``) and each is written whole (temporary name, then renamed); after
 each one ``OUT/.convert-state.json`` records what is done. Run the same command again after an interruption and
@@ -234,7 +235,7 @@ def write_split(source: Source, split: str, items: list[Item], state: State, job
         name = output_name(job.to, split, len(mine))
         payload = parquet_bytes(rows, source.classes) if job.to == "parquet" else tar_bytes(rows)
         os.makedirs(os.path.dirname(os.path.join(job.out, name)), exist_ok=True)
-        files.write_atomically(os.path.join(job.out, name), lambda f: f.write(payload))
+        files.write_atomically(os.path.join(job.out, name), lambda f, data=payload: f.write(data))
         entry = {"name": name, "split": split, "images": len(rows), "bytes": len(payload),
                  "sha256": hashlib.sha256(payload).hexdigest(), "start": start, "end": start + len(rows)}
         mine.append(entry)
@@ -256,7 +257,7 @@ def write_folder(source: Source, order: dict[str, list[Item]], out: str, bar) ->
             target = os.path.join(out, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if not (os.path.isfile(target) and os.path.getsize(target) == len(payload)):
-                files.write_atomically(target, lambda f: f.write(payload))
+                files.write_atomically(target, lambda f, data=payload: f.write(data))
             entries.append({"name": rel, "split": split, "images": 1, "bytes": len(payload),
                             "sha256": hashlib.sha256(payload).hexdigest()})
             bar.update(1)

@@ -28,7 +28,7 @@ class CompactSamples(Sequence):
         samples = samples if isinstance(samples, Sequence) else list(samples)
         encoded = [os.fsencode(path) for path, _ in samples]
         # The root folder, which every path of an ImageFolder repeats, is kept once.
-        self._prefix = os.path.commonprefix(encoded) if encoded else b""
+        self._prefix = os.path.commonprefix(encoded) if encoded else b""  # noqa: RUF071 (a byte prefix on purpose)
         cut = len(self._prefix)
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) - cut for e in encoded], out=self._offsets[1:])

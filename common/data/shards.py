@@ -435,8 +435,9 @@ def index_shard(path: str, classes: int) -> list[tuple[str, int, int, int, str]]
 
 
 class TarImages(Dataset):
-    """One split of a shard folder read by random access: ``(image, target, key)`` like ``imagefolder.ImageFolderWithPaths``
-    and ``hfdata.TableImages``, for evaluation and sorting (exact distributed splits, results in dataset order).
+    """One split of a shard folder read by random access: ``(image, target, key)`` like
+    ``imagefolder.ImageFolderWithPaths`` and ``hfdata.TableImages``, for evaluation and sorting (exact distributed
+    splits, results in dataset order).
 
     ``samples`` is a ``CompactSamples`` of ``(shard.tar:KEY, target)`` in shard and member order; ``encoded(i)`` is
     sample ``i``'s image as stored; ``decode(bytes, key)`` turns it into what ``transform`` takes. Each process
@@ -512,7 +513,8 @@ def loaders(train_set: ShardStream, val_set: ShardStream, batch_size: int, worke
             seed: int | None = None) -> tuple[ShardLoader, ShardLoader]:
     """Training and validation streams of this rank: shards dealt to ranks, then to loader workers."""
     cfg = StreamConfig(batch_size, ctx.world_size, ctx.rank, workers, seed=seed)
-    return ShardLoader(train_set, cfg, ctx.device), ShardLoader(val_set, dataclasses.replace(cfg, train=False), ctx.device)
+    val_cfg = dataclasses.replace(cfg, train=False)
+    return ShardLoader(train_set, cfg, ctx.device), ShardLoader(val_set, val_cfg, ctx.device)
 
 
 def ordered_loader(dataset: ShardStream, batch_size: int, workers: int, device: torch.device) -> ShardLoader:

@@ -118,7 +118,7 @@ def load_file(path: str, unsafe: bool = False) -> Any:
                             "could run arbitrary code, so it was refused. Only if you trust where it came from, "
                             "pass --unsafe-load.") from None
         raise UserError(f"{path} is not a PyTorch checkpoint ({exc}); pass a file saved with torch.save.") from None
-    except Exception as exc:  # torch.load fails in many ways on a damaged file (RuntimeError, KeyError, EOFError...)
+    except Exception as exc:  # noqa: BLE001 (torch.load fails in many ways on a damaged file: RuntimeError, EOFError...)
         raise UserError(f"{path} could not be read as a PyTorch checkpoint (truncated or another format: "
                         f"{str(exc).splitlines()[0][:120]}); pass a complete checkpoint file.") from None
 

@@ -11,8 +11,9 @@ weights', else the ImageNet defaults (256/224 bilinear). The result names its so
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision

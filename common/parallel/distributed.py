@@ -23,7 +23,7 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (a torch.device is immutable, so sharing one is safe)
     distributed: bool = False
     local_world_size: int = 1
 

@@ -40,7 +40,7 @@ class StopRequest:
         self.signum = 0
         self._previous: dict[int, object] = {}
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

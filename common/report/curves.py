@@ -4,8 +4,8 @@
     python -m common.report --csv RUN_DIR/main.csv --out curves.png
 
 Every training CSV log in RUN_DIR (main.csv, dataparallel.csv, multiprocessing_distributed.csv, distributed.csv,
-network.csv: any file whose header holds the train.watch.CSV_FIELDS columns plotted here) gets a ``<name>.png`` beside it
-with three panels: loss (train, val), top-1 accuracy (train, val; top-5 lighter and dashed) and learning rate.
+network.csv: any file whose header holds the train.watch.CSV_FIELDS columns plotted here) gets a ``<name>.png``
+beside it with three panels: loss (train, val), top-1 accuracy (train, val; top-5 lighter and dashed) and learning rate.
 The figure is drawn with matplotlib (``pip install -r requirements-extra.txt``); without it the command exits with
 status 2 and a one-line ``error:``, as it does for a folder without a log or a PNG that cannot be written. A PNG is
 replaced atomically: a failed write keeps the earlier one.

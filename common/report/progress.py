@@ -35,7 +35,7 @@ class AverageMeter:
     def all_reduce(self, ctx: DistContext) -> None:
         """Replace sum and count by their totals over all ranks."""
         self.sum, count = all_reduce_sum([self.sum, float(self.count)], ctx)
-        self.count = int(round(count))
+        self.count = round(count)
 
     def __str__(self) -> str:
         return ("{name} {val" + self.fmt + "} ({avg" + self.fmt + "})").format(name=self.name, val=self.val,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -55,7 +55,8 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     train_set, val_set, classes = loaders.build_datasets(data_config(args, bad_log))
     batch = sampling.per_process_batch(args.batch_size, ctx.world_size)
     workers = sampling.default_workers(ctx.local_world_size) if args.workers is None else args.workers
-    train_loader, val_loader = loaders.build_loaders(args.data_source, train_set, val_set, batch, workers, ctx, seed=args.seed)
+    train_loader, val_loader = loaders.build_loaders(args.data_source, train_set, val_set, batch, workers, ctx,
+                                                     seed=args.seed)
     seed_process(args.seed)
     model = build_model(args, len(classes)).to(ctx.device)
     precision = choose_precision(ctx.device, model, args.amp, args.amp_dtype, args.channels_last)

@@ -3,8 +3,8 @@ gradient clipping, the lr schedule and the EMA update."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -1,6 +1,6 @@
-"""The run record, what rank 0 writes while a run goes: the per-epoch CSV, a per-step CSV (lr and loss every ``print_freq``
-steps) and, with ``--tensorboard``, the same scalars as TensorBoard events. ``python -m common.report`` draws the
-epoch CSV; ``tensorboard --logdir OUTPUT_DIR/tensorboard`` shows the events."""
+"""The run record, what rank 0 writes while a run goes: the per-epoch CSV, a per-step CSV (lr and loss every
+``print_freq`` steps) and, with ``--tensorboard``, the same scalars as TensorBoard events. ``python -m common.report``
+draws the epoch CSV; ``tensorboard --logdir OUTPUT_DIR/tensorboard`` shows the events."""
 from __future__ import annotations
 
 import csv
