@@ -39,9 +39,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Images/s of classify_test_data.py versus the original one-image-at-a-time loop.",
         parents=[options.data_parser(training=False), options.model_parser("ghostnet", dropout=False),
-                 options.inference_parser(), options.device_parser()])
+                 options.inference_parser(onnx=False), options.device_parser()])
     parser.add_argument("--images", type=options.POSITIVE_INT, default=512, help="generated photos (default: 512)")
-    parser.add_argument("--classes", type=options.POSITIVE_INT, default=8,
+    # Not --classes: the inference group's --classes names a class-list file.
+    parser.add_argument("--photo-classes", type=options.POSITIVE_INT, default=8,
                         help="classes of the generated photos (default: 8)")
     return parser
 
@@ -108,7 +109,7 @@ def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
     """(checkpoint, image folder, warm-up folder): the user's, or generated ones."""
     folder = inference.labelled_dir(args.data) if args.data else os.path.join(work, "photos")
     if not args.data:
-        make_class_folder(folder, args.images, args.classes)
+        make_class_folder(folder, args.images, args.photo_classes)
     ckpt = args.ckpt or os.path.join(work, "random.pth.tar")
     if not args.ckpt:
         random_checkpoint(ckpt, args.arch, data.image_folder(folder, None).classes, args.width_mult)
