@@ -13,9 +13,7 @@ Prints one table and writes benchmarks/results/bench_classify_<arch>_<device>.cs
 """
 import argparse
 import contextlib
-import csv
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,9 +25,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
-from benchmarks.benchlib import make_class_folder  # noqa: E402
+from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, write_csv  # noqa: E402
 from common import data, distributed, inference, model_loading, models, options, preprocess  # noqa: E402
 from common.errors import exit_on_user_error  # noqa: E402
+from common.machine import Machine  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 16
@@ -89,11 +88,6 @@ def timed(method, ckpt: str, folder: str, warmup_folder: str, work: str, *extra)
     return returned, time.perf_counter() - t0
 
 
-def device_tag(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
-
-
 def warmup_folder(folder: str, work: str) -> str:
     """A few images of each class of ``folder``, symlinked, for the untimed warm-up runs."""
     dataset, warmup = data.image_folder(folder, None), os.path.join(work, "warmup")
@@ -116,9 +110,8 @@ def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
     return ckpt, folder, warmup_folder(folder, work)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Time the original loop and classify_test_data.py (batch 1, then its defaults) on the same images."""
-    device = distributed.single_process(args.gpu, args.no_accel).device
     on = (["--no-accel"] if args.no_accel else []) + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
     batching = ((["-b", str(args.batch_size)] if args.batch_size else [])
                 + (["-j", str(args.workers)] if args.workers is not None else []))
@@ -134,7 +127,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         arch = model_loading.load_model(model_loading.ModelSource(ckpt)).arch
         for name, method, extra in methods:
             (images, batch, workers), seconds = timed(method, ckpt, folder, warmup, work, *extra)
-            rows.append({"method": name, "arch": arch, "device": device_tag(device), "batch": batch,
+            rows.append({"method": name, "arch": arch, "device": device.type, "batch": batch,
                          "workers": workers, "images": images, "seconds": round(seconds, 3),
                          "images_per_s": round(images / seconds, 1)})
     for row in rows:
@@ -142,17 +135,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
     width = max(len(r["method"]) for r in rows)
     print(f"{'method':<{width}} {'batch':>5} {'-j':>3} {'images':>6} {'seconds':>8} {'images/s':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['method']:<{width}} {r['batch']:>5} {r['workers']:>3} {r['images']:>6} {r['seconds']:>8.2f} "
               f"{r['images_per_s']:>9.1f} {r['speedup']:>7.2f}x")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path, machine)
     print(f"=> {rows[0]['arch']} on {rows[0]['device']}: the default is {rows[-1]['speedup']:.1f}x the original "
           f"loop's images/s; written to {path}")
 
@@ -160,8 +149,10 @@ def report(rows: list[dict], path: str) -> None:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         options.resolve_data_dir(args)
-        rows = run(args)
-        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{rows[0]['device']}.csv"))
+        device = distributed.single_process(args.gpu, args.no_accel).device
+        machine = announce_machine([device])
+        rows = run(args, device)
+        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import make_dataset, require_smaps, smaps, write_csv
+from benchmarks.benchlib import announce_machine, machine_line, make_dataset, require_smaps, smaps, write_csv
 from common import convert, data, distributed
+from common.machine import Machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -80,15 +81,16 @@ def run(args: argparse.Namespace, work: str) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
+    print(machine_line(machine))  # again: the converter's lines came after the header
     print(f"{rows[0]['images']} JPEGs per epoch, uint8 RandomResizedCrop 224 + flip, -j {rows[0]['workers']}, "
-          f"batch {rows[0]['batch']}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores")
+          f"batch {rows[0]['batch']}, {torch.get_num_threads()} torch threads")
     print(f"{'format':<8} {'images/s':>9} {'vs folder':>9} {'worker':>6} {'RSS MB':>7} {'private MB':>10}")
     base = next(r["images_per_s"] for r in rows if r["format"] == "folder")
     for r in rows:
         print(f"{r['format']:<8} {r['images_per_s']:>9.1f} {r['images_per_s'] / base:>8.2f}x {r['worker']:>6} "
               f"{r['rss_mb']:>7.1f} {r['private_mb']:>10.1f}")
-    write_csv(rows, path)
+    write_csv(rows, path, machine)
     print(f"=> written to {path}")
 
 
@@ -105,8 +107,9 @@ def main(args: argparse.Namespace) -> None:
     require_smaps()
     if args.workers < 1 or args.images < 4 * args.batch_size:
         sys.exit("error: give -j 1 or more and --images of at least four batches.")
+    machine = announce_machine()  # the loaders run on the CPU
     with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:
-        report(run(args, work), args.out)
+        report(run(args, work), args.out, machine)
 
 
 if __name__ == "__main__":
