@@ -24,6 +24,8 @@ FEATURES = (("AMX", ("amx_tile", "amx_bf16", "amx_int8"), ()),
             ("AVX512F", ("avx512f",), ()))
 WATCHED_FLAGS = tuple(flag for _, flags, _ in FEATURES for flag in flags)
 NO_GPU = "none"  # the CSV's gpu field of a run on the CPU
+# The keys of Machine.csv_fields, in order, for a writer that lists its columns before it has a row (compare.csv).
+CSV_FIELDS = ("cpu", "cores", "cpu_flags", "torch_cpu", "gpu")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """common.machine: the CPU model and speed-relevant flags read from /proc/cpuinfo text, the one-line description and
 the CSV fields; every benchmark script imports without running work, builds its parser and answers --help; the
-benchmarks' CSV writer puts the machine's fields in every row."""
+benchmarks' CSV writer puts the machine's fields in every row; the comparison's figure names the machine."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +16,7 @@ import torch
 from benchmarks import benchlib
 from common import machine
 from common.machine import Machine
+from evaluation import chart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "bench_*.py")))
@@ -100,6 +101,7 @@ def test_csv_fields_are_flat_and_name_the_gpus_counted():
     assert fields == {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "cores": 2,
                       "cpu_flags": "amx_tile amx_bf16 amx_int8 avx512_bf16 avx512_vnni avx_vnni avx512f",
                       "torch_cpu": "AVX512", "gpu": "2 x NVIDIA H100 80GB HBM3"}
+    assert tuple(fields) == machine.CSV_FIELDS
     assert xeon().csv_fields()["gpu"] == "none"
     assert xeon(("NVIDIA A100-SXM4-40GB",)).describe().endswith("; GPU NVIDIA A100-SXM4-40GB")
 
@@ -161,3 +163,11 @@ def test_announce_machine_prints_the_line_and_returns_this_machine(capsys):
     assert capsys.readouterr().out == f"machine: {announced.describe()}\n"
     assert announced.gpus == () and benchlib.file_tag(announced) == "cpu"
     assert benchlib.file_tag(xeon(("NVIDIA H100 80GB HBM3",))) == "nvidia_h100_80gb_hbm3"
+
+
+def test_comparison_figure_is_captioned_with_the_machine():
+    rows = [{"model": "ghostnet", "macs": 141e6, "published_top1": 73.98, "defaults_latency_ms": 9.0,
+             "input_size": 224}]
+    caption = f"Measured on {xeon().describe()}"
+    assert chart.compare_figure(rows, "cpu", caption).get_suptitle() == caption
+    assert chart.compare_figure(rows, "cpu").get_suptitle() == ""
