@@ -13,9 +13,7 @@ Prints one table and writes benchmarks/results/bench_classify_<arch>_<device>.cs
 """
 import argparse
 import contextlib
-import csv
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,14 +24,22 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import classify_test_data  # noqa: E402  (the benchmarked script, imported from the repository root)
-from benchmarks.benchlib import make_class_folder  # noqa: E402
-from common import limits  # noqa: E402
-from common.cli import defaults, options  # noqa: E402
-from common.data import imagefolder  # noqa: E402
-from common.errors import exit_on_user_error  # noqa: E402
-from common.models import factory, loading, preprocess  # noqa: E402
-from common.parallel import distributed  # noqa: E402
+import classify_test_data
+from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, write_csv
+from common import limits
+from common.cli import (
+    defaults,
+    options,
+)
+from common.data import imagefolder
+from common.errors import exit_on_user_error
+from common.models import (
+    factory,
+    loading,
+    preprocess,
+)
+from common.parallel import distributed
+from common.report.machine import Machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 16
@@ -43,9 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Images/s of classify_test_data.py versus the original one-image-at-a-time loop.",
         parents=[options.data_parser(training=False), options.model_parser("ghostnet", dropout=False),
-                 options.inference_parser(), options.device_parser()])
+                 options.inference_parser(onnx=False), options.device_parser()])
     parser.add_argument("--images", type=options.POSITIVE_INT, default=512, help="generated photos (default: 512)")
-    parser.add_argument("--classes", type=options.POSITIVE_INT, default=8,
+    # Not --classes: the inference group's --classes names a class-list file.
+    parser.add_argument("--photo-classes", type=options.POSITIVE_INT, default=8,
                         help="classes of the generated photos (default: 8)")
     return parser
 
@@ -92,11 +99,6 @@ def timed(method, ckpt: str, folder: str, warmup_folder: str, work: str, *extra)
     return returned, time.perf_counter() - t0
 
 
-def device_tag(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
-
-
 def warmup_folder(folder: str, work: str) -> str:
     """A few images of each class of ``folder``, symlinked, for the untimed warm-up runs."""
     dataset, warmup = imagefolder.image_folder(folder, None), os.path.join(work, "warmup")
@@ -112,16 +114,15 @@ def prepare_inputs(args: argparse.Namespace, work: str) -> tuple[str, str, str]:
     """(checkpoint, image folder, warm-up folder): the user's, or generated ones."""
     folder = imagefolder.eval_dir(args.data) if args.data else os.path.join(work, "photos")
     if not args.data:
-        make_class_folder(folder, args.images, args.classes)
+        make_class_folder(folder, args.images, args.photo_classes)
     ckpt = args.ckpt or os.path.join(work, "random.pth.tar")
     if not args.ckpt:
         random_checkpoint(ckpt, args.arch, imagefolder.image_folder(folder, None).classes, args.width_mult)
     return ckpt, folder, warmup_folder(folder, work)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Time the original loop and classify_test_data.py (batch 1, then its defaults) on the same images."""
-    device = distributed.single_process(args.gpu, args.no_accel).device
     on = (["--no-accel"] if args.no_accel else []) + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
     batching = ((["-b", str(args.batch_size)] if args.batch_size else [])
                 + (["-j", str(args.workers)] if args.workers is not None else []))
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         arch = loading.load_model(loading.ModelSource(ckpt)).arch
         for name, method, extra in methods:
             (images, batch, workers), seconds = timed(method, ckpt, folder, warmup, work, *extra)
-            rows.append({"method": name, "arch": arch, "device": device_tag(device), "batch": batch,
+            rows.append({"method": name, "arch": arch, "device": device.type, "batch": batch,
                          "workers": workers, "images": images, "seconds": round(seconds, 3),
                          "images_per_s": round(images / seconds, 1)})
     for row in rows:
@@ -145,17 +146,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
     width = max(len(r["method"]) for r in rows)
     print(f"{'method':<{width}} {'batch':>5} {'-j':>3} {'images':>6} {'seconds':>8} {'images/s':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['method']:<{width}} {r['batch']:>5} {r['workers']:>3} {r['images']:>6} {r['seconds']:>8.2f} "
               f"{r['images_per_s']:>9.1f} {r['speedup']:>7.2f}x")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path, machine)
     print(f"=> {rows[0]['arch']} on {rows[0]['device']}: the default is {rows[-1]['speedup']:.1f}x the original "
           f"loop's images/s; written to {path}")
 
@@ -163,8 +160,10 @@ def report(rows: list[dict], path: str) -> None:
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         defaults.resolve_data_dir(args)
-        rows = run(args)
-        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{rows[0]['device']}.csv"))
+        device = distributed.single_process(args.gpu, args.no_accel).device
+        machine = announce_machine([device])
+        rows = run(args, device)
+        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

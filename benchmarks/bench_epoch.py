@@ -31,9 +31,10 @@ from torchvision import datasets
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.benchlib import device_tag, make_dataset, write_csv  # noqa: E402
+from benchmarks.benchlib import announce_machine, make_dataset, write_csv  # noqa: E402
 from common.data import transforms  # noqa: E402
 from common.models import factory  # noqa: E402
+from common.report.machine import Machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -73,8 +74,7 @@ def project_epoch(root: str, arch: str, batch: int, workers: int, out: str, extr
     return float(row["images_per_s"]), chosen
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     extra = ["--no-accel"] if args.no_accel else []
     with tempfile.TemporaryDirectory(prefix="bench_epoch_") as work:
         root = args.data or make_dataset(os.path.join(work, "photos"), args.images // 4, 2)
@@ -82,18 +82,18 @@ def run(args: argparse.Namespace) -> list[dict]:
         fast, chosen = project_epoch(root, args.arch, args.batch, args.workers, os.path.join(work, "run"), extra)
     images = "real photos in " + args.data if args.data else f"{args.images} generated photo-like JPEGs"
     return [{"arch": args.arch, "images": images, "batch": args.batch, "workers": args.workers,
-             "device": device_tag(device), "reference": "ImageFolder + PIL transforms, fp32 NCHW",
+             "device": device.type, "reference": "ImageFolder + PIL transforms, fp32 NCHW",
              "reference_img_s": ref, "project": f"train_main.py defaults ({chosen})", "project_img_s": fast,
              "speedup": fast / ref}]
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
     for r in rows:
         print(f"{r['arch']} on {r['images']}, batch {r['batch']}, -j {r['workers']}, {r['device']}:")
         print(f"  reference ({r['reference']}): {r['reference_img_s']:.2f} images/s")
         print(f"  project ({r['project']}): {r['project_img_s']:.2f} images/s")
         print(f"  speedup {r['speedup']:.2f}x")
-    write_csv(rows, path)
+    write_csv(rows, path, machine)
     print(f"written to {path}")
 
 
@@ -110,7 +110,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    report(run(args), args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+    machine = announce_machine([device])
+    report(run(args, device), args.out, machine)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,20 @@ import re
 import sys
 import tempfile
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import export  # noqa: E402  (the scripts benchmarked, imported from the repository root)
-from benchmarks.bench_classify import device_tag, random_checkpoint  # noqa: E402
-from benchmarks.benchlib import make_class_folder, write_csv  # noqa: E402
-from common import limits  # noqa: E402
-from common.cli import options  # noqa: E402
-from common.data import imagefolder  # noqa: E402
-from common.errors import exit_on_user_error  # noqa: E402
-from common.parallel import distributed  # noqa: E402
-from tests.inprocess import load_script  # noqa: E402
+import export
+from benchmarks.bench_classify import random_checkpoint
+from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, write_csv
+from common import limits
+from common.cli import options
+from common.data import imagefolder
+from common.errors import exit_on_user_error
+from common.parallel import distributed
+from common.report.machine import Machine
+from tests.inprocess import load_script
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 8
@@ -87,9 +90,8 @@ def compare(arch: str, crop: int, folder: str, warmup: str, work: str, common_fl
     return rows
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     images, crop = (16, 64) if args.quick else (args.images, args.size)
-    device = distributed.single_process(args.gpu, args.no_accel).device
     flags = (["--no-accel"] if args.no_accel else []) + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
     flags += ["-j", str(args.workers)] if args.workers is not None else []
     rows = []
@@ -98,25 +100,27 @@ def run(args: argparse.Namespace) -> list[dict]:
         warmup = make_class_folder(os.path.join(work, "warmup"), WARMUP_IMAGES, 4, seed=1)
         for arch in args.archs:
             for row in compare(arch, crop, folder, warmup, work, flags):
-                rows.append({**row, "device": device_tag(device), "crop": crop, "images": images})
+                rows.append({**row, "device": device.type, "crop": crop, "images": images})
     return rows
 
 
-def report(rows: list[dict], path: str | None) -> None:
+def report(rows: list[dict], path: str | None, machine: Machine) -> None:
     print(f"{'model':<10} {'batch':>5} {'PyTorch img/s':>14} {'ONNX img/s':>11} {'ONNX/PyTorch':>13}")
     for r in rows:
         print(f"{r['arch']:<10} {r['batch']:>5} {r['pytorch_images_per_s']:>14.1f} {r['onnx_images_per_s']:>11.1f} "
               f"{r['ratio']:>12.2f}x")
     if path:
-        write_csv(rows, path)
+        write_csv(rows, path, machine)
     print(f"=> {rows[0]['images']} images at {rows[0]['crop']} px on {rows[0]['device']}"
           + (f"; written to {path}" if path else " (--quick: not written)"))
 
 
 def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
-        rows = run(args)
-        report(rows, None if args.quick else os.path.join(RESULTS, f"bench_export_{rows[0]['device']}.csv"))
+        device = distributed.single_process(args.gpu, args.no_accel).device
+        machine = announce_machine([device])
+        rows = run(args, device)
+        report(rows, None if args.quick else os.path.join(RESULTS, f"bench_export_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

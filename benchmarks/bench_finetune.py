@@ -25,8 +25,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.benchlib import device_tag, make_dataset, write_csv  # noqa: E402
+from benchmarks.benchlib import announce_machine, make_dataset, write_csv  # noqa: E402
 from common.models import factory  # noqa: E402
+from common.report.machine import Machine  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -42,8 +43,7 @@ def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra
     return time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     extra = ["--no-accel"] if args.no_accel else []
     cases = [("network.py, 1 epoch (feature cache)", ["--epochs", "1"]),
              ("network.py, 5 epochs (feature cache)", ["--epochs", "5"]),
@@ -55,20 +55,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.save(factory.create_model(args.arch, 1000).state_dict(), weights)
         for i, (name, flags) in enumerate(cases):
             seconds = timed_run(root, weights, args, os.path.join(work, f"run{i}"), [*flags, *extra])
-            rows.append({"method": name, "arch": args.arch, "device": device_tag(device), "seconds": seconds})
+            rows.append({"method": name, "arch": args.arch, "device": device.type, "seconds": seconds})
     for row in rows:
         row["vs_1_epoch"] = row["seconds"] / rows[0]["seconds"]
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
     width = max(len(r["method"]) for r in rows)
     print(f"{'method':<{width}} {'seconds':>8} {'x 1 epoch':>10}")
     for r in rows:
         print(f"{r['method']:<{width}} {r['seconds']:8.1f} {r['vs_1_epoch']:9.2f}x")
     print(f"=> {rows[0]['arch']} on {rows[0]['device']}: 5 cached epochs cost {rows[1]['vs_1_epoch']:.2f}x one "
           f"epoch (target <= 1.5x); the original approach {rows[2]['seconds'] / rows[1]['seconds']:.1f}x network.py's")
-    write_csv(rows, path)
+    write_csv(rows, path, machine)
     print(f"written to {path}")
 
 
@@ -84,7 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    report(run(args), args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+    machine = announce_machine([device])
+    report(run(args, device), args.out, machine)
 
 
 if __name__ == "__main__":

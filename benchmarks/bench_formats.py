@@ -1,7 +1,7 @@
 """Benchmark: training-loader throughput and worker memory on the same JPEGs as a folder, as parquet and as shards.
 
 1,000 photo-like JPEGs of ImageNet-like sizes (benchlib) are written as an ImageFolder, then converted with
-``python -m common.data.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
+``python -m common.convert`` to Hugging Face parquet and to WebDataset shards; every format is read by the loader that
 training builds (``loaders.build_datasets`` + ``loaders.build_loaders``: uint8 pipeline, RandomResizedCrop 224 + flip,
 per-image seeds), for a warm-up epoch and then a timed one. Reported per format: images/s of the timed epoch, and
 the resident (RSS) and private memory of each loader worker, read in the middle of the epoch.
@@ -29,9 +29,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import make_dataset, require_smaps, smaps, write_csv
-from common.data import convert, formats, loaders, unreadable  # noqa: E402
-from common.parallel import distributed  # noqa: E402
+from benchmarks.benchlib import announce_machine, machine_line, make_dataset, require_smaps, smaps, write_csv
+from common.data import (
+    convert,
+    formats,
+    loaders,
+    unreadable,
+)
+from common.parallel import distributed
+from common.report.machine import Machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -82,15 +88,16 @@ def run(args: argparse.Namespace, work: str) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
+def report(rows: list[dict], path: str, machine: Machine) -> None:
+    print(machine_line(machine))  # again: the converter's lines came after the header
     print(f"{rows[0]['images']} JPEGs per epoch, uint8 RandomResizedCrop 224 + flip, -j {rows[0]['workers']}, "
-          f"batch {rows[0]['batch']}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores")
+          f"batch {rows[0]['batch']}, {torch.get_num_threads()} torch threads")
     print(f"{'format':<8} {'images/s':>9} {'vs folder':>9} {'worker':>6} {'RSS MB':>7} {'private MB':>10}")
     base = next(r["images_per_s"] for r in rows if r["format"] == "folder")
     for r in rows:
         print(f"{r['format']:<8} {r['images_per_s']:>9.1f} {r['images_per_s'] / base:>8.2f}x {r['worker']:>6} "
               f"{r['rss_mb']:>7.1f} {r['private_mb']:>10.1f}")
-    write_csv(rows, path)
+    write_csv(rows, path, machine)
     print(f"=> written to {path}")
 
 
@@ -107,8 +114,9 @@ def main(args: argparse.Namespace) -> None:
     require_smaps()
     if args.workers < 1 or args.images < 4 * args.batch_size:
         sys.exit("error: give -j 1 or more and --images of at least four batches.")
+    machine = announce_machine()  # the loaders run on the CPU
     with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:
-        report(run(args, work), args.out)
+        report(run(args, work), args.out, machine)
 
 
 if __name__ == "__main__":

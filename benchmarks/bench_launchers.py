@@ -22,6 +22,10 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.benchlib import announce_machine, write_csv  # noqa: E402
+
 LAUNCHERS = ("train_main.py", "train_dataparallel.py", "train_multiprocessing.py", "train_distributed.py")
 LOGS = {"train_main.py": "main.csv", "train_dataparallel.py": "dataparallel.csv",
         "train_multiprocessing.py": "multiprocessing_distributed.csv", "train_distributed.py": "distributed.csv"}
@@ -81,21 +85,18 @@ def run_launcher(script: str, args: argparse.Namespace, data: str, out: str, acc
 def main(args: argparse.Namespace) -> list[dict]:
     accel = torch.cuda.is_available()
     device = f"cuda{torch.cuda.device_count()}" if accel else "cpu"
+    machine = announce_machine([torch.device("cuda", i) for i in range(torch.cuda.device_count())])
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or make_photos(os.path.join(tmp, "photos"), args.images)
         rows = [run_launcher(s, args, data, os.path.join(tmp, s), accel) for s in LAUNCHERS]
-    print(f"{args.arch}, {args.crop} px, global batch {args.batch_size}, -j {args.workers}, {device}, "
-          f"{os.cpu_count()} CPU cores; last of {args.epochs} epochs")
+    print(f"{args.arch}, {args.crop} px, global batch {args.batch_size}, -j {args.workers}, {device}; last of "
+          f"{args.epochs} epochs")
     print(f"{'launcher':<26}{'procs':>6}{'images/s':>10}{'epoch s':>9}{'data s':>8}{'peak MB':>9}{'val top-1':>10}")
     for r in rows:
         print(f"{r['launcher']:<26}{r['processes']:>6}{r['images_per_s']:>10.1f}{r['epoch_seconds']:>9.2f}"
               f"{r['data_seconds']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['val_top1']:>10.2f}")
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     path = os.path.join(ROOT, "benchmarks", "results", f"bench_launchers_{args.arch}_{device}.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path, machine)
     print(f"=> {path}")
     return rows
 

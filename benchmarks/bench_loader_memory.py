@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import require_smaps, smaps, write_csv
+from benchmarks.benchlib import announce_machine, require_smaps, smaps, write_csv
 from common.data.samples import CompactSamples
+from common.report.machine import Machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IMAGENET_TRAIN_FILES = 1_281_167
@@ -129,17 +130,17 @@ def run(args: argparse.Namespace, root: str) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
-    """Print the table and write it as CSV to ``path``."""
+def report(rows: list[dict], path: str, machine: Machine) -> None:
+    """Print the table and write it as CSV to ``path``, each row with the machine's fields."""
     print(f"{rows[0]['entries']:,} entries over {CLASSES} classes; each sample reads its file's bytes (no decoding); "
-          f"start method {multiprocessing.get_start_method()}; {os.cpu_count()} CPU cores")
+          f"start method {multiprocessing.get_start_method()}")
     print(f"{'storage':<15} {'held MB':>8} {'worker':>6} {'private MB first':>16} {'at end':>7} {'growth':>7} "
           f"{'PSS end':>8} {'RSS end':>8} {'epoch s':>8}")
     for r in rows:
         print(f"{r['storage']:<15} {r['held_mb']:>8.1f} {r['worker']:>6} {r['private_first_mb']:>16.1f} "
               f"{r['private_end_mb']:>7.1f} {r['growth_mb']:>7.1f} {r['pss_end_mb']:>8.1f} {r['rss_end_mb']:>8.1f} "
               f"{r['epoch_s']:>8.1f}")
-    write_csv(rows, path)
+    write_csv(rows, path, machine)
     worst = {name: max(r["growth_mb"] for r in rows if r["storage"] == name) for name in ("list of tuples",
                                                                                            "CompactSamples")}
     print(f"=> worst growth per worker: list of tuples {worst['list of tuples']:.1f} MB, CompactSamples "
@@ -160,8 +161,9 @@ def main(args: argparse.Namespace) -> None:
     require_smaps()
     if args.workers < 1 or args.entries < CLASSES:
         sys.exit(f"error: give -j 1 or more and --entries {CLASSES} or more.")
+    machine = announce_machine()  # CPU only
     with tempfile.TemporaryDirectory(prefix="bench_loader_memory_") as root:
-        report(run(args, root), args.out)
+        report(run(args, root), args.out, machine)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from torchvision import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import make_photos, write_csv
-from common.data import transforms  # noqa: E402
+from benchmarks.benchlib import announce_machine, make_photos, write_csv
+from common.data import transforms
+from common.report.machine import Machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -125,17 +126,16 @@ def describe_images(root: str, generated: bool, count: int) -> str:
     return f"{len(paths)} images of {root} (first {size}, mean {kb:.0f} KB)"
 
 
-def report(rows: list[dict], images: str, path: str) -> None:
-    """Print the table and write it as CSV to ``path``."""
-    print(f"images: {images}\ntorch threads in the main process: {torch.get_num_threads()}; CPU cores: "
-          f"{os.cpu_count()}")
+def report(rows: list[dict], images: str, path: str, machine: Machine) -> None:
+    """Print the table and write it as CSV to ``path``, each row with the machine's fields."""
+    print(f"images: {images}\ntorch threads in the main process: {torch.get_num_threads()}")
     print(f"{'transform':<9} {'pipeline':<9} {'-j':>2} {'images':>6} {'seconds':>7} {'images/s':>8} {'per worker':>10} "
           f"{'speedup':>7} {'CPU ms/image':>12} {'CPU speedup':>11}")
     for r in rows:
         print(f"{r['transform']:<9} {r['pipeline']:<9} {r['workers']:>2} {r['images']:>6} {r['seconds']:>7.2f} "
               f"{r['images_per_s']:>8.1f} {r['per_worker']:>10.1f} {r['speedup']:>6.2f}x "
               f"{r['cpu_ms_per_image']:>12.2f} {r['cpu_speedup']:>10.2f}x")
-    write_csv([{**row, "images_source": images} for row in rows], path)
+    write_csv([{**row, "images_source": images} for row in rows], path, machine)
     wall = {r["transform"]: r["speedup"] for r in rows if r["pipeline"] == "project"}
     cpu = {r["transform"]: r["cpu_speedup"] for r in rows if r["pipeline"] == "project"}
     print(f"=> project vs reference, images/s per worker (per CPU-second): train {wall['train']:.2f}x "
@@ -163,12 +163,13 @@ def main(args: argparse.Namespace) -> None:
         sys.exit("error: give -j, --images and --repeats of 1 or more.")
     # The main process only receives and normalises batches; one thread keeps it off the workers' cores.
     torch.set_num_threads(1)
+    machine = announce_machine()  # CPU only
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as work:
         root = args.data or os.path.join(work, "photos")
         if not args.data:
             make_photos(root, args.images)
         rows = run(args, root)
-        report(rows, describe_images(root, not args.data, rows[0]["images"]), args.out)
+        report(rows, describe_images(root, not args.data, rows[0]["images"]), args.out, machine)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,15 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchlib import device_tag, photo_like, write_csv  # noqa: E402
-from common.data import imagefolder, transforms  # noqa: E402
+from benchmarks.benchlib import announce_machine, machine_line, photo_like, write_csv
+from common.data import (
+    imagefolder,
+    transforms,
+)
 from common.data.images import load_rgb
-from common.models import factory  # noqa: E402
-from common.parallel import precision  # noqa: E402
+from common.models import factory
+from common.parallel import precision
+from common.report.machine import Machine
 from common.train.step import TrainStep
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -120,8 +124,7 @@ def loss_gaps(arch: str, reference: precision.Precision, project: precision.Prec
             "control_gap_pct": 100 * abs(loss["control"] - loss["reference"]) / loss["reference"]}
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     timed = make_batches(args.warmup + args.steps, args.batch, args.size)
     rows = []
     for arch in args.archs:
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         probe = factory.create_model(arch, CLASSES)
         project = precision.choose_precision(device, probe, True if args.amp else None)
         ref_ips, fast_ips = best_of(args.repeats, arch, (reference, project), timed, args.warmup, device)
-        row = {"arch": arch, "size": args.size, "batch": args.batch, "device": device_tag(device),
+        row = {"arch": arch, "size": args.size, "batch": args.batch, "device": device.type,
                "reference": reference.describe(), "project": project.describe(), "reference_img_s": ref_ips,
                "project_img_s": fast_ips, "speedup": fast_ips / ref_ips}
         if args.loss_steps:
@@ -139,16 +142,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str) -> None:
-    print(f"\n{'arch':<10} {'reference':<14} {'img/s':>7} {'project':<26} {'img/s':>7} {'speedup':>8} "
+def report(rows: list[dict], path: str, machine: Machine) -> None:
+    print(f"\n{machine_line(machine)}")  # again: the per-arch lines came after the header
+    print(f"{'arch':<10} {'reference':<14} {'img/s':>7} {'project':<26} {'img/s':>7} {'speedup':>8} "
           f"{'loss ref':>9} {'loss proj':>9} {'gap %':>6} {'control gap %':>13}")
     for r in rows:
         loss = (f"{r['reference_loss']:9.4f} {r['project_loss']:9.4f} {r['loss_gap_pct']:6.2f} "
                 f"{r['control_gap_pct']:13.2f}" if "reference_loss" in r else "")
         print(f"{r['arch']:<10} {r['reference']:<14} {r['reference_img_s']:7.2f} {r['project']:<26} "
               f"{r['project_img_s']:7.2f} {r['speedup']:7.2f}x {loss}")
-    write_csv(rows, path)
-    print(f"\nmachine: {rows[0]['device']}; written to {path}")
+    write_csv(rows, path, machine)
+    print(f"\n=> written to {path}")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -176,7 +180,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    report(run(args), args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
+    machine = announce_machine([device])
+    report(run(args, device), args.out, machine)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+from collections.abc import Iterable
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from common.data.demo import pink_noise
+from common.report.machine import Machine, this_machine
 
 # ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
 PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))
@@ -69,13 +73,23 @@ def make_dataset(root: str, train_per_class: int, val_per_class: int, classes: i
     return root
 
 
-def device_tag(device) -> str:
-    """The machine a benchmark ran on, for its table and CSV."""
-    import torch
+def machine_line(machine: Machine) -> str:
+    """The line naming the machine: every benchmark's first header line, printed again above a table that other
+    output has pushed away from it."""
+    return f"machine: {machine.describe()}"
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
+
+def announce_machine(devices: Iterable[torch.device | str] = ()) -> Machine:
+    """The machine (``this_machine(devices)``, ``devices`` those the benchmark measures on), its line printed as the
+    first line of the benchmark's header."""
+    machine = this_machine(devices)
+    print(machine_line(machine), flush=True)
+    return machine
+
+
+def file_tag(machine: Machine) -> str:
+    """``cpu``, or the GPU's name as a file-name part (``nvidia_h100_80gb_hbm3``), for a CSV named after the device."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", machine.gpus[0]).strip("_").lower() if machine.gpus else "cpu"
 
 
 def require_smaps() -> None:
@@ -100,10 +114,13 @@ def smaps(pid: int) -> dict[str, float] | None:
     return {"rss": fields["Rss"], "pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
 
 
-def write_csv(rows: list[dict], path: str) -> None:
-    """All rows under the union of their keys, in first-seen order."""
+def write_csv(rows: list[dict], path: str, machine: Machine) -> None:
+    """The rows under the union of their keys, in first-seen order, then ``machine``'s fields in every row
+    (``Machine.csv_fields``: cpu, cores, cpu_flags, torch_cpu, gpu)."""
+    fields = machine.csv_fields()
+    columns = [*dict.fromkeys(k for r in rows for k in r if k not in fields), *fields]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, **fields} for row in rows)

@@ -92,10 +92,13 @@ def _place_labels(ax: Axes, labels: list, renderer) -> None:
         taken.append(label.get_window_extent(renderer))
 
 
-def compare_figure(rows: list[dict], device: str) -> Figure:
+def compare_figure(rows: list[dict], device: str, caption: str = "") -> Figure:
     """Two panels from the comparison ``rows``: top-1 vs MACs, and top-1 vs the project defaults' batch-1 latency
-    on ``device``. Models without a published top-1 (or a latency, for the second panel) are left out."""
+    on ``device``, under ``caption`` (the machine measured on) when given. Models without a published top-1 (or a
+    latency, for the second panel) are left out."""
     figure = figures.new_figure(1500, 640, "the comparison PNG", constrained=True)
+    if caption:
+        figure.suptitle(caption, fontsize=10)
     left, right = figure.subplots(1, 2)
     rated = [r for r in rows if r.get("published_top1") not in (None, "")]
     by_macs = [(r["model"], r["macs"] / 1e6, r["published_top1"]) for r in rated if r.get("macs")]

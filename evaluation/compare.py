@@ -11,14 +11,15 @@ here (batch-1 latency, inference and training throughput, peak memory), like the
 is measured twice: with the project's speed defaults for the device (as test.py and train_main.py run: autocast
 where it pays, channels_last, BatchNorm folded for inference; changed by --amp/--no-amp, --channels-last,
 --compile) and as plain fp32 NCHW eager PyTorch. Writes compare.csv, compare.md (a Markdown table) and compare.png
-(top-1 against MACs and against latency) to --output-dir. A model that cannot run keeps a row with the reason.
+(top-1 against MACs and against latency) to --output-dir, each naming the machine (CPU model, cores, AMX/AVX-512
+flags, GPU: common.machine). A model that cannot run keeps a row with the reason.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root holds common/
 
-from common.errors import UserError, exit_on_user_error, quiet_ctrl_c  # noqa: E402
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
 
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
@@ -28,11 +29,12 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import files, limits
-from common.cli import options
-from common.models import factory
-from common.predict import inference
-from common.report import figures
+from common import files, limits  # noqa: E402
+from common.cli import options  # noqa: E402
+from common.models import factory  # noqa: E402
+from common.predict import inference  # noqa: E402
+from common.report import figures  # noqa: E402
+from common.report.machine import CSV_FIELDS, Machine, this_machine  # noqa: E402
 from evaluation import chart, measure, published  # noqa: E402
 
 DEFAULT_MODELS = ("ghostnet:0.5", "ghostnet", "ghostnet:1.3", "mobilenet_v2", "mobilenet_v3_small",
@@ -50,7 +52,7 @@ FIGURES = ("latency_ms", "latency_p90_ms", "infer_img_s", "train_img_s", "peak_m
 COLUMNS = (["model", "arch", "width", "params", "macs", "input_size", "published_top1", "published_top5",
             "published_source", "eval_resize", "eval_crop", "eval_interpolation"]
            + [f"{s}_{f}" for s in SETUPS for f in FIGURES]
-           + ["defaults_inference", "defaults_training", "device", "batch_size", "error"])
+           + ["defaults_inference", "defaults_training", "device", "batch_size", "error", *CSV_FIELDS])
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -251,28 +253,28 @@ def speed_flags(args: argparse.Namespace) -> str:
 
 
 def describe(args: argparse.Namespace, budget: measure.Budget) -> str:
-    where = (torch.cuda.get_device_name(args.device) if args.device.type == "cuda"
-             else f"cpu, {torch.get_num_threads()} thread(s)")
-    return (f"{len(args.specs)} models on {args.device} ({where}), torch {torch.__version__}: {budget.input_size} px, "
+    threads = f" ({torch.get_num_threads()} thread(s))" if args.device.type == "cpu" else ""
+    return (f"{len(args.specs)} models on {args.device}{threads}, torch {torch.__version__}: {budget.input_size} px, "
             f"latency over {budget.repeats} batch-1 runs, throughputs over {budget.steps} batch(es) of "
             f"{budget.batch_size}; defaults = the project's speed flags ({speed_flags(args)}), fp32 = plain fp32 "
             "NCHW eager")
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, machine: Machine) -> list[dict]:
     from tqdm import tqdm
 
     budget = budget_of(args)
     speed = inference.SpeedConfig(amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
                                   compile=args.compile)
     setups = [measure.Setup("defaults", speed), measure.FP32]
-    caption = f"Measured by `evaluation/compare.py`: {describe(args, budget)}."
-    print(f"=> {describe(args, budget)}", flush=True)
+    # compare.md keeps its layout (caption line, blank line, table): the machine leads the caption line.
+    caption = f"Measured by `evaluation/compare.py` on {machine.describe()}. {describe(args, budget)}."
+    print(f"=> machine: {machine.describe()}\n=> {describe(args, budget)}", flush=True)
     rows: list[dict] = []
     bar = tqdm(args.specs, unit="model", dynamic_ncols=True)
     for arch, width in bar:
         bar.set_description(label(arch, width))
-        rows.append(model_row(arch, width, args, setups, budget))
+        rows.append({**model_row(arch, width, args, setups, budget), **machine.csv_fields()})
         bar.write(result_line(rows[-1]))
         write_tables(rows, args.output_dir, caption)
     bar.close()
@@ -285,15 +287,17 @@ def main(args: argparse.Namespace) -> list[dict]:
         start = time.perf_counter()
         fill_defaults(args)
         check_args(args)
+        machine = this_machine([args.device])
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(args.threads or threads)
-            rows = run(args)
+            rows = run(args, machine)
         finally:
             torch.set_num_threads(threads)  # a caller in the same process keeps its own setting
         written = list(NAMES)
         try:
-            figures.save_png(chart.compare_figure(rows, str(args.device)), os.path.join(args.output_dir, NAMES[2]))
+            figure = chart.compare_figure(rows, str(args.device), f"Measured on {machine.describe()}")
+            figures.save_png(figure, os.path.join(args.output_dir, NAMES[2]))
         except figures.MatplotlibMissing:
             print(f"=> {NAMES[2]} not drawn: matplotlib is not installed ({figures.INSTALL_HINT})", flush=True)
             written.remove(NAMES[2])
