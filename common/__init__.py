@@ -5,7 +5,7 @@
               watch (the run record), inputs (--profile-input, the samples sheet)
     predict/  where is prediction: inference (test.py, the sorter, export.py), labels (ReaL, class maps)
     models/   where is the model: factory, checkpoint, loading, onnx_model, preprocess
-    report/   what people read: progress (meters), metrics, figures, curves (python -m common.report)
+    report/   what people read: progress (meters), metrics, figures, curves (python -m common.report), machine
     data/     where is the data: formats (what --data is, resolved once), one reader per format (imagefolder,
               hfdata, shards, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan
               (--check-data), convert and valprep (python -m common.data.convert / .valprep), demo

@@ -12,7 +12,7 @@ is measured twice: with the project's speed defaults for the device (as test.py 
 where it pays, channels_last, BatchNorm folded for inference; changed by --amp/--no-amp, --channels-last,
 --compile) and as plain fp32 NCHW eager PyTorch. Writes compare.csv, compare.md (a Markdown table) and compare.png
 (top-1 against MACs and against latency) to --output-dir, each naming the machine (CPU model, cores, AMX/AVX-512
-flags, GPU: common.machine). A model that cannot run keeps a row with the reason.
+flags, GPU: common.report.machine). A model that cannot run keeps a row with the reason.
 """
 import os
 import sys

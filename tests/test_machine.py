@@ -1,5 +1,5 @@
-"""common.machine: the CPU model and speed-relevant flags read from /proc/cpuinfo text, the one-line description and
-the CSV fields; every benchmark script imports without running work, builds its parser and answers --help; the
+"""common.report.machine: the CPU model and speed-relevant flags read from /proc/cpuinfo text, the one-line description
+and the CSV fields; every benchmark script imports without running work, builds its parser and answers --help; the
 benchmarks' CSV writer puts the machine's fields in every row; the comparison's figure names the machine."""
 from __future__ import annotations
 
