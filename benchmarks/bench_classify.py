@@ -25,8 +25,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data
-from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, write_csv
-from common import limits
+from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
 from common.cli import (
     defaults,
     options,
@@ -34,7 +33,6 @@ from common.cli import (
 from common.data import imagefolder
 from common.errors import exit_on_user_error
 from common.models import (
-    factory,
     loading,
     preprocess,
 )
@@ -55,15 +53,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photo-classes", type=options.POSITIVE_INT, default=8,
                         help="classes of the generated photos (default: 8)")
     return parser
-
-
-def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: float) -> None:
-    """A checkpoint in this project's format with random weights (the speed does not depend on them)."""
-    torch.manual_seed(0)
-    model = factory.create_model(arch, len(classes), width_mult=width_mult)
-    torch.save({"epoch": 0, "arch": arch, "state_dict": model.state_dict(), "best_acc1": 0.0, "classes": classes,
-                "args": {"val_resize_size": limits.VAL_RESIZE_SIZE, "val_crop_size": limits.VAL_CROP_SIZE,
-                         "width_mult": width_mult}}, path)
 
 
 def original_loop(ckpt: str, folder: str, out: str, device: torch.device) -> tuple[int, int, int]:

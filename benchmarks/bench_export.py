@@ -28,8 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import export
-from benchmarks.bench_classify import random_checkpoint
-from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, write_csv
+from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
 from common import limits
 from common.cli import options
 from common.data import imagefolder

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from common import limits
 from common.data.demo import pink_noise
+from common.models import factory
 from common.report.machine import Machine, this_machine
 
 # ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
@@ -90,6 +92,15 @@ def announce_machine(devices: Iterable[torch.device | str] = ()) -> Machine:
 def file_tag(machine: Machine) -> str:
     """``cpu``, or the GPU's name as a file-name part (``nvidia_h100_80gb_hbm3``), for a CSV named after the device."""
     return re.sub(r"[^A-Za-z0-9]+", "_", machine.gpus[0]).strip("_").lower() if machine.gpus else "cpu"
+
+
+def random_checkpoint(path: str, arch: str, classes: list[str], width_mult: float) -> None:
+    """A checkpoint in this project's format with random weights (the speed does not depend on them)."""
+    torch.manual_seed(0)
+    model = factory.create_model(arch, len(classes), width_mult=width_mult)
+    torch.save({"epoch": 0, "arch": arch, "state_dict": model.state_dict(), "best_acc1": 0.0, "classes": classes,
+                "args": {"val_resize_size": limits.VAL_RESIZE_SIZE, "val_crop_size": limits.VAL_CROP_SIZE,
+                         "width_mult": width_mult}}, path)
 
 
 def require_smaps() -> None:
