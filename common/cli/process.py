@@ -49,7 +49,8 @@ def _is_lost_worker(exc: BaseException) -> bool:
 
 def lost_worker_message(exc: BaseException, checkpoint_dir: str | None) -> str:
     """The one line for a data loading worker that died: the likely cause, the flags to lower, the last checkpoint."""
-    first = str(exc).strip().splitlines()[0][:160]
+    # An EOFError met while a batch was being handed over carries no text; name the exception instead.
+    first = (str(exc).strip().splitlines() or [f"DataLoader worker exited unexpectedly: {type(exc).__name__}"])[0][:160]
     line = (f"error: a data loading worker died ({first}); most likely the system ran out of memory: lower "
             "-j/--workers or -b/--batch-size")
     if checkpoint_dir is None:

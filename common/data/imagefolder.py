@@ -119,7 +119,7 @@ def split(root: str, name: str, transform, fast: bool) -> Dataset:
 def scan(root: str, splits: tuple[str, ...], hint: str, workers: int, limit: int | None = None) -> int:
     """``--check-data``: decode the images of ``splits`` (the first ``limit`` of each) with ``workers`` processes,
     list the unreadable ones; 1 if there are any."""
-    folders = [ds.root for ds in (split(root, name, None, False) for name in splits)]
-    paths = [path for folder in folders for path, _ in image_folder(folder, None).samples[:limit]]
-    where = f"under {folders[0] if len(folders) == 1 else root}"
+    sets = [split(root, name, None, False) for name in splits]
+    paths = [path for ds in sets for path, _ in ds.samples[:limit]]
+    where = f"under {sets[0].root if len(sets) == 1 else root}"
     return list_unreadable(paths, where, workers, hint)
