@@ -6,7 +6,7 @@ to move between worker processes than float. ``to_model_input`` then converts an
 on the target device. ``fast=False`` is the classic pipeline of the torchvision references (PIL transforms, ToTensor,
 Normalize in every worker), kept as the baseline that the benchmarks and the equivalence tests compare against.
 
-Every random choice is drawn from torch's global generator, so seeding it before a sample (``data.SeededSamples``)
+Every random choice is drawn from torch's global generator, so seeding it before a sample (``sampling.SeededSamples``)
 fixes that sample's augmentation in either pipeline.
 
 ``load_uint8(path, min_side=...)`` can also decode a large JPEG at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling, PIL
