@@ -275,14 +275,11 @@ def eval_preprocesses(loaded: LoadedModel, cfg: LoaderConfig, path: str | None) 
 
 
 def labelled_set(root: str, transform, fast: bool) -> tuple[Dataset, str, formats.DataSource]:
-    """The labelled images at ``root``, the folder they are read from, and the resolved source: for a folder, its
-    class folders (``imagefolder.eval_dir``); else the validation split of the format at ``root``, by random
-    access."""
+    """The labelled images at ``root`` (the validation split of its format, read by random access: for a folder, its
+    class folders, ``imagefolder.eval_dir``), the folder they are read from, and the resolved source."""
     source = formats.resolve_source(root)
-    if source.format == "folder":
-        folder = imagefolder.eval_dir(source.root)
-        return imagefolder.image_folder(folder, transform, fast=fast), folder, source
-    return source.reader.split(source.root, "val", transform, fast), source.root, source
+    dataset = source.reader.split(source.root, "val", transform, fast)
+    return dataset, dataset.root, source
 
 
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
