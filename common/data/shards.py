@@ -42,14 +42,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from common.data import sampling, transforms, unreadable
+from common.data import published, sampling, transforms, unreadable
 from common.data.images import BadImage, decode_rgb
 from common.data.samples import CompactSamples
 from common.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLASSES_NAME, MANIFEST_NAME = "classes.txt", "manifest.json"
-SPLIT_PATTERNS = {"train": ("train-*.tar",), "val": ("val-*.tar", "validation-*.tar")}
+SPLIT_PATTERNS = {"train": ("train-*.tar", *published.TRAIN_PATTERNS),
+                  "val": ("val-*.tar", "validation-*.tar", *published.VAL_PATTERNS)}
 
 
 def shard_files(root: str, split: str) -> list[str]:
@@ -72,6 +73,9 @@ def require_shards(root: str, split: str) -> list[str]:
 def read_classes(root: str) -> list[str]:
     path = os.path.join(root, CLASSES_NAME)
     if not os.path.isfile(path):
+        names = published.info_classes(published.read_info(root))
+        if names:
+            return names
         raise UserError(f"{root!r} holds shards but no {CLASSES_NAME} (one class name per line, in label order); "
                         "write it beside the shards, or convert again with python -m common.data.convert.")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -130,12 +134,14 @@ def count_shard(path: str, classes: int) -> int:
 
 
 def shard_counts(root: str, files: list[str], classes: int) -> list[int]:
-    """Samples per shard: from ``manifest.json`` (written by common.data.convert) when it lists them, else a scan."""
+    """Samples per shard: from ``manifest.json`` (written by common.data.convert) or ``_info.json`` (timm's Hub
+    layout) when they list them, else a scan."""
     listed = {}
     manifest = os.path.join(root, MANIFEST_NAME)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             listed = {e["name"]: e["images"] for e in json.load(f).get("files", [])}
+    listed = {**published.info_lengths(published.read_info(root)), **listed}
     return [listed.get(os.path.basename(f)) or count_shard(f, classes) for f in files]
 
 
@@ -495,8 +501,9 @@ def datasets(root: str, fast: bool, train_tf, val_tf, bad_log=None) -> tuple[Sha
 
 
 def found_at(root: str) -> bool:
-    """Whether ``root`` holds ``train-*.tar`` or ``val-*.tar`` shards."""
-    return any(glob.glob(os.path.join(glob.escape(root), pattern)) for pattern in ("train-*.tar", "val-*.tar"))
+    """Whether ``root`` holds training or validation shards (``SPLIT_PATTERNS``: ours and the published namings)."""
+    return any(glob.glob(os.path.join(glob.escape(root), pattern))
+               for patterns in SPLIT_PATTERNS.values() for pattern in patterns)
 
 
 def check(root: str) -> None:
