@@ -95,3 +95,54 @@ def test_test_py_on_published_shards_reports_what_it_reports_on_the_same_images_
     assert shard["images"] == 12
     assert (shard["images"], shard["top1"], shard["top5"], shard["loss"]) == (
         folder["images"], folder["top1"], folder["top5"], folder["loss"])
+
+
+def peer_checkpoints(weights: str, out: str) -> dict[str, str]:
+    """The same weights as the PyTorch ImageNet example's main.py saves them (the DDP wrapper's ``module.`` keys,
+    ``best_acc1`` a tensor), as torchvision's references save them (``model``, ``model_ema``, ``args`` an
+    argparse.Namespace) and as timm's train.py CheckpointSaver does (``state_dict``, ``arch``, ``args``, ``metric``)."""
+    import argparse
+
+    state = torch.load(weights, weights_only=True)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 30)
+    kinds = {
+        "pytorch_example": {"epoch": 1, "arch": "ghostnet", "state_dict": {f"module.{k}": v for k, v in state.items()},
+                            "best_acc1": torch.tensor(25.0), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict()},
+        "torchvision": {"model": state, "model_ema": {"n_averaged": torch.tensor(3)},
+                        "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "epoch": 1,
+                        "args": argparse.Namespace(model="ghostnet", lr=0.5, batch_size=32)},
+        "timm": {"epoch": 1, "arch": "ghostnet", "state_dict": state, "optimizer": optimizer.state_dict(),
+                 "version": 2, "args": argparse.Namespace(model="ghostnet", lr=0.5), "metric": 25.0},
+    }
+    paths = {}
+    for kind, ckpt in kinds.items():
+        paths[kind] = os.path.join(out, f"{kind}.pth")
+        torch.save(ckpt, paths[kind])
+    return paths
+
+
+def test_peer_checkpoints_give_the_top1_of_the_same_weights(published_sets, tmp_path):
+    from inprocess import call_main
+
+    flags = published_sets["flags"]
+    data = ["--data", published_sets["folder"]]
+    reference, _ = call_main("test.py", *flags, *data, "--output-dir", str(tmp_path / "ref"))
+    for kind, path in peer_checkpoints(flags[1], str(tmp_path)).items():
+        peer_flags = [path if f == flags[1] else f for f in flags]
+        result, _ = call_main("test.py", *peer_flags, *data, "--output-dir", str(tmp_path / kind))
+        assert (kind, result["images"], result["top1"], result["loss"]) == (
+            kind, reference["images"], reference["top1"], reference["loss"])
+
+
+def test_a_pickled_object_other_than_argparse_namespace_is_still_refused(tmp_path):
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from common.models import checkpoint
+    from conftest import refusal
+
+    path = str(tmp_path / "other.pth")
+    torch.save({"state_dict": OrderedDict(), "args": SimpleNamespace(lr=0.1)}, path)
+    assert "--unsafe-load" in refusal(checkpoint.load_file, path)

@@ -111,7 +111,10 @@ def load_file(path: str, unsafe: bool = False) -> Any:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist; check the path.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe)
+        # torchvision's references and timm's train.py save their flags as an argparse.Namespace: that one type is
+        # allowed besides tensors and plain values, nothing wider.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
             raise UserError(f"{path} holds pickled Python objects, not only tensors and plain values; loading it "
@@ -202,6 +205,9 @@ def check_fields(ckpt: dict[str, Any], path: str) -> None:
 def checked(obj: Any, path: str) -> Any:
     """``obj`` as loaded from ``path``, after ``check_fields`` when it is a training checkpoint (a dict holding a
     ``state_dict``); bare state_dicts and whole models pass as they are."""
+    if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
+        # A peer's flags (timm's train.py, torchvision's references) are not this project's: they are not read.
+        obj = {key: value for key, value in obj.items() if key != "args"}
     if isinstance(obj, dict) and "state_dict" in obj:
         check_fields(obj, path)
     return obj
