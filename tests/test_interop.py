@@ -146,3 +146,16 @@ def test_a_pickled_object_other_than_argparse_namespace_is_still_refused(tmp_pat
     path = str(tmp_path / "other.pth")
     torch.save({"state_dict": OrderedDict(), "args": SimpleNamespace(lr=0.1)}, path)
     assert "--unsafe-load" in refusal(checkpoint.load_file, path)
+
+
+def test_a_safetensors_file_gives_the_top1_of_the_same_weights(published_sets, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from inprocess import call_main
+
+    flags, data = published_sets["flags"], ["--data", published_sets["folder"]]
+    path = str(tmp_path / "model.safetensors")
+    safetensors_torch.save_file(torch.load(flags[1], weights_only=True), path)
+    reference, _ = call_main("test.py", *flags, *data, "--output-dir", str(tmp_path / "ref"))
+    result, _ = call_main("test.py", "--ckpt", path, *flags[2:], *data, "--output-dir", str(tmp_path / "st"))
+    assert (result["images"], result["top1"], result["loss"]) == (
+        reference["images"], reference["top1"], reference["loss"])

@@ -110,6 +110,8 @@ def load_file(path: str, unsafe: bool = False) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``; every failure becomes a UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist; check the path.")
+    if path.endswith(".safetensors"):
+        return _load_safetensors(path)
     try:
         # torchvision's references and timm's train.py save their flags as an argparse.Namespace: that one type is
         # allowed besides tensors and plain values, nothing wider.
@@ -124,6 +126,22 @@ def load_file(path: str, unsafe: bool = False) -> Any:
     except Exception as exc:  # noqa: BLE001 (torch.load fails in many ways on a damaged file: RuntimeError, EOFError...)
         raise UserError(f"{path} could not be read as a PyTorch checkpoint (truncated or another format: "
                         f"{str(exc).splitlines()[0][:120]}); pass a complete checkpoint file.") from None
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file (timm's Hub folders, ``safetensors.torch.save_file``) as a state_dict; safetensors is an
+    optional package, named in one line when missing."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+    except ImportError:
+        raise UserError(f"{path} is a safetensors file; install the safetensors package to read it "
+                        "(pip install -r requirements-extra.txt).") from None
+    try:
+        return load_safetensors(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} could not be read as a safetensors file ({str(exc).splitlines()[0][:120]}); pass "
+                        "a complete file.") from None
 
 
 def state_dict_from(obj: Any) -> dict[str, torch.Tensor]:
