@@ -159,3 +159,17 @@ def test_a_safetensors_file_gives_the_top1_of_the_same_weights(published_sets, t
     result, _ = call_main("test.py", "--ckpt", path, *flags[2:], *data, "--output-dir", str(tmp_path / "st"))
     assert (result["images"], result["top1"], result["loss"]) == (
         reference["images"], reference["top1"], reference["loss"])
+
+
+def test_a_timm_hub_folder_gives_the_top1_of_the_same_weights(published_sets, tmp_path):
+    from inprocess import call_main
+
+    flags, data = published_sets["flags"], ["--data", published_sets["folder"]]
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text(json.dumps({"architecture": "ghostnet", "num_classes": 4}))
+    torch.save(torch.load(flags[1], weights_only=True), hub / "pytorch_model.bin")
+    reference, _ = call_main("test.py", *flags, *data, "--output-dir", str(tmp_path / "ref"))
+    result, _ = call_main("test.py", "--ckpt", str(hub), *flags[2:], *data, "--output-dir", str(tmp_path / "hubrun"))
+    assert (result["images"], result["top1"], result["loss"]) == (
+        reference["images"], reference["top1"], reference["loss"])

@@ -107,7 +107,10 @@ def save_checkpoint(state: dict[str, Any], output_dir: str, is_best: bool) -> st
 
 
 def load_file(path: str, unsafe: bool = False) -> Any:
-    """``torch.load`` on the CPU with ``weights_only=True``; every failure becomes a UserError naming the file."""
+    """``torch.load`` on the CPU with ``weights_only=True``; every failure becomes a UserError naming the file. A
+    ``.safetensors`` file, or a folder as timm's Hub has them (``model.safetensors`` or ``pytorch_model.bin``
+    beside ``config.json``), gives its state_dict."""
+    path = _hub_weights(path) if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist; check the path.")
     if path.endswith(".safetensors"):
@@ -126,6 +129,15 @@ def load_file(path: str, unsafe: bool = False) -> Any:
     except Exception as exc:  # noqa: BLE001 (torch.load fails in many ways on a damaged file: RuntimeError, EOFError...)
         raise UserError(f"{path} could not be read as a PyTorch checkpoint (truncated or another format: "
                         f"{str(exc).splitlines()[0][:120]}); pass a complete checkpoint file.") from None
+
+
+def _hub_weights(folder: str) -> str:
+    """The weights file of a timm Hub folder: ``model.safetensors``, else ``pytorch_model.bin``."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise UserError(f"{folder!r} is a folder without model.safetensors or pytorch_model.bin; pass a checkpoint "
+                    "file, or a folder as timm's Hub has them.")
 
 
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
