@@ -100,7 +100,9 @@ def test_test_py_on_published_shards_reports_what_it_reports_on_the_same_images_
 def peer_checkpoints(weights: str, out: str) -> dict[str, str]:
     """The same weights as the PyTorch ImageNet example's main.py saves them (the DDP wrapper's ``module.`` keys,
     ``best_acc1`` a tensor), as torchvision's references save them (``model``, ``model_ema``, ``args`` an
-    argparse.Namespace) and as timm's train.py CheckpointSaver does (``state_dict``, ``arch``, ``args``, ``metric``)."""
+    argparse.Namespace) and as timm's train.py CheckpointSaver does (``state_dict``, ``args``, ``metric``, and
+    ``arch`` the model's class name, which need not be an architecture name of ours)."""
+
     import argparse
 
     state = torch.load(weights, weights_only=True)
@@ -113,7 +115,7 @@ def peer_checkpoints(weights: str, out: str) -> dict[str, str]:
         "torchvision": {"model": state, "model_ema": {"n_averaged": torch.tensor(3)},
                         "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "epoch": 1,
                         "args": argparse.Namespace(model="ghostnet", lr=0.5, batch_size=32)},
-        "timm": {"epoch": 1, "arch": "ghostnet", "state_dict": state, "optimizer": optimizer.state_dict(),
+        "timm": {"epoch": 1, "arch": "ghostnetv1", "state_dict": state, "optimizer": optimizer.state_dict(),
                  "version": 2, "args": argparse.Namespace(model="ghostnet", lr=0.5), "metric": 25.0},
     }
     paths = {}

@@ -117,6 +117,8 @@ def _from_file(source: ModelSource) -> LoadedModel:
     meta = obj if isinstance(obj, dict) and "state_dict" in obj else {}
     train_args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
     arch = meta.get("arch") if isinstance(meta.get("arch"), str) else None
+    if arch and source.arch and "args" not in meta and arch not in factory.available_archs():
+        arch = None  # timm's train.py records the model's class name ('resnet' for resnet50): -a names it here
     if arch and source.arch and arch != source.arch:
         raise UserError(f"{path} holds a {arch}, but -a {source.arch} was given; drop -a or pass -a {arch}.")
     arch = arch or source.arch
