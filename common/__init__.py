@@ -7,7 +7,7 @@
     models/   where is the model: factory, checkpoint, loading, onnx_model, preprocess
     report/   what people read: progress (meters), metrics, figures, curves (python -m common.report), machine
     data/     where is the data: formats (what --data is, resolved once), one reader per format (imagefolder,
-              hfdata, shards, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan
+              hfdata, shards + published, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan
               (--check-data), convert and valprep (python -m common.data.convert / .valprep), demo
     parallel/ where is distributed: distributed (the frozen process context), faults (signals, stops), precision
     errors, files, limits: the ground floor (one-line user errors, output files, numeric limits and sizes)
