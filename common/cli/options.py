@@ -173,6 +173,9 @@ def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True,
     g.add_argument("--seed", type=SEED, default=None, help=f"seed for reproducible runs, 0 to {SEED.high}")
     g.add_argument("--output-dir", default=".", metavar="DIR",
                    help="where checkpoints and the CSV log go (default: current directory)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output-dir that holds another run's log or checkpoints, removing "
+                        "them (without it such a folder is refused unless --resume continues that run)")
     return parser
 
 

@@ -22,7 +22,7 @@ from common.data import formats, sampling, scan
 from common.errors import UserError, exit_on_user_error
 from common.models import factory
 from common.parallel import distributed, faults
-from common.train import engine
+from common.train import engine, resume
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -47,6 +47,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
     files.make_output_dir(args.output_dir)
+    if not (args.evaluate or getattr(args, "profile_input", None) or getattr(args, "check_data", False)):
+        # a run that trains writes a run record; evaluating, profiling and scanning write none
+        resume.check_fresh_output_dir(args.output_dir, bool(args.resume), args.overwrite)
 
 
 def check_data(source: formats.DataSource, workers: int | None) -> int:

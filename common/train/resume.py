@@ -49,3 +49,41 @@ def resume_path(resume_flag: str, output_dir: str) -> str | None:
         return resume_flag or None
     path = os.path.join(output_dir, checkpoint.CHECKPOINT_NAME)
     return path if os.path.isfile(path) else None
+
+
+def earlier_run_files(output_dir: str) -> list[str]:
+    """The files of an earlier training run in ``output_dir``: its checkpoints, and each CSV log (a ``.csv`` whose
+    header starts with ``epoch``) with its curves ``<stem>.png``."""
+    found = [name for name in (checkpoint.CHECKPOINT_NAME, checkpoint.BEST_NAME)
+             if os.path.isfile(os.path.join(output_dir, name))]
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.endswith(".csv") and os.path.isfile(path) and _starts_with_epoch(path):
+            found.append(name)
+            curves = name[:-len(".csv")] + ".png"
+            if os.path.isfile(os.path.join(output_dir, curves)):
+                found.append(curves)
+    return found
+
+
+def _starts_with_epoch(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.readline().startswith(b"epoch,")
+    except OSError:
+        return False
+
+
+def check_fresh_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
+    """Refuse a fresh run into a folder holding another run's log or checkpoints (one run, one record), unless it
+    resumes that run or ``--overwrite`` was given; with ``--overwrite`` the earlier run's files are removed first."""
+    if resuming or not os.path.isdir(output_dir):
+        return
+    found = earlier_run_files(output_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise UserError(f"--output-dir {output_dir!r} holds another run ({', '.join(found)}); continue it with "
+                        "--resume auto, replace it with --overwrite, or choose another --output-dir.")
+    for name in found:
+        os.remove(os.path.join(output_dir, name))
