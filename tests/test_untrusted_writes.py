@@ -1,0 +1,123 @@
+"""Nothing the user has is overwritten or escaped: outputs never land on or inside an input, paths built from data
+stay inside their output folder, and an interrupted writer leaves the old file or a whole new one (issue 25)."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from common import files
+from common.data import convert
+from common.errors import UserError
+from conftest import make_image_folder
+from inprocess import call_main
+from test_interrupt import tree
+
+
+def one_line_exit(capsys, status: int, run) -> str:
+    """Run ``run()``, expect SystemExit(status) with one stderr line (a progress bar aside: its lines hold ``\\r``)
+    and no traceback; return that line."""
+    with pytest.raises(SystemExit) as exc:
+        run()
+    assert exc.value.code == status
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if line and "\r" not in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def run_convert(src: str, out: str, to: str, *flags: str) -> dict:
+    return convert.main(convert.get_args_parser().parse_args([src, out, "--to", to, *flags]))
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> str:
+    """2 classes, 3 train and 2 val PNGs each."""
+    return make_image_folder(str(tmp_path_factory.mktemp("small")), 3, 2, classes=((200, 30, 30), (30, 30, 200)),
+                             size=(16, 16))
+
+
+@pytest.mark.parametrize("flag", ["--ckpt", "--weights", "hard link"])
+def test_export_refuses_to_write_over_its_own_checkpoint(flag, tmp_path, capsys):
+    ckpt = tmp_path / "model.onnx.pth"
+    ckpt.write_bytes(b"the training checkpoint")
+    output = str(ckpt)
+    if flag == "hard link":  # the same file under another name
+        output = str(tmp_path / "copy.onnx")
+        os.link(ckpt, output)
+    given = ["--weights", str(ckpt), "-a", "resnet18"] if flag == "--weights" else ["--ckpt", str(ckpt)]
+    err = one_line_exit(capsys, 2, lambda: call_main("export.py", *given, "--output", output, "--format", "onnx"))
+    assert f"--output {output!r} is " in err and ("--ckpt" in err or "--weights" in err)
+    assert ckpt.read_bytes() == b"the training checkpoint"
+
+
+def test_export_refuses_an_output_inside_its_data_folder(small_folder, tmp_path, capsys):
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(b"x")
+    before = tree(small_folder)
+    output = os.path.join(small_folder, "val", "m.onnx")
+    err = one_line_exit(capsys, 2, lambda: call_main("export.py", "--ckpt", str(ckpt), "--data", small_folder,
+                                                     "--output", output))
+    assert "is inside --data" in err
+    assert tree(small_folder) == before
+
+
+@pytest.mark.parametrize("where", ["train/new", ".", "parent"])
+def test_convert_refuses_an_out_folder_inside_or_around_its_source(where, small_folder, capsys):
+    before = tree(small_folder)
+    out = os.path.dirname(small_folder) if where == "parent" else os.path.join(small_folder, where)
+    err = one_line_exit(capsys, 2, lambda: run_convert(small_folder, out, "parquet"))
+    assert f"OUT {out!r} " in err and "SRC" in err
+    assert tree(small_folder) == before
+
+
+def test_convert_to_folder_refuses_a_class_name_leading_outside_out(small_folder, tmp_path, capsys):
+    shards = str(tmp_path / "shards")
+    run_convert(small_folder, shards, "shards")
+    with open(os.path.join(shards, convert.CLASSES_NAME), "w") as f:
+        f.write("../../escaped\nok\n")
+    capsys.readouterr()
+    out = tmp_path / "deep" / "out"
+    err = one_line_exit(capsys, 2, lambda: run_convert(shards, str(out), "folder"))
+    assert "class name '../../escaped' would be written outside" in err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
+
+
+def test_paths_from_data_stay_inside_their_folder(tmp_path):
+    root = str(tmp_path / "out")
+    os.makedirs(root)
+    assert files.inside(root, "train", "cat", "a.png") == os.path.join(root, "train", "cat", "a.png")
+    for bad in ("../x", "/abs/path", "", "a/../../b"):
+        with pytest.raises(UserError, match="outside"):
+            files.inside(root, "train", bad)
+    os.symlink(str(tmp_path), os.path.join(root, "link"))  # a folder inside OUT that leads out of it
+    with pytest.raises(UserError, match="through a link"):
+        files.inside(root, "link", "a.png")
+
+
+def test_sigterm_during_a_conversion_leaves_whole_files_and_a_rerun_finishes(small_folder, tmp_path, capsys,
+                                                                             monkeypatch):
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    run_convert(small_folder, whole, "parquet", "--max-shard-mb", "0.001")  # one file per image
+    fsyncs, real_fsync = [], os.fsync
+
+    def fsync_then_sigterm(fd):  # SIGTERM arrives while the third file is still a temporary .part
+        fsyncs.append(fd)
+        if len(fsyncs) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_sigterm)
+    capsys.readouterr()
+    err = one_line_exit(capsys, 128 + signal.SIGTERM,
+                        lambda: run_convert(small_folder, part, "parquet", "--max-shard-mb", "0.001"))
+    assert "stopped by SIGTERM" in err and "run the same command again" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
+    left = tree(part)
+    assert not [n for n in left if n.endswith(files.TEMP_SUFFIX)] and convert.STATE_NAME in left
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    # a run killed outright (SIGKILL) leaves its temporary file: the rerun removes it
+    open(os.path.join(part, "data", ".tmp-killed.part"), "wb").close()
+    run_convert(small_folder, part, "parquet", "--max-shard-mb", "0.001")
+    assert tree(part) == tree(whole)
