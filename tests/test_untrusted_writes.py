@@ -2,17 +2,20 @@
 stay inside their output folder, and an interrupted writer leaves the old file or a whole new one (issue 25)."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 
 import pytest
 
 from common import files
-from common.data import convert
+from common.data import convert, valprep
 from common.errors import UserError
 from conftest import make_image_folder
 from inprocess import call_main
 from test_interrupt import tree
+from test_valprep import TRUTH, WNIDS, flat_folder
 
 
 def one_line_exit(capsys, status: int, run) -> str:
@@ -121,3 +124,56 @@ def test_sigterm_during_a_conversion_leaves_whole_files_and_a_rerun_finishes(sma
     open(os.path.join(part, "data", ".tmp-killed.part"), "wb").close()
     run_convert(small_folder, part, "parquet", "--max-shard-mb", "0.001")
     assert tree(part) == tree(whole)
+
+
+def kaggle_solution(path) -> str:
+    path.write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{n:08d},{WNIDS[c]} 1 2 3 4\n" for n, c in enumerate(TRUTH, 1)))
+    return str(path)
+
+
+def valprep_main(*argv: str) -> dict:
+    return valprep.main(valprep.get_args_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("manifest", ["file,class\nILSVRC2012_val_00000001.JPEG,../../escaped\n",
+                                      "file,class\n../ILSVRC2012_val_00000001.JPEG,n01440764\n",
+                                      "file,class\n"], ids=["class out of the folder", "file out", "header only"])
+def test_valprep_refuses_a_manifest_that_moves_images_out_or_leaves_them_flat(manifest, tmp_path, capsys):
+    folder = flat_folder(tmp_path)
+    with open(os.path.join(folder, valprep.MANIFEST_NAME), "w") as f:
+        f.write(manifest)
+    err = one_line_exit(capsys, 2, lambda: valprep_main(folder, "--labels", kaggle_solution(tmp_path / "s.csv")))
+    assert valprep.MANIFEST_NAME in err and "sort the folder afresh" in err and "Nothing was moved" in err
+    assert sorted(os.listdir(folder)) == sorted([valprep.MANIFEST_NAME, *[f"ILSVRC2012_val_{n:08d}.JPEG"
+                                                                         for n in range(1, 11)]])
+
+
+def test_valprep_across_filesystems_copies_then_deletes_and_survives_a_sigterm(tmp_path, capsys, monkeypatch):
+    fresh, folder = flat_folder(tmp_path / "fresh"), flat_folder(tmp_path / "exdev")
+    solution = kaggle_solution(tmp_path / "s.csv")
+    valprep_main(fresh, "--labels", solution)
+    real_replace, real_copy, copies = os.replace, shutil.copyfileobj, []
+
+    def replace(src, dst):  # the class folders are on another filesystem; temporary files stay on theirs
+        if not os.path.basename(src).startswith(files.TEMP_PREFIX) and os.path.dirname(dst) != os.path.dirname(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    def copy_then_sigterm(src, dst, *a):  # SIGTERM while the fourth image is half copied
+        copies.append(src)
+        if len(copies) == 4:
+            dst.write(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_copy(src, dst, *a)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_sigterm)
+    err = one_line_exit(capsys, 128 + signal.SIGTERM, lambda: valprep_main(folder, "--labels", solution))
+    assert "stopped by SIGTERM" in err
+    left = tree(folder)
+    assert not [n for n in left if n.endswith(files.TEMP_SUFFIX)]
+    assert len([n for n in left if "/" in n]) == 3 and len(left) == 11  # 3 moved whole, 7 flat, the manifest
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
+    assert valprep_main(folder, "--labels", solution)["placed"] == 7
+    assert tree(folder) == tree(fresh)
