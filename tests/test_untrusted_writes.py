@@ -6,13 +6,14 @@ import errno
 import os
 import shutil
 import signal
+import tempfile
 
 import pytest
 
 from common import files
-from common.data import convert, valprep
+from common.data import convert, demo, valprep
 from common.errors import UserError
-from conftest import make_image_folder
+from conftest import SMALL, make_image_folder
 from inprocess import call_main
 from test_interrupt import tree
 from test_valprep import TRUTH, WNIDS, flat_folder
@@ -177,3 +178,46 @@ def test_valprep_across_filesystems_copies_then_deletes_and_survives_a_sigterm(t
     monkeypatch.setattr(shutil, "copyfileobj", real_copy)
     assert valprep_main(folder, "--labels", solution)["placed"] == 7
     assert tree(folder) == tree(fresh)
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """The demo dataset at one image per class and split (drawing it whole takes seconds)."""
+    monkeypatch.setattr(demo, "TRAIN_PER_CLASS", 1)
+    monkeypatch.setattr(demo, "VAL_PER_CLASS", 1)
+
+
+def test_demo_data_through_a_link_is_redrawn_where_the_link_points(tiny_demo, tmp_path):
+    target = tmp_path / "big-disk" / "demo"
+    demo.ensure_dataset(str(target))
+    os.remove(target / demo.MARKER)  # an older or unfinished copy: redrawn
+    os.makedirs(tmp_path / "data")
+    os.symlink(target, tmp_path / "data" / "demo")
+    demo.ensure_dataset(str(tmp_path / "data" / "demo"))
+    assert os.path.islink(tmp_path / "data" / "demo") and demo.is_complete(str(target))
+
+
+def test_demo_data_that_cannot_be_written_ends_in_one_line_naming_the_path(tiny_demo, tmp_path, monkeypatch):
+    (tmp_path / "data").write_text("a file where the data folder goes")
+    with pytest.raises(UserError, match=f"{tmp_path / 'data'}' is a file where the demo dataset's folder"):
+        demo.ensure_dataset(str(tmp_path / "data" / "demo"))
+
+    def read_only(*_a, **_k):  # as in a read-only folder (the tests may run as root, who may write anywhere)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(UserError, match=r"cannot write the demo dataset to '.*ro/demo' \(Permission denied\)"):
+        demo.ensure_dataset(str(tmp_path / "ro" / "demo"))
+
+
+def test_the_sorters_overwrite_refills_a_linked_output_folder(trained_ckpt, tiny_data, tmp_path):
+    real, link = tmp_path / "disk" / "sorted", tmp_path / "sorted"
+    os.makedirs(real)
+    os.symlink(real, link)
+    sort = ["--ckpt", trained_ckpt, "--data", os.path.join(tiny_data, "val"), "--out", str(link), "-j", "0",
+            "--sheet-size", "0", *SMALL[2:6]]
+    call_main("classify_test_data.py", *sort)
+    (real / "extra.txt").write_text("from an earlier run")
+    call_main("classify_test_data.py", *sort, "--overwrite")
+    assert os.path.islink(link) and not (real / "extra.txt").exists()
+    assert len([n for n in tree(str(real)) if "/right/" in n or "/wrong/" in n]) == 40
