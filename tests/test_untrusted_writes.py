@@ -221,3 +221,28 @@ def test_the_sorters_overwrite_refills_a_linked_output_folder(trained_ckpt, tiny
     call_main("classify_test_data.py", *sort, "--overwrite")
     assert os.path.islink(link) and not (real / "extra.txt").exists()
     assert len([n for n in tree(str(real)) if "/right/" in n or "/wrong/" in n]) == 40
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_comparison_writes_its_csv_keeps_the_last_whole_one(sig, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path)
+    compare_args = ["--models", "squeezenet1_1", "squeezenet1_0", "--input-size", "16", "--batch-size", "1",
+                    "--repeats", "1", "--threads", "1", "--output-dir", out]  # both fail at 16 px: fast rows
+    fsyncs, real_fsync = [], os.fsync
+
+    def fsync_then_signal(fd):  # compare.csv, compare.md after the first model, then the second model's csv
+        fsyncs.append(fd)
+        if len(fsyncs) == 3:
+            os.kill(os.getpid(), sig)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_signal)
+    err = one_line_exit(capsys, 128 + sig, lambda: call_main("evaluation/compare.py", *compare_args))
+    assert "stopped by SIGTERM" in err if sig == signal.SIGTERM else "interrupted by Ctrl+C" in err
+    assert sorted(os.listdir(out)) == ["compare.csv", "compare.md"]  # no temporary file
+    with open(os.path.join(out, "compare.csv")) as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["squeezenet1_1"]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    rows, _ = call_main("evaluation/compare.py", *compare_args)
+    with open(os.path.join(out, "compare.csv")) as f:
+        assert len(f.read().splitlines()) == 1 + len(rows) == 3
