@@ -91,10 +91,11 @@ def check_output(out: str) -> None:
 
 def claim_output(out: str, overwrite: bool) -> None:
     """Create DIR_OUT with its marker (rank 0); with ``overwrite``, first delete what an earlier run wrote."""
-    if overwrite and os.path.isdir(out):
-        shutil.rmtree(out)  # check_output made sure that it is ours: links and copies only, never sources
+    real = os.path.realpath(out)  # a DIR_OUT that is a link (to a larger disk) stays one: its folder is refilled
+    if overwrite and os.path.isdir(real):
+        shutil.rmtree(real)  # check_output made sure that it is ours: links and copies only, never sources
     try:
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(real, exist_ok=True)
         open(os.path.join(out, MARKER), "a").close()
     except OSError as exc:
         raise UserError(f"cannot write to --out {out!r} ({exc.strerror}); choose a writable folder.") from None

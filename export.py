@@ -29,7 +29,7 @@ max(1, largest |logit|) and the top-1 classes must agree on every image (where t
 classes tie within the tolerance, either counts); otherwise the exit status is 2 and no file is written.
 --no-check skips it. The file is written whole (temporary file, then rename) or not at all.
 """
-from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c, sigterm_raises
 
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
@@ -108,6 +108,8 @@ def check_args(args: argparse.Namespace) -> Target:
                         f"it *{next(e for e, f in FORMATS.items() if f == fmt)}.")
     if os.path.isdir(args.output):
         raise UserError(f"--output {args.output!r} is a folder; give a file name.")
+    files.check_apart(args.output, "--output", {"--ckpt": args.ckpt, "--weights": args.weights,
+                                                "--classes": args.classes, "--data": args.data})
     files.make_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
     if fmt == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -305,7 +307,7 @@ def header(loaded: loading.LoadedModel, source: loading.ModelSource, target: Tar
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Export the model the flags name; returns the file's path, size, metadata and check results."""
-    with exit_on_user_error():
+    with exit_on_user_error(), sigterm_raises():
         defaults.resolve_data_dir(args)
         return export(args, check_args(args))
 

@@ -13,6 +13,18 @@ Print parameters and multiply-adds for a few widths (imports nothing beyond torc
 """
 import argparse
 import math
+import os
+import signal
+import sys
+
+
+def _interrupted(_signum, _frame) -> None:
+    print("=> interrupted by Ctrl+C (SIGINT)", file=sys.stderr, flush=True)
+    os._exit(128 + signal.SIGINT)  # the size table has nothing to clean up
+
+
+if __name__ == "__main__":  # as a program, a Ctrl+C (while torch loads, or later) prints one line, not a traceback
+    signal.signal(signal.SIGINT, _interrupted)
 
 import torch
 import torch.nn as nn

@@ -11,18 +11,22 @@ the loop) and once with its defaults. Same images, same model, same device; one 
 
 Prints one table and writes benchmarks/results/bench_classify_<arch>_<device>.csv.
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import contextlib
-import os
 import shutil
-import sys
 import tempfile
 import time
 
 import torch
 from PIL import Image
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import classify_test_data
 from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
@@ -31,7 +35,6 @@ from common.cli import (
     options,
 )
 from common.data import imagefolder
-from common.errors import exit_on_user_error
 from common.models import (
     loading,
     preprocess,

@@ -15,11 +15,17 @@ Prints one table and writes benchmarks/results/epoch.csv (``--out`` to change).
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import csv
-import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -29,12 +35,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from benchmarks.benchlib import announce_machine, make_dataset, write_csv  # noqa: E402
-from common.data import transforms  # noqa: E402
-from common.models import factory  # noqa: E402
-from common.report.machine import Machine  # noqa: E402
+from benchmarks.benchlib import announce_machine, make_dataset, write_csv
+from common.data import transforms
+from common.models import factory
+from common.report.machine import Machine
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -116,4 +121,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with exit_on_user_error():  # a Ctrl+C ends in one line
+        main(get_args_parser().parse_args())

@@ -15,24 +15,27 @@ are present).
 Prints one table with the ONNX / PyTorch ratio per model and batch, and writes
 benchmarks/results/bench_export_<device>.csv.
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import contextlib
 import io
-import os
 import re
-import sys
 import tempfile
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import export
 from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
 from common import limits
 from common.cli import options
 from common.data import imagefolder
-from common.errors import exit_on_user_error
 from common.parallel import distributed
 from common.report.machine import Machine
 from tests.inprocess import load_script

@@ -10,11 +10,17 @@ processes (CPU: gloo); on GPUs, one per GPU.
 
 Prints one table and writes benchmarks/results/bench_launchers_<arch>_<device>.csv.
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import csv
-import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -22,9 +28,8 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from benchmarks.benchlib import announce_machine, write_csv  # noqa: E402
+from benchmarks.benchlib import announce_machine, write_csv
 
 LAUNCHERS = ("train_main.py", "train_dataparallel.py", "train_multiprocessing.py", "train_distributed.py")
 LOGS = {"train_main.py": "main.csv", "train_dataparallel.py": "dataparallel.csv",
@@ -102,4 +107,5 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with exit_on_user_error():  # a Ctrl+C ends in one line
+        main(get_args_parser().parse_args())

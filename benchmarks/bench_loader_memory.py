@@ -17,11 +17,17 @@ Prints one table and writes benchmarks/results/loader_memory.csv (``--out`` to c
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import gc
 import multiprocessing
-import os
-import sys
 import tempfile
 import time
 
@@ -29,8 +35,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import announce_machine, require_smaps, smaps, write_csv
 from common.data.samples import CompactSamples
@@ -167,4 +171,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with exit_on_user_error():  # a Ctrl+C ends in one line
+        main(get_args_parser().parse_args())

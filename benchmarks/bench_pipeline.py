@@ -15,11 +15,17 @@ Prints one table and writes benchmarks/results/pipeline.csv (``--out`` to change
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
 import argparse
 import functools
 import multiprocessing
-import os
-import sys
 import tempfile
 import time
 
@@ -28,8 +34,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import announce_machine, make_photos, write_csv
 from common.data import transforms
@@ -173,4 +177,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with exit_on_user_error():  # a Ctrl+C ends in one line
+        main(get_args_parser().parse_args())

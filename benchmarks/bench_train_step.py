@@ -18,17 +18,21 @@ Prints one table and writes benchmarks/results/train_step.csv (``--out`` to chan
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.errors import exit_on_user_error, quiet_ctrl_c
+
+quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
+
+import argparse
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.benchlib import announce_machine, machine_line, photo_like, write_csv
 from common.data import (
@@ -186,4 +190,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with exit_on_user_error():  # a Ctrl+C ends in one line
+        main(get_args_parser().parse_args())

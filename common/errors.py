@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 
 INTERRUPTED = "=> interrupted by Ctrl+C (SIGINT)"
+TERMINATED = "=> stopped by SIGTERM; nothing half-written is left: run the same command again to finish"
 
 
 class UserError(Exception):
@@ -56,6 +57,30 @@ def exit_on_user_error() -> Iterator[None]:
         except KeyboardInterrupt:
             print(INTERRUPTED, file=sys.stderr, flush=True)
             sys.exit(128 + signal.SIGINT)
+        except Terminated:
+            print(TERMINATED, file=sys.stderr, flush=True)
+            sys.exit(128 + signal.SIGTERM)
+
+
+class Terminated(BaseException):
+    """A SIGTERM, raised (inside ``sigterm_raises``) where the program was, so that its clean-up runs."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, a SIGTERM raises ``Terminated`` instead of ending the process at once, so that a writer's temporary
+    file is removed on the way out (``files.atomic_write``) and ``exit_on_user_error`` (entered first) ends it in
+    one line, status 143. For the scripts that write files without a training loop (the converter, valprep,
+    export.py, the comparison); the training loop has its own clean stop. The earlier handler is restored."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_at_once(_signum, _frame) -> None:

@@ -8,6 +8,9 @@
   (full disk, read-only folder, file size limit, a name the filesystem cannot hold) ends in one sentence that names
   the file and says that an earlier copy is kept.
 * ``csv_bytes``: CSV rows as bytes, with file names that are not UTF-8 written back as their original bytes.
+* ``check_apart`` / ``inside``: an output never is, or sits inside, an input; a path built from data (a class name,
+  a manifest entry) stays inside its output folder.
+* ``remove_stale_parts``: the temporary files an interrupted writer left in a folder, removed on the next run.
 """
 from __future__ import annotations
 
@@ -22,6 +25,59 @@ from typing import BinaryIO
 from common.errors import UserError
 
 Writer = Callable[[BinaryIO], None]
+
+
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or lies below it (both resolved: links followed)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_apart(output: str, out_flag: str, inputs: dict[str, str | None], output_is_dir: bool = False) -> None:
+    """Refuse an output path that is one of ``inputs`` ({flag: path}; a link or hard link to it included) or sits
+    inside one of them, and for a folder output an input inside it: writing there would replace or change what the
+    run reads. One UserError naming both flags; call it before any work starts."""
+    for flag, path in inputs.items():
+        if not path:
+            continue
+        same = os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
+        if same or _is_within(output, path) or (output_is_dir and _is_within(path, output)):
+            where = "is" if same or os.path.realpath(output) == os.path.realpath(path) else \
+                "is inside" if _is_within(output, path) else "holds"
+            raise UserError(f"{out_flag} {output!r} {where} {flag} {path!r}, which this run reads; writing there would "
+                            f"replace it: choose an {out_flag} outside it.")
+
+
+def inside(folder: str, *parts: str, what: str = "a name") -> str:
+    """``folder/parts...``, refused in one UserError when ``parts`` (taken from data: a class name, a manifest
+    entry) is absolute, holds ``..`` or otherwise leads out of ``folder``."""
+    for part in parts:
+        if not part or os.path.isabs(part) or os.pardir in part.replace("\\", "/").split("/") or "\0" in part:
+            raise UserError(f"{what} {part!r} would be written outside {folder!r}; rename it (no '..', no absolute "
+                            "path, not empty) and run it again.")
+    path = os.path.join(folder, *parts)
+    if not _is_within(os.path.dirname(path) if os.path.islink(path) else path, folder):
+        raise UserError(f"{what} {os.path.join(*parts)!r} leads outside {folder!r} through a link; remove the link "
+                        "and run it again.")
+    return path
+
+
+def remove_stale_parts(folder: str) -> int:
+    """Remove the temporary files (``.tmp-*.part``) that ``atomic_write`` left in ``folder`` and its subfolders when
+    a run was killed (SIGKILL, power loss) before it could clean up; returns how many were removed."""
+    removed = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def make_output_dir(path: str, flag: str = "--output-dir") -> None:
@@ -41,7 +97,7 @@ def atomic_write(path: str, write: Writer) -> None:
     removed. The file gets the permissions a plain ``open()`` would give (mkstemp alone makes 0600 files).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     try:

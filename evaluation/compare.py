@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root holds common/
 
-from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c, sigterm_raises
 
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace, machine: Machine) -> list[dict]:
 
 def main(args: argparse.Namespace) -> list[dict]:
     """Measure every model, write the three files, and return the rows (for callers such as tests)."""
-    with exit_on_user_error():
+    with exit_on_user_error(), sigterm_raises():  # a SIGTERM leaves the earlier files whole, no temporary one
         start = time.perf_counter()
         fill_defaults(args)
         check_args(args)

@@ -236,7 +236,7 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, jpeg_folder, parquet_copy,
     write_parquet(str(outside / "data" / "train-00000.parquet"), [jpeg((1, 2, 3))], [2], ["a", "b"])
     write_parquet(str(outside / "data" / "validation-00000.parquet"), [jpeg((1, 2, 3))], [0], ["a", "b"])
     assert "outside the 2 classes" in refusal(datasets_at, str(outside))
-    assert "not empty" in refusal(run_convert, jpeg_folder, jpeg_folder, "parquet")
+    assert "is SRC" in refusal(run_convert, jpeg_folder, jpeg_folder, "parquet")  # OUT = SRC: refused as such
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     assert "pip install pyarrow" in refusal(usable, parquet_copy)
 

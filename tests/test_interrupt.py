@@ -150,7 +150,8 @@ def test_a_loader_worker_killed_from_outside_ends_in_one_line_naming_memory_and_
     assert checkpoint.load_file(last)["epoch"] == 1
 
 
-@pytest.mark.parametrize("script", ["train_main.py", "test.py", "classify_test_data.py", "network.py"])
+@pytest.mark.parametrize("script", ["train_main.py", "test.py", "classify_test_data.py", "network.py", "ghost_net.py",
+                                    "benchmarks/bench_export.py"])
 def test_ctrl_c_while_the_script_starts_prints_one_line(script):
     # -X importtime reports each module as its import ends: SIGINT goes out once torch._C is loaded, that is
     # inside "import torch", which takes a second or more; the report's own lines are left out of the comparison.

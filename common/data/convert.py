@@ -16,10 +16,11 @@ decoded or re-encoded.
 
 Output files are size-capped (``--max-shard-mb``) and each is written whole (temporary name, then renamed); after
 each one ``OUT/.convert-state.json`` records what is done. Run the same command again after an interruption and
-it goes on from the last finished file, after checking those files' SHA-256. At the end ``OUT/manifest.json`` lists
-every file with its split, image count, size and SHA-256.
+it goes on from the last finished file, after checking those files' SHA-256 (a SIGINT or SIGTERM stops it in one
+line with no temporary file left; one left by a killed run is removed on the rerun). At the end
+``OUT/manifest.json`` lists every file with its split, image count, size and SHA-256.
 """
-from common.errors import UserError, exit_on_user_error, quiet_ctrl_c
+from common.errors import UserError, exit_on_user_error, quiet_ctrl_c, sigterm_raises
 
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
@@ -253,8 +254,8 @@ def write_folder(source: Source, order: dict[str, list[Item]], out: str, bar) ->
             payload = source.read(item)
             name = os.path.basename(item.name)
             name = name if os.path.splitext(name)[1] else name + extension(name, payload)
-            rel = os.path.join(split, source.classes[item.label], name)
-            target = os.path.join(out, rel)
+            target = files.inside(out, split, source.classes[item.label], name, what="class or file name")
+            rel = os.path.relpath(target, out)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if not (os.path.isfile(target) and os.path.getsize(target) == len(payload)):
                 files.write_atomically(target, lambda f, data=payload: f.write(data))
@@ -283,12 +284,17 @@ def convert(args: argparse.Namespace) -> dict:
     source = open_source(args.src)
     if args.to == source.fmt and args.to != "parquet":  # parquet to parquet: small row groups, for random access
         raise UserError(f"{args.src!r} already is a {formats.FORMATS[args.to]} dataset; choose another --to.")
+    files.check_apart(args.out, "OUT", {"SRC": formats.resolve_source(args.src).root}, output_is_dir=True)
+    if args.to == "folder":  # class names become folder names: each must stay inside OUT, refused before any work
+        for name in source.classes:
+            files.inside(args.out, "train", name, what="class name")
     order = plan(source, args.to, args.seed)
     fp = fingerprint(source, order, args)
     if os.path.isfile(os.path.join(args.out, MANIFEST_NAME)) and not os.path.isfile(os.path.join(args.out, STATE_NAME)):
         raise UserError(f"{args.out!r} already holds a finished conversion ({MANIFEST_NAME}); choose a new folder.")
     state = load_state(args.out, fp)
     files.make_output_dir(args.out, "OUT")
+    files.remove_stale_parts(args.out)  # a run killed in the middle of a write (SIGKILL) left its temporary file
     total = sum(len(items) for items in order.values())
     with tqdm(total=total, desc=f"to {args.to}", unit="img", dynamic_ncols=True) as bar:
         if args.to == "folder":
@@ -307,7 +313,7 @@ def convert(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    with exit_on_user_error():
+    with exit_on_user_error(), sigterm_raises():
         return convert(args)
 
 

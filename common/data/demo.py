@@ -206,13 +206,37 @@ def ensure_dataset(root: str) -> str:
     """
     if is_complete(root):
         return root
-    parent = os.path.dirname(os.path.abspath(root))
+    try:
+        return _write_dataset(root)
+    except OSError as exc:  # a read-only folder, a file where a folder belongs, a full disk: nothing half-written
+        blocker = _file_in_the_way(os.path.realpath(root))
+        if blocker:
+            raise UserError(f"{blocker!r} is a file where the demo dataset's folder {root!r} goes; move the file "
+                            "away or run from another folder.") from None
+        raise UserError(f"cannot write the demo dataset to {os.path.abspath(root)!r} ({exc.strerror or exc}); run "
+                        "from a writable folder with free space.") from None
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """The first folder above ``path`` that exists as something other than a folder, or None."""
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def _write_dataset(root: str) -> str:
+    """Draw the dataset into a temporary folder beside ``root`` (beside its target when ``root`` is a link to a
+    folder, which stays a link) and rename it into place."""
+    real = os.path.realpath(root)
+    parent = os.path.dirname(real)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_temps(parent)
-    if os.path.exists(root):
-        if not _ours(root):
+    if os.path.lexists(real):
+        if not os.path.isdir(real) or not _ours(real):
             raise UserError(f"{root!r} exists and is not the demo dataset; remove it or choose another folder.")
-        shutil.rmtree(root)
+        shutil.rmtree(real)
     tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=parent)
     try:
         n_train = _write_split(tmp, "train", TRAIN_PER_CLASS)
@@ -220,9 +244,9 @@ def ensure_dataset(root: str) -> str:
         with open(os.path.join(tmp, MARKER), "w") as f:
             f.write(VERSION + "\n")
         try:
-            os.rename(tmp, root)
+            os.rename(tmp, real)
         except OSError:
-            if not is_complete(root):  # another process's rename won only if its copy is complete
+            if not is_complete(real):  # another process's rename won only if its copy is complete
                 raise
             shutil.rmtree(tmp)
             return root

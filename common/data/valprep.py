@@ -11,19 +11,23 @@ data/ILSVRC2012_validation_ground_truth.txt gives each image's id, in file-numbe
 ``VAL_DIR/<wnid>/`` (renames within one filesystem: fast, no extra space); ``--link`` leaves them in place and makes
 hard links instead. Every image of the folder must have a label and every label an image: otherwise nothing is
 touched. ``VAL_DIR/valprep_manifest.csv`` lists each file and its class; a second run finds the folder sorted and
-does nothing. An interrupted run is finished by running it again.
+does nothing. An interrupted run (SIGINT, SIGTERM) is finished by running it again; a manifest whose entries would
+move an image out of the folder, or that leaves images of the folder unlisted, is refused before anything moves. A
+class folder on another filesystem is filled by copy, rename, then delete: each image is whole in one place.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import os
 import re
+import shutil
 import tarfile
 
 from common import files
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error, sigterm_raises
 
 MANIFEST_NAME = "valprep_manifest.csv"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
@@ -122,6 +126,38 @@ def read_manifest(folder: str) -> list[tuple[str, str]] | None:
         return [(row["file"], row["class"]) for row in csv.DictReader(f)]
 
 
+def check_manifest(folder: str, moves: list[tuple[str, str]]) -> None:
+    """Refuse a manifest that could move an image out of ``folder`` (a file entry that is not a bare val image
+    name, a class that is not a wnid) or that leaves images of the folder unsorted (an entry-less or partial list),
+    before anything is moved."""
+    path = os.path.join(folder, MANIFEST_NAME)
+    listed = set()
+    for row, (name, wnid) in enumerate(moves, 2):
+        if not VAL_NUMBER.fullmatch(os.path.splitext(name)[0]) or os.path.basename(name) != name \
+                or not WNID.fullmatch(wnid):
+            raise UserError(f"{path!r} line {row} ({name!r} -> {wnid!r}) is not a val image name and a wnid; delete "
+                            f"{MANIFEST_NAME} and sort the folder afresh. Nothing was moved.")
+        listed.add(name)
+    flat = [name for name in image_files(folder) if name not in listed]
+    if flat or not moves:
+        what = f"does not list {flat[0]!r} (and {len(flat) - 1} more)" if flat else "lists no image"
+        raise UserError(f"{path!r} {what}; delete {MANIFEST_NAME} and sort the folder afresh. Nothing was moved.")
+
+
+def move(src: str, dest: str) -> None:
+    """Rename ``src`` to ``dest``; across filesystems (EXDEV: a class folder on another disk) copy it to a temporary
+    file there, rename that into place, then delete ``src``, so that the image is whole in one place or both."""
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with open(src, "rb") as f:
+            files.atomic_write(dest, lambda out: shutil.copyfileobj(f, out))
+        shutil.copystat(src, dest)
+        os.unlink(src)
+
+
 def sort_folder(folder: str, moves: list[tuple[str, str]], link: bool) -> int:
     """Move (or hard-link) each file into its class folder; return how many were placed this time. The manifest
     is written first, so that a rerun after an interruption knows the whole plan."""
@@ -132,24 +168,34 @@ def sort_folder(folder: str, moves: list[tuple[str, str]], link: bool) -> int:
     for name, wnid in moves:
         src, dest = os.path.join(folder, name), os.path.join(folder, wnid, name)
         if os.path.exists(dest):
+            if not link and os.path.isfile(src) and not os.path.samefile(src, dest) \
+                    and os.path.getsize(src) == os.path.getsize(dest):
+                os.unlink(src)  # a copy across filesystems stopped before the original was deleted
             continue
         if not os.path.exists(src):
             raise UserError(f"{src!r}, listed in {MANIFEST_NAME}, is neither there nor in {wnid}/; restore it, or "
                             f"delete {MANIFEST_NAME} and sort the folder afresh.")
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        (os.link if link else os.replace)(src, dest)
+        try:
+            (os.link if link else move)(src, dest)
+        except OSError as exc:
+            raise UserError(f"cannot {'link' if link else 'move'} {src!r} into {wnid}/ ({exc.strerror}); "
+                            f"{'sort without --link, or ' if link else ''}make the class folder writable and run it "
+                            "again: the images already placed stay listed.") from None
         placed += 1
     return placed
 
 
 def main(args: argparse.Namespace) -> dict:
     """Sort ``args.val_dir``; returns what was done (for tests)."""
-    with exit_on_user_error():
+    with exit_on_user_error(), sigterm_raises():
         folder = args.val_dir
         if not os.path.isdir(folder):
             raise UserError(f"{folder!r} is not a folder; give the val folder holding ILSVRC2012_val_*.JPEG.")
         moves = read_manifest(folder)
-        if moves is None:
+        if moves is not None:
+            check_manifest(folder, moves)
+        else:
             labels = devkit_labels(args.devkit) if args.devkit else kaggle_labels(args.labels)
             moves = plan(folder, labels, args.devkit or args.labels)
         placed = sort_folder(folder, moves, args.link)
