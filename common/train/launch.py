@@ -48,8 +48,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--resume {args.resume!r} does not exist; check the path, or use --resume auto.")
     files.make_output_dir(args.output_dir)
     if not (args.evaluate or getattr(args, "profile_input", None) or getattr(args, "check_data", False)):
-        # a run that trains writes a run record; evaluating, profiling and scanning write none
-        resume.check_fresh_output_dir(args.output_dir, bool(args.resume), args.overwrite)
+        # a run that trains writes a run record; evaluating, profiling and scanning write none. Under torchrun
+        # --resume defaults to auto (run_torchrun), so an elastic restart continues its own record.
+        resuming = bool(args.resume) or distributed.torchrun_env() is not None
+        resume.check_fresh_output_dir(args.output_dir, resuming, args.overwrite)
 
 
 def check_data(source: formats.DataSource, workers: int | None) -> int:
