@@ -51,7 +51,7 @@ from common import files, limits
 from common.cli import defaults, options
 from common.data import sampling, transforms
 from common.models import factory, loading, onnx_model, preprocess
-from common.predict import inference
+from common.predict import inference, quantize
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export a model to ONNX or torch.export, checked against PyTorch before it is written.",
         parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
-                 options.inference_parser(onnx=False, batch_help=CHECK_HELP)])
+                 options.inference_parser(onnx=False, batch_help=CHECK_HELP), options.int8_parser()])
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="the file to write: *.onnx (ONNX) or *.pt2 (torch.export)")
     parser.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None,
@@ -111,6 +111,7 @@ def check_args(args: argparse.Namespace) -> Target:
     files.check_apart(args.output, "--output", {"--ckpt": args.ckpt, "--weights": args.weights,
                                                 "--classes": args.classes, "--data": args.data})
     files.make_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
+    options.check_int8_args(args, fmt == "onnx")
     if fmt == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
             onnx_model.require(module, "export.py --format onnx")
@@ -269,6 +270,9 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if not args.no_check:
         where = "--data" if args.data else "generated"
         result.update(check(blob, target, (pixels, prep.norm), reference, args.tolerance, where))
+    if args.int8:
+        blob, int8 = to_int8(args, blob, (loaded, prep), target, meta, pixels)
+        result.update(int8, bytes=len(blob))
     files.write_atomically(target.path, lambda f: f.write(blob))
     print(f"=> wrote {target.path} ({len(blob) / 2**20:.1f} MiB, exported in {seconds:.1f} s)", flush=True)
     return result
@@ -293,6 +297,55 @@ def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.No
                         f"agreement {agree:.1f}%), so {target.path} was not written; try another --opset or "
                         "--no-fold-bn, or raise --tolerance if the difference is acceptable.")
     return {"max_diff": diff, "agreement": agree}
+
+
+def int8_settings(args: argparse.Namespace) -> quantize.Int8Settings:
+    return quantize.Int8Settings(args.int8_format, args.int8_types, args.calib_method, tuple(args.keep_fp32))
+
+
+def to_int8(args: argparse.Namespace, fp32: bytes, model: tuple[loading.LoadedModel, preprocess.EvalPreprocess],
+            target: Target, meta: dict[str, Any], pixels: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+    """Quantise the checked fp32 bytes (common/predict/quantize.py), measure what it costs on --data (else the
+    agreement on the check images), refuse a drop above --max-drop; the int8 bytes with their metadata."""
+    loaded, prep = model
+    settings, feed = int8_settings(args), quantize.feed_for(target.uint8, prep.norm)
+    calib = quantize.calibration_set(args.calib_data or args.data, not args.calib_data, prep, args.calib_images,
+                                     args.calib_seed, args.workers)
+    print(f"=> int8: ONNX Runtime static quantization, {settings.describe()} on {calib.count} images of "
+          f"{calib.source} ({calib.classes} classes, seed {calib.seed}) through "
+          f"{prep.describe(True)}", flush=True)
+    q = quantize.quantize(fp32, calib, feed, settings, loaded.arch)
+    out = {"int8": True, "fp32_bytes": len(fp32), "calibration_batch": q.first_batch, "kept_fp32": q.kept}
+    if args.data:
+        out.update(quantize.evaluate(args.data, loaded, prep, (fp32, q.blob), feed, args.workers))
+        out["drop"] = out["fp32_top1"] - out["int8_top1"]
+        print(f"=> int8 on {out['images']} images of --data: top-1 fp32 {out['fp32_top1']:.2f}%, int8 "
+              f"{out['int8_top1']:.2f}% (drop {out['drop']:.2f} points), agreement {out['agreement']:.1f}%",
+              flush=True)
+    else:
+        out["agreement"] = quantize.agreement((fp32, q.blob), pixels, feed)
+        print(f"=> int8 agreement with fp32 on {len(pixels)} generated images: {out['agreement']:.1f}% (no --data: "
+              "top-1 and --max-drop not checked)", flush=True)
+    if out.get("drop", 0.0) > args.max_drop and not args.force_int8:
+        worst = quantize.sensitive_layers(q, calib, feed) if settings.fmt == "qdq" else []
+        names = ", ".join(f"{layer} ({sqnr:.1f} dB)" for layer, sqnr in worst) or "see --int8-format qdq"
+        raise UserError(f"int8 costs {out['drop']:.2f} top-1 points (more than --max-drop {args.max_drop:g}), so "
+                        f"{target.path} was not written; the most sensitive layers: {names}; keep some in fp32 "
+                        "with --keep-fp32, try --calib-method entropy or percentile, or pass --force-int8.")
+    meta = {**meta, **int8_metadata(settings, calib, out)}
+    print(f"=> int8 file {len(q.blob) / 2**20:.1f} MiB against fp32 {len(fp32) / 2**20:.1f} MiB "
+          f"({len(fp32) / max(1, len(q.blob)):.1f}x smaller)", flush=True)
+    return quantize.with_metadata(q.blob, meta), {**out, "metadata": meta}
+
+
+def int8_metadata(settings: quantize.Int8Settings, calib: quantize.Calibration, out: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """What the int8 file records of its making (metadata_props; the fp32 export's entries stay)."""
+    rounded = {k: round(out[k], 2) for k in ("fp32_top1", "int8_top1", "agreement") if k in out}
+    return {"precision": "int8", "int8_format": settings.fmt, "int8_types": settings.types,
+            "int8_method": settings.method, "calibration": calib.source, "calibration_images": calib.count,
+            "calibration_seed": calib.seed, "calibration_sha256": calib.digest,
+            "int8_eval_images": out.get("images"), **rounded, "kept_fp32": json.dumps(out["kept_fp32"])}
 
 
 def header(loaded: loading.LoadedModel, source: loading.ModelSource, target: Target,

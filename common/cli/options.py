@@ -412,3 +412,52 @@ def check_onnx_args(args: argparse.Namespace) -> None:
     if torch_only:
         raise UserError(f"{torch_only[0]} is a PyTorch feature that does not apply to an ONNX model (onnxruntime "
                         f"runs it in fp32); drop {torch_only[0]}.")
+
+
+# export.py --int8: the choices of ONNX Runtime's static quantization; defaults measured (docs/deploy.md).
+INT8_FORMATS = ("qdq", "operator")
+INT8_TYPES = ("u8s8", "s8s8")  # activations, weights: uint8/int8 or int8/int8
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_IMAGES = 256
+MAX_DROP = 1.0
+
+
+def int8_parser() -> argparse.ArgumentParser:
+    """export.py's int8 group: ``--int8``, the calibration set and method, the quantisation format and types, the
+    accepted accuracy drop and the layers kept in fp32."""
+    parser, g = _group("int8 (ONNX Runtime static quantization)")
+    g.add_argument("--int8", action="store_true",
+                   help="quantise the ONNX model to int8 (per-channel weights), calibrated on --calib-data")
+    g.add_argument("--calib-data", default=None, metavar="DIR",
+                   help="labelled images to calibrate on, any format test.py reads (default: the training split "
+                        "of --data)")
+    g.add_argument("--calib-images", type=POSITIVE_INT, default=CALIB_IMAGES, metavar="N",
+                   help=f"calibration images, drawn across classes (default: {CALIB_IMAGES})")
+    g.add_argument("--calib-seed", type=SEED, default=0, metavar="N", help="seed of the calibration draw (default: 0)")
+    g.add_argument("--calib-method", choices=CALIB_METHODS, default=CALIB_METHODS[0],
+                   help=f"activation range estimate (default: {CALIB_METHODS[0]})")
+    g.add_argument("--int8-format", choices=INT8_FORMATS, default=INT8_FORMATS[0],
+                   help=f"QuantizeLinear/DequantizeLinear pairs or QLinear* operators (default: {INT8_FORMATS[0]})")
+    g.add_argument("--int8-types", choices=INT8_TYPES, default=INT8_TYPES[0],
+                   help=f"activation and weight types: uint8/int8 or int8/int8 (default: {INT8_TYPES[0]}, the "
+                        "faster one on x86 here)")
+    g.add_argument("--max-drop", type=NON_NEGATIVE, default=MAX_DROP, metavar="POINTS",
+                   help=f"largest top-1 drop on --data accepted before the file is refused (default: {MAX_DROP:g})")
+    g.add_argument("--force-int8", action="store_true", help="write the int8 file even above --max-drop")
+    g.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN",
+                   help="layers left in fp32: module names or ONNX node names, with * wildcards (conv_stem, "
+                        "classifier, 'blocks.0.*'), or 'depthwise' for every depthwise convolution")
+    return parser
+
+
+def check_int8_args(args: argparse.Namespace, onnx: bool) -> None:
+    """Refuse int8 flags without ``--int8``, and ``--int8`` for another format or without calibration images."""
+    given = [f for f, on in (("--calib-data", args.calib_data), ("--force-int8", args.force_int8),
+                             ("--keep-fp32", args.keep_fp32)) if on]
+    if given and not args.int8:
+        raise UserError(f"{given[0]} applies only to an int8 export; add --int8 or drop {given[0]}.")
+    if args.int8 and not onnx:
+        raise UserError("--int8 writes an ONNX model; name --output *.onnx (or give --format onnx).")
+    if args.int8 and not (args.calib_data or getattr(args, "data", None)):
+        raise UserError("--int8 calibrates on images: give --calib-data DIR (or --data DIR, whose training split "
+                        "is then used).")
