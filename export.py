@@ -29,7 +29,7 @@ max(1, largest |logit|) and the top-1 classes must agree on every image (where t
 classes tie within the tolerance, either counts); otherwise the exit status is 2 and no file is written.
 --no-check skips it. The file is written whole (temporary file, then rename) or not at all.
 """
-from common.errors import UserError, exit_on_user_error, quiet_ctrl_c, sigterm_raises
+from common.errors import UserError, exit_on_user_error, first_line, quiet_ctrl_c, sigterm_raises
 
 quiet_ctrl_c(__name__)  # as a program: a Ctrl+C while torch loads prints one line, not a traceback
 
@@ -157,7 +157,7 @@ def reference_logits(model: nn.Module, batch: torch.Tensor, arch: str, crop: int
         with torch.inference_mode():
             return factory.logits_of(model(batch)).float()
     except RuntimeError as exc:
-        raise UserError(f"{arch} cannot run on {crop}x{crop} px inputs ({str(exc).splitlines()[0][:120]}); pass a "
+        raise UserError(f"{arch} cannot run on {crop}x{crop} px inputs ({first_line(exc)}); pass a "
                         "larger --val-crop-size (and --val-resize-size).") from None
 
 
@@ -263,7 +263,7 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     try:
         blob = export_onnx(net, example, target, meta) if target.fmt == "onnx" else export_program(net, example, meta)
     except Exception as exc:  # noqa: BLE001 - the exporters raise many types; one line says which model failed
-        raise UserError(f"{target.fmt} export of {loaded.arch} failed ({str(exc).strip().splitlines()[0][:160]}); "
+        raise UserError(f"{target.fmt} export of {loaded.arch} failed ({first_line(exc, 160)}); "
                         "nothing was written. Try another --opset, --no-fold-bn or --format.") from None
     seconds = time.perf_counter() - t0
     result = {"path": target.path, "bytes": len(blob), "seconds": seconds, "metadata": meta}

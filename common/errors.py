@@ -15,6 +15,13 @@ class UserError(Exception):
     """An error the user caused (bad path, bad flag, wrong checkpoint); its message says what to do."""
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of ``exc``'s message (at most ``limit`` characters), or its type's name when it has no text
+    (an EOFError from a zero-byte file has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def tolerant_console() -> Iterator[None]:
     """Print what cannot be encoded (a non-UTF-8 file name, on any console) as backslash escapes, not a crash.

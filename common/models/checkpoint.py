@@ -11,6 +11,7 @@ absurd allocation (a ``width_mult`` of 1e6 once asked for 1.7 TB).
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import pickle
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from common import files
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.limits import MAX_PIXELS, MAX_WIDTH_MULT
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -45,13 +46,36 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _strip(key: str) -> str:
+    while key.startswith(_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Remove leading ``module.`` / ``_orig_mod.`` that wrappers add to parameter names."""
-    out = {}
-    for key, value in state_dict.items():
-        while key.startswith(_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
+    """Remove leading ``module.`` / ``_orig_mod.`` that wrappers add to parameter names.
+
+    The state_dict's ``_metadata`` (each module's state version, which MNASNet and BatchNorm read on load) is kept,
+    with its keys stripped the same way; a plain dict rebuilt without it makes MNASNet refuse its own weights.
+    """
+    out = collections.OrderedDict((_strip(key), value) for key, value in state_dict.items())
+    metadata = getattr(state_dict, "_metadata", None)
+    if isinstance(metadata, dict):
+        # a wrapper's own entry ("module") becomes the model's (""), which it follows and so replaces
+        out._metadata = collections.OrderedDict(  # type: ignore[attr-defined]
+            (_strip(key + ".")[:-1] if key else key, value) for key, value in metadata.items())
+    return out
+
+
+def with_metadata(state: dict[str, Any], model: nn.Module, keep: Any = None) -> dict[str, Any]:
+    """``state`` (only the keys ``keep`` accepts, when given) as an OrderedDict carrying ``_metadata``: the file's
+    own when it has one, else ``model``'s, so that a state_dict saved without it (rebuilt as a plain dict by some
+    tool) still loads into modules that read their version (MNASNet)."""
+    out = collections.OrderedDict((k, v) for k, v in state.items() if keep is None or keep(k))
+    metadata = getattr(state, "_metadata", None)
+    if not isinstance(metadata, dict):
+        metadata = getattr(model.state_dict(keep_vars=True), "_metadata", {})
+    out._metadata = collections.OrderedDict(metadata)  # type: ignore[attr-defined]
     return out
 
 
@@ -113,6 +137,9 @@ def load_file(path: str, unsafe: bool = False) -> Any:
     path = _hub_weights(path) if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist; check the path.")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path!r} is empty (0 bytes), perhaps from an interrupted copy; pass a complete "
+                        "checkpoint file.")
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
     try:
@@ -128,7 +155,7 @@ def load_file(path: str, unsafe: bool = False) -> Any:
         raise UserError(f"{path} is not a PyTorch checkpoint ({exc}); pass a file saved with torch.save.") from None
     except Exception as exc:  # noqa: BLE001 (torch.load fails in many ways on a damaged file: RuntimeError, EOFError...)
         raise UserError(f"{path} could not be read as a PyTorch checkpoint (truncated or another format: "
-                        f"{str(exc).splitlines()[0][:120]}); pass a complete checkpoint file.") from None
+                        f"{first_line(exc)}); pass a complete checkpoint file.") from None
 
 
 def _hub_weights(folder: str) -> str:
@@ -152,7 +179,7 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} could not be read as a safetensors file ({str(exc).splitlines()[0][:120]}); pass "
+        raise UserError(f"{path} could not be read as a safetensors file ({first_line(exc)}); pass "
                         "a complete file.") from None
 
 
@@ -251,7 +278,7 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: str, hint
     """
     own = model.state_dict()
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
-    result = model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
+    result = model.load_state_dict(with_metadata(state, model, keep=lambda k: k not in wrong), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(optional)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(optional)]
     if wrong or missing or unexpected:

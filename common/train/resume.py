@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.models import checkpoint
 from common.train.loop import ResumePoint, Run
 
@@ -17,7 +17,7 @@ def restore_state(target: Any, state: dict | None, path: str, what: str) -> None
     try:
         target.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
-        raise UserError(f"{path}: its {what} state does not fit this run ({str(exc).splitlines()[0][:120]}); "
+        raise UserError(f"{path}: its {what} state does not fit this run ({first_line(exc)}); "
                         "resume with the flags it was trained with.") from None
 
 
