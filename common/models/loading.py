@@ -82,10 +82,18 @@ def _build(arch: str, num_classes: int, width_mult: float) -> nn.Module:
 
 
 def _from_state_dict(state: dict[str, torch.Tensor], path: str, arch: str, width_mult: float) -> nn.Module:
-    """Build ``arch`` with as many outputs as the file's classifier has, and load the file into it."""
+    """Build ``arch`` with as many outputs as the file's classifier has, and load the file into it.
+
+    The model is built with that many classes, as training built it (GoogLeNet's and Inception's auxiliary heads
+    and MaxViT's bias-free classifier then match); a file whose head was replaced after loading ImageNet weights
+    (a plain biased ``nn.Linear``) gets the same replacement here.
+    """
     model = _build(arch, factory.IMAGENET_CLASSES, width_mult)
-    head = state.get(factory.classifier_name(model) + ".weight")
+    name = factory.classifier_name(model)
+    head = state.get(name + ".weight")
     if head is not None and head.shape[0] != factory.IMAGENET_CLASSES:
+        model = _build(arch, head.shape[0], width_mult)
+    if head is not None and (name + ".bias" in state) != (name + ".bias" in model.state_dict()):
         factory.replace_head(model, head.shape[0])
     checkpoint.load_exact(model, state, path, f"pass the -a/--arch (and --width-mult) it was trained with, not "
                           f"-a {arch}.", optional=AUX_PREFIXES)
