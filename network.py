@@ -17,6 +17,11 @@ on them; --train-augment uses RandomResizedCrop + flip instead, and then every e
 
     python network.py --data /data/flowers --train-augment --train-crop-size 224
 
+Distilled from a teacher of the same classes (any checkpoint of this project): with the feature cache, the teacher's
+logits are computed once per image beside the features, so distillation costs nothing per epoch:
+
+    python network.py --data /data/flowers --kd-checkpoint runs/teacher/model_best.pth.tar --kd-temperature 4
+
 SIGTERM or Ctrl+C stops after the step in hand with a checkpoint, as the training scripts do (exit status 143 or
 130); --resume auto continues from it.
 """
@@ -37,12 +42,12 @@ from torchvision.models.feature_extraction import (
 
 from common.cli import options
 from common.cli.process import exit_on_stop
-from common.data import loaders, sampling, unreadable
+from common.data import loaders, sampling, transforms, unreadable
 from common.models import checkpoint, factory
 from common.parallel import distributed, faults
 from common.parallel.distributed import DistContext
 from common.report.progress import Progress
-from common.train import engine, launch, loop, resume, schedule
+from common.train import distill, engine, launch, loop, resume, schedule
 from common.train.step import TrainStep
 
 LOG_NAME = "network.csv"
@@ -53,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Train a new classifier head on a frozen pretrained backbone (ImageNet weights or a file).",
         parents=[options.data_parser(), options.model_parser("resnet50", dropout=False),
                  options.train_parser(recipes=False, mid_epoch_checkpoints=False, torchrun=False),
-                 options.device_parser()])
+                 options.kd_parser(), options.device_parser()])
     parser.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=None,
                         help="compute the frozen backbone's features once and train the head on them (default: on, "
                              "unless --train-augment)")
@@ -98,17 +103,46 @@ def build_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, 
 
 
 class FeatureSet(Dataset):
-    """Cached head inputs; indexed with a list of positions, it returns a whole batch ``(features, targets, paths)``."""
+    """Cached head inputs; indexed with a list of positions, it returns a whole batch ``(features, targets, paths)``.
 
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        self.features, self.targets = features, targets
+    With the teacher's cached logits, each row of the batch is ``[features | teacher logits]``, (N, D + C): the head
+    reads the first D columns (``PackedHead``) and the distillation loss the rest (``CachedSoftTargets``)."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None
+                 ) -> None:
+        self.features, self.targets, self.teacher_logits = features, targets, teacher_logits
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return self.features[index], self.targets[index], [""] * len(indices)
+        rows = self.features[index]
+        if self.teacher_logits is not None:
+            rows = torch.cat([rows, self.teacher_logits[index].to(rows.dtype)], dim=1)
+        return rows, self.targets[index], [""] * len(indices)
+
+
+class PackedHead(nn.Module):
+    """The head applied to the first ``width`` columns of a batch: the features, without the cached logits that
+    follow them in training batches (validation batches hold the features alone)."""
+
+    def __init__(self, head: nn.Module, width: int) -> None:
+        super().__init__()
+        self.head, self.width = head, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, :self.width])
+
+
+class CachedSoftTargets:
+    """The teacher of a run on cached features: its logits are the columns after the first ``width``."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.width:]
 
 
 def feature_loader(features: FeatureSet, sampler, batch_size: int) -> DataLoader:
@@ -152,9 +186,11 @@ def head_gives_output(head: nn.Module, taps: dict[str, torch.Tensor], first: boo
 
 
 def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: DistContext, show: loop.PassConfig,
-                     stop: faults.StopRequest | None = None) -> FeatureSet | None:
-    """The head's input for every image, in dataset order (torchvision's create_feature_extractor); None, with a
-    notice, when it cannot be cached: layers follow the head (SqueezeNet), or torch.fx cannot trace the model.
+                     stop: faults.StopRequest | None = None, teacher: distill.Teacher | None = None
+                     ) -> FeatureSet | None:
+    """The head's input for every image, in dataset order (torchvision's create_feature_extractor), and the
+    ``teacher``'s logits for it when given; None, with a notice, when it cannot be cached: layers follow the head
+    (SqueezeNet), torch.fx cannot trace the model, or a teacher is given and the head's input is not one vector.
 
     A signal caught by ``stop`` ends it after the batch in hand (``faults.Interrupted``): nothing is trained yet.
     """
@@ -164,6 +200,7 @@ def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: 
     head = model.get_submodule(head_name)
     progress = Progress(len(loader), [], show.prefix, show.print_freq, ctx.is_main)
     features, targets, pos = None, torch.empty(len(loader.dataset), dtype=torch.long), 0
+    soft = None
     taps.eval()
     try:
         with torch.no_grad():  # not inference_mode: the cached tensors are later used in autograd
@@ -177,9 +214,17 @@ def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: 
                     print(f"=> layers follow the classifier {head_name}, so features are not cached; the backbone "
                           "runs every epoch", flush=True)
                     return None
+                if teacher is not None and seen["x"].dim() != 2:
+                    print(f"=> the input of {head_name} is not one vector per image, so the teacher's logits are "
+                          "not cached with it; the backbone and teacher run every epoch", flush=True)
+                    return None
                 if features is None:  # (N, *head input shape), on the CPU so that ImageNet-sized caches fit
                     features = torch.empty((len(loader.dataset), *seen["x"].shape[1:]), dtype=seen["x"].dtype)
                 features[pos:pos + len(target)] = seen["x"].cpu()
+                if teacher is not None:
+                    logits = teacher(transforms.to_model_input(images, ctx.device, norm=show.norm)).float().cpu()
+                    soft = torch.empty((len(loader.dataset), logits.shape[1])) if soft is None else soft
+                    soft[pos:pos + len(target)] = logits
                 targets[pos:pos + len(target)] = target
                 pos += len(target)
                 progress.step(i)
@@ -189,17 +234,20 @@ def extract_features(model: nn.Module, head_name: str, loader: DataLoader, ctx: 
         progress.close()
     if features is None:
         return None
-    return FeatureSet(features[:pos], targets[:pos])  # fewer rows than images when unreadable ones were dropped
+    # fewer rows than images when unreadable ones were dropped
+    return FeatureSet(features[:pos], targets[:pos], None if soft is None else soft[:pos])
 
 
 def cache_loaders(args: argparse.Namespace, run: loop.Run, head_name: str, train_set: Dataset, ctx: DistContext,
                   stop: faults.StopRequest) -> tuple[DataLoader, DataLoader] | None:
-    """Loaders over the cached train and val features, or None if they cannot be cached."""
+    """Loaders over the cached train and val features (train with the teacher's logits when distilling), or None
+    if they cannot be cached."""
     t0 = time.time()
     ordered = loaders.ordered_loader(args.data_source, train_set, run.train_loader.batch_size,
                                      run.train_loader.num_workers, ctx.device)
     train_feats = extract_features(run.model, head_name, ordered, ctx,
-                                   loop.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop)
+                                   loop.PassConfig("Features train: ", args.print_freq, norm=run.norm), stop,
+                                   run.step.teacher if run.step is not None else None)
     if train_feats is None:
         return None
     val_feats = extract_features(run.model, head_name, run.val_loader, ctx,
@@ -227,13 +275,33 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
     run = loop.Run(model, train_loader, val_loader, criterion, optimizer,
                      schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None),
                      norm=engine.normalization(args))
+    teacher, args.kd_description = engine.build_teacher(args, classes, ctx)
+    if teacher is not None:  # the step is rebuilt for what is trained once the features are cached (``step_for``)
+        run.step = TrainStep(model, distill.DistillLoss(criterion, engine.kd_config(args)), optimizer,
+                             run.scheduler, run.precision, teacher=teacher)
     return run, head_name, train_set
 
 
 def trainee(run: loop.Run, head_name: str) -> loop.Trainee:
-    """The head alone on cached features; else the whole model, with only the head in training mode."""
+    """The head alone on cached features (reading the features of rows that carry the teacher's logits too); else
+    the whole model, with only the head in training mode."""
     head = run.model.get_submodule(head_name)
-    return loop.Trainee(head) if isinstance(run.train_loader.dataset, FeatureSet) else loop.Trainee(run.model, head)
+    features = run.train_loader.dataset
+    if not isinstance(features, FeatureSet):
+        return loop.Trainee(run.model, head)
+    if features.teacher_logits is not None:
+        return loop.Trainee(PackedHead(head, features.features.shape[1]))
+    return loop.Trainee(head)
+
+
+def step_for(run: loop.Run, trained: loop.Trainee) -> TrainStep:
+    """The training step of what is trained: plain cross-entropy, or distillation from the live teacher (images) or
+    from the cached logits (features)."""
+    teacher = run.step.teacher if run.step is not None else None
+    if teacher is not None and isinstance(trained.module, PackedHead):
+        teacher = CachedSoftTargets(trained.module.width)
+    criterion = run.step.criterion if teacher is not None else run.criterion
+    return TrainStep(trained.module, criterion, run.optimizer, run.scheduler, run.precision, teacher=teacher)
 
 
 def header(args: argparse.Namespace, ctx: DistContext, run: loop.Run, head_name: str, cache: bool) -> str:
@@ -250,7 +318,14 @@ def header(args: argparse.Namespace, ctx: DistContext, run: loop.Run, head_name:
             f"({args.data_source.describe()}), {len(run.classes)} classes | 1 process on {ctx.device.type} | "
             f"batch {args.batch_size} | lr {args.lr} "
             f"{args.lr_schedule} schedule | epochs {args.epochs} | train transform: {transform} | feature cache "
-            f"{'on' if cache else 'off'} | output {args.output_dir}")
+            f"{'on' if cache else 'off'} | output {args.output_dir}" + distillation_note(args, run))
+
+
+def distillation_note(args: argparse.Namespace, run: loop.Run) -> str:
+    """`` | distillation from ...`` when a teacher is set (its logits are cached with the features when they are)."""
+    if run.step is None or run.step.teacher is None:
+        return ""
+    return f" | distillation from {args.kd_description}; {distill.describe(engine.kd_config(args))}"
 
 
 def loop_config(args: argparse.Namespace) -> loop.LoopConfig:
@@ -283,7 +358,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
             stop.uninstall()  # nothing to save: a signal may stop the evaluation at once
             val = loop.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq, norm=run.norm)
             return {"best_acc1": val.top1, "best_epoch": None, "val": val}
-        run.step = TrainStep(trained.module, run.criterion, run.optimizer, run.scheduler, run.precision)
+        run.step = step_for(run, trained)
         return loop.train_loop(run, ctx, loop_config(args), start, trained, stop)
     finally:
         stop.uninstall()

@@ -80,7 +80,7 @@ def fill_training_defaults(args: argparse.Namespace) -> None:
     if getattr(args, "demo", False):  # network.py has no --demo
         apply_demo_defaults(args)
     fill_size_defaults(args)
-    apply_recipe(args)
+    apply_recipe(args, _declared_defaults() if getattr(args, "recipe", None) else None)
 
 
 def data_source(args: argparse.Namespace) -> formats.DataSource:

@@ -29,6 +29,7 @@ from common.limits import (
 from common.models.factory import check_arch
 
 LR_SCHEDULES = ("step", "linear", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 POSITIVE_INT = Number(int, 1)
 NON_NEGATIVE_INT = Number(int, 0)
 POSITIVE = Number(float, 0, low_open=True)
@@ -146,13 +147,13 @@ def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True,
     g.add_argument("--momentum", type=FRACTION, default=None, help=f"SGD momentum, in [0, 1) ({default('momentum')})")
     g.add_argument("--wd", "--weight-decay", type=NON_NEGATIVE, default=None, dest="weight_decay",
                    help=f"weight decay ({default('weight_decay')})")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+    g.add_argument("--lr-schedule", "--sched", choices=LR_SCHEDULES, default=None, dest="lr_schedule",
                    help="step: x gamma every --lr-step-size epochs; linear: per-iteration decay to 0; "
                         f"cosine: per-iteration cosine to 0; constant ({default('lr_schedule')})")
-    g.add_argument("--lr-step-size", type=POSITIVE_INT, default=None,
-                   help=f"epochs between step decays ({default('lr_step_size')})")
-    g.add_argument("--lr-gamma", type=Number(float, 0, 1, low_open=True), default=None,
-                   help=f"step decay factor, in (0, 1] ({default('lr_gamma')})")
+    g.add_argument("--lr-step-size", "--decay-epochs", type=POSITIVE, default=None, dest="lr_step_size",
+                   help=f"epochs between step decays, may be fractional (2.4) ({default('lr_step_size')})")
+    g.add_argument("--lr-gamma", "--decay-rate", type=Number(float, 0, 1, low_open=True), default=None,
+                   dest="lr_gamma", help=f"step decay factor, in (0, 1] ({default('lr_gamma')})")
     g.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=None,
                    help=f"linear warm-up epochs, per iteration ({default('warmup_epochs')})")
     g.add_argument("--label-smoothing", type=FRACTION, default=None,
@@ -186,6 +187,12 @@ def recipe_parser() -> argparse.ArgumentParser:
                    help="defaults for every optimisation flag (each still overridable): resnet = the PyTorch "
                         "ImageNet example; ghostnet = the GhostNet paper; ghostnet-finetune = its second stage "
                         f"(default: {DEFAULT_RECIPE})")
+    g.add_argument("--opt", choices=OPTIMIZERS, default=None,
+                   help="optimiser: sgd, adamw (decoupled weight decay) or rmsproptf (RMSprop in TensorFlow's form, "
+                        f"as timm's RMSpropTF; --momentum applies) ({default_help('opt')})")
+    g.add_argument("--opt-eps", type=POSITIVE, default=None, metavar="EPS",
+                   help="epsilon of adamw and rmsproptf (default: ghostnetv2 0.001, else the optimiser's own: "
+                        "adamw 1e-8, rmsproptf 1e-10)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Nesterov momentum ({default_help('nesterov')})")
     g.add_argument("--norm-weight-decay", type=NON_NEGATIVE, default=None, metavar="WD",
@@ -195,9 +202,10 @@ def recipe_parser() -> argparse.ArgumentParser:
                    help="MixUp with this Beta alpha (default: 0 = off)")
     g.add_argument("--cutmix-alpha", type=NON_NEGATIVE, default=0.0,
                    help="CutMix with this Beta alpha; with MixUp too, each batch gets one of them (default: 0 = off)")
-    g.add_argument("--model-ema", action="store_true",
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an exponential moving average of the weights; it is evaluated and saved alongside "
-                        "the raw weights, and the better of the two is marked in the checkpoint")
+                        "the raw weights, and the better of the two is marked in the checkpoint (default: on with "
+                        "--recipe ghostnetv2/ghostnetv3, else off)")
     g.add_argument("--model-ema-decay", type=Number(float, 0, 1, low_open=True, high_open=True), default=0.9998,
                    help="EMA decay per optimizer step, in (0, 1) (default: 0.9998)")
     g.add_argument("--clip-grad-norm", type=POSITIVE, default=None, metavar="NORM",
@@ -213,6 +221,46 @@ def recipe_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-samples", action="store_true",
                    help="save the first training batch, after augmentation, as --output-dir/train_samples.png")
     return parser
+
+
+def kd_parser() -> argparse.ArgumentParser:
+    """Knowledge distillation from a teacher (timm's flag names): which model, and how its soft targets are weighed."""
+    parser, g = _group("knowledge distillation")
+    g.add_argument("--kd-model", default=None, metavar="ARCH",
+                   help="distil from a teacher of this architecture (with --kd-checkpoint or --kd-pretrained); "
+                        "with --kd-checkpoint alone the checkpoint's own architecture is used (default: no teacher)")
+    g.add_argument("--kd-checkpoint", default=None, metavar="PATH",
+                   help="the teacher's weights: a checkpoint of this project or a state_dict (then give --kd-model)")
+    g.add_argument("--kd-pretrained", action="store_true", help="the teacher is --kd-model with ImageNet weights")
+    g.add_argument("--kd-width-mult", type=Number(float, 0, MAX_WIDTH_MULT, low_open=True), default=1.0,
+                   metavar="W", help="the teacher's GhostNet width multiplier, for a state_dict (default: 1.0)")
+    g.add_argument("--kd-temperature", type=POSITIVE, default=None, metavar="T",
+                   help=f"softmax temperature of the soft targets ({default_help('kd_temperature')})")
+    g.add_argument("--kd-loss-weight", type=NON_NEGATIVE, default=None, metavar="W",
+                   help="weight of T^2 * KL(teacher || student) at temperature T "
+                        f"({default_help('kd_loss_weight')})")
+    g.add_argument("--task-loss-weight", type=NON_NEGATIVE, default=None, metavar="W",
+                   help="weight of the task loss (cross-entropy with label smoothing, MixUp/CutMix targets) "
+                        f"({default_help('task_loss_weight')})")
+    return parser
+
+
+def check_kd_args(args: argparse.Namespace, archs: list[str]) -> None:
+    """The teacher flags against each other: a teacher needs weights, and one source of them."""
+    if not (getattr(args, "kd_model", None) or getattr(args, "kd_checkpoint", None) or
+            getattr(args, "kd_pretrained", False)):
+        return
+    if args.kd_checkpoint and args.kd_pretrained:
+        raise UserError("--kd-checkpoint and --kd-pretrained both name the teacher's weights; give one of them.")
+    if not (args.kd_checkpoint or args.kd_pretrained):
+        raise UserError(f"--kd-model {args.kd_model} needs weights: add --kd-pretrained (ImageNet weights) or "
+                        "--kd-checkpoint PATH (a randomly initialised teacher teaches nothing).")
+    if args.kd_pretrained and not args.kd_model:
+        raise UserError("--kd-pretrained needs --kd-model to say which ImageNet model teaches.")
+    if args.kd_checkpoint and not os.path.isfile(args.kd_checkpoint):
+        raise UserError(f"--kd-checkpoint {args.kd_checkpoint!r} does not exist; check the path.")
+    if args.kd_model:
+        check_arch(args.kd_model, archs)
 
 
 def augment_parser() -> argparse.ArgumentParser:
@@ -324,7 +372,7 @@ def training_parser(description: str, gpu: bool = True, ddp: bool = True,
     (``ddp``), and among those the mp.spawn flags (``spawn``)."""
     devices = [device_parser(gpu)] + ([process_group_parser(), launch_parser(spawn)] if ddp else [])
     groups = [data_parser(demo=True), model_parser(), train_parser(), recipe_parser(), augment_parser(),
-              speed_parser(), check_data_parser(), profile_parser()]
+              kd_parser(), speed_parser(), check_data_parser(), profile_parser()]
     return argparse.ArgumentParser(description=description, parents=groups + devices)
 
 
@@ -332,6 +380,7 @@ def check_training_args(args: argparse.Namespace, archs: list[str]) -> None:
     """Check the flags every training script shares against each other, before any work starts (their values are
     checked by their ``type=``); ``defaults.fill_training_defaults`` has filled what depends on other flags."""
     check_arch(args.arch, archs)
+    check_kd_args(args, archs)
     if hasattr(args, "recipe"):
         check_recipe_args(args)
     if getattr(args, "sync_bn", False) and args.no_accel:
@@ -347,6 +396,8 @@ def check_recipe_args(args: argparse.Namespace) -> None:
         low, high = getattr(args, name)
         if low > high:
             raise UserError(f"--{name.replace('_', '-')} {low} {high}: give MIN <= MAX.")
+    if args.nesterov and args.opt != "sgd":
+        raise UserError(f"--nesterov is SGD's; drop it, or use --opt sgd instead of --opt {args.opt}.")
     if args.nesterov and not args.momentum:
         raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov.")
     if args.finetune_from and args.resume:

@@ -24,7 +24,7 @@ from common.errors import UserError
 from common.models import checkpoint, factory
 from common.parallel.distributed import DistContext
 from common.parallel.precision import choose_precision
-from common.train import optim, schedule
+from common.train import distill, optim, schedule
 from common.train.inputs import SAMPLES_NAME, profile_input, save_samples
 from common.train.loop import (
     LoopConfig,
@@ -67,16 +67,42 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
     if args.compile:
         model = torch.compile(model)
     seed_process(args.seed, offset=ctx.rank)
-    optimizer = optim.build_optimizer(model, optim.OptimConfig(args.lr, args.momentum, args.weight_decay,
-                                                               args.nesterov, args.norm_weight_decay))
+    optimizer = optim.build_optimizer(model, optim_config(args))
     sched_cfg = schedule.ScheduleConfig(args.lr_schedule, args.epochs, len(train_loader), args.warmup_epochs,
                                         args.lr_step_size, args.lr_gamma)
     scheduler = schedule.build_scheduler(optimizer, sched_cfg)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
-    step = TrainStep(model, criterion, optimizer, scheduler, precision, args.accum_steps, args.clip_grad_norm,
-                     optim.build_mix(args.mixup_alpha, args.cutmix_alpha, len(classes)), ema)
+    teacher, args.kd_description = build_teacher(args, classes, ctx)
+    step = TrainStep(model, distill.DistillLoss(criterion, kd_config(args)) if teacher else criterion, optimizer,
+                     scheduler, precision, args.accum_steps, args.clip_grad_norm,
+                     optim.build_mix(args.mixup_alpha, args.cutmix_alpha, len(classes)), ema, teacher)
     return Run(model, train_loader, val_loader, criterion, optimizer, scheduler, classes, bad_log, step, ema, precision,
                normalization(args))
+
+
+def optim_config(args: argparse.Namespace) -> optim.OptimConfig:
+    """The optimiser the flags ask for (``--opt`` and its settings)."""
+    return optim.OptimConfig(args.lr, args.momentum, args.weight_decay, args.nesterov, args.norm_weight_decay,
+                             args.opt, args.opt_eps)
+
+
+def kd_config(args: argparse.Namespace) -> distill.KDConfig:
+    return distill.KDConfig(args.kd_temperature, args.kd_loss_weight, args.task_loss_weight)
+
+
+def teacher_spec(args: argparse.Namespace) -> distill.TeacherSpec:
+    return distill.TeacherSpec(args.kd_model, args.kd_checkpoint, args.kd_pretrained, args.kd_width_mult)
+
+
+def build_teacher(args: argparse.Namespace, classes: list[str],
+                  ctx: DistContext) -> tuple[distill.Teacher | None, str | None]:
+    """The frozen teacher on this process's device (each rank holds its own), and its description; (None, None)
+    without ``--kd-model``/``--kd-checkpoint``."""
+    spec = teacher_spec(args)
+    if not spec.wanted:
+        return None, None
+    teacher, description = distill.load_teacher(spec, classes, normalization(args))
+    return teacher.to(ctx.device), description
 
 
 def check_batchnorm_batch(model: nn.Module, num_samples: int, global_batch: int, world_size: int,
@@ -141,18 +167,22 @@ def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
                                           args.interpolation, normalization(args))
     pipeline = (f"=> input: {transforms.describe(augment_config(args), args.uint8_pipeline)}; "
                 f"{evaluation} (from {args.preprocess_source})")
-    return "\n".join([model, where, pipeline, optimisation_line(args, run)])
+    lines = [model, where, pipeline, optimisation_line(args, run)]
+    if run.step is not None and run.step.teacher is not None:
+        lines.append(f"=> distillation from {args.kd_description}; {distill.describe(kd_config(args))}")
+    return "\n".join(lines)
 
 
 def optimisation_line(args: argparse.Namespace, run: Run) -> str:
     """Recipe, effective global batch, lr, schedule, optimiser and regularisation of the run, in one line."""
     norm = "" if args.norm_weight_decay is None else f" (norm/bias {args.norm_weight_decay:g})"
+    step = f" x{args.lr_gamma:g} every {args.lr_step_size:g} epochs" if args.lr_schedule == "step" else ""
     extras = [name for name, on in (("EMA", run.ema is not None), ("MixUp/CutMix", run.step.mix is not None),
                                     (f"grad clip {args.clip_grad_norm}", args.clip_grad_norm),
                                     (f"{args.accum_steps} micro-batches", args.accum_steps > 1)) if on]
     return (f"=> {recipes.describe(args)}: global batch {args.batch_size}, lr {args.lr:g} {args.lr_schedule} "
-            f"schedule (warm-up {args.warmup_epochs:g} epochs), SGD momentum {args.momentum:g}"
-            f"{' Nesterov' if args.nesterov else ''}, wd {args.weight_decay:g}{norm}, label smoothing "
+            f"schedule{step} (warm-up {args.warmup_epochs:g} epochs), {optim.describe_optimizer(optim_config(args))}"
+            f", wd {args.weight_decay:g}{norm}, label smoothing "
             f"{args.label_smoothing:g}, {args.epochs} epochs" + (f"; {', '.join(extras)}" if extras else ""))
 
 

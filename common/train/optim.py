@@ -1,4 +1,5 @@
-"""Optimiser, weight-decay groups, model EMA and batch mixing (MixUp/CutMix) of the training engine."""
+"""Optimiser (SGD, AdamW, RMSprop in TensorFlow's form), weight-decay groups, model EMA and batch mixing (MixUp/CutMix)
+of the training engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,15 +12,74 @@ from torchvision.transforms import v2
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
+DEFAULT_EPS = {"sgd": None, "adamw": 1e-8, "rmsproptf": 1e-10}  # as torch's AdamW and timm's RMSpropTF
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD settings; ``norm_weight_decay`` None means the same decay for every parameter."""
+    """Optimiser settings; ``norm_weight_decay`` None means the same decay for every parameter. ``eps`` None is the
+    optimiser's own (DEFAULT_EPS); ``momentum`` and ``nesterov`` are SGD's and RMSpropTF's (AdamW has betas)."""
 
     lr: float
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
     norm_weight_decay: float | None = None
+    opt: str = "sgd"
+    eps: float | None = None
+    alpha: float = 0.9  # RMSpropTF's decay of the squared-gradient average (timm's and TensorFlow's 0.9)
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSprop as TensorFlow runs it (and timm's RMSpropTF with its defaults), which differs from torch's RMSprop in
+    three ways: the mean square starts at 1, not 0; ``eps`` is added inside the square root; and the learning rate
+    scales the update before it enters the momentum buffer, so a changed lr does not rescale past momentum.
+
+    Per parameter, with ``g`` the gradient plus ``weight_decay * p`` (L2 decay, not decoupled)::
+
+        ms  = alpha * ms + (1 - alpha) * g**2          # ms starts at 1
+        buf = momentum * buf + lr * g / sqrt(ms + eps)  # buf starts at 0
+        p   = p - buf                                  # without momentum: p - lr * g / sqrt(ms + eps)
+    """
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.9, eps: float = 1e-10, weight_decay: float = 0.0,
+                 momentum: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay,
+                                  "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        grad = p.grad
+        if group["weight_decay"]:
+            grad = grad.add(p, alpha=group["weight_decay"])
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["square_avg"] = torch.ones_like(p)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = torch.zeros_like(p)
+        state["step"] += 1
+        ms = state["square_avg"]
+        ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+        denom = ms.add(group["eps"]).sqrt_()
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf.mul_(group["momentum"]).addcdiv_(grad, denom, value=group["lr"])
+            p.sub_(buf)
+        else:
+            p.addcdiv_(grad, denom, value=-group["lr"])
 
 
 def split_norm_bias(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -43,9 +103,27 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float
             {"params": [p for p in special if p.requires_grad], "weight_decay": norm_weight_decay}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.opt`` over the model's trainable parameters, with their weight-decay groups (``param_groups``)."""
     groups = param_groups(model, cfg.weight_decay, cfg.norm_weight_decay)
-    return torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    eps = DEFAULT_EPS.get(cfg.opt) if cfg.eps is None else cfg.eps
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, cfg.lr, eps=eps)
+    if cfg.opt == "rmsproptf":
+        return RMSpropTF(groups, cfg.lr, alpha=cfg.alpha, eps=eps, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimiser {cfg.opt!r}")
+
+
+def describe_optimizer(cfg: OptimConfig) -> str:
+    """The optimiser in a few words for the run header, e.g. ``RMSpropTF momentum 0.9 eps 0.001``."""
+    if cfg.opt == "adamw":
+        return f"AdamW eps {DEFAULT_EPS['adamw'] if cfg.eps is None else cfg.eps:g}"
+    if cfg.opt == "rmsproptf":
+        eps = DEFAULT_EPS["rmsproptf"] if cfg.eps is None else cfg.eps
+        return f"RMSpropTF momentum {cfg.momentum:g} alpha {cfg.alpha:g} eps {eps:g}"
+    return f"SGD momentum {cfg.momentum:g}{' Nesterov' if cfg.nesterov else ''}"
 
 
 class ModelEma(AveragedModel):

@@ -1,7 +1,9 @@
 """Learning-rate schedules, stepped once per iteration (a step schedule changes only at epoch boundaries).
 
 ``lr(it) = base_lr * lr_factor(it)`` with optional linear warm-up over the first ``warmup_epochs``:
-step: ``gamma ** (epoch // step_size)``; linear: ``1 - it / max_it`` (after warm-up, to 0 at the end);
+step: ``gamma ** (epoch // step_size)``, with ``step_size`` a whole or fractional number of epochs (timm's
+``--sched step --decay-epochs 2.4 --decay-rate 0.973``: the epoch counts from 0, warm-up epochs included);
+linear: ``1 - it / max_it`` (after warm-up, to 0 at the end);
 cosine: ``0.5 * (1 + cos(pi * progress))``; constant: 1.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ class ScheduleConfig:
     epochs: int
     iters_per_epoch: int
     warmup_epochs: float = 0.0
-    step_size: int = 30
+    step_size: float = 30
     gamma: float = 0.1
 
 

@@ -1,5 +1,5 @@
 """One optimizer step: optional MixUp/CutMix, micro-batch gradient accumulation, autocast with a gradient scaler,
-gradient clipping, the lr schedule and the EMA update."""
+gradient clipping, the lr schedule and the EMA update; with a teacher, its soft targets on the same (mixed) batch."""
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +30,7 @@ class TrainStep:
     clip_grad_norm: float | None = None
     mix: Callable | None = None
     ema: ModelEma | None = None
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None  # distill.Teacher; criterion is then a DistillLoss
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -49,11 +50,17 @@ class TrainStep:
             with self._sync(k == len(chunks) - 1):
                 with self.precision.autocast():
                     out = logits_of(self.model(x))
-                loss = self.criterion(out.float(), y) * (len(y) / len(labels))
+                    soft = None if self.teacher is None else self.teacher(x)
+                loss = self._loss(out, y, soft) * (len(y) / len(labels))
                 self.scaler.scale(loss).backward()
             outputs.append(out.detach())
             total += loss.detach()
         return torch.cat(outputs), total
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        if soft is None:
+            return self.criterion(out.float(), y)
+        return self.criterion(out.float(), y, soft.float())
 
     def __call__(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on a batch already on the device; returns (logits, loss) for the meters."""
