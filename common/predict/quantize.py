@@ -282,7 +282,7 @@ def with_metadata(blob: bytes, meta: dict[str, Any]) -> bytes:
 
 def count_quantized(blob: bytes) -> dict[str, int]:
     """What the graph holds: int8/uint8 initializers, Q/DQ nodes, QLinear*/integer ops, and float convolutions and
-    matrix products left (Conv, Gemm, MatMul not fed by a DequantizeLinear count as quantised in QDQ)."""
+    matrix products left in float (those whose weight, their second input, no DequantizeLinear gives)."""
     import onnx
 
     graph = onnx.load_from_string(blob).graph
@@ -292,7 +292,7 @@ def count_quantized(blob: bytes) -> dict[str, int]:
     return {"int8_initializers": sum(t.data_type in ints for t in graph.initializer),
             "qdq_nodes": sum(n.op_type in QUANT_OPS for n in graph.node),
             "qlinear_nodes": sum(n.op_type.startswith(("QLinear", "ConvInteger", "MatMulInteger")) for n in graph.node),
-            "float_layers": sum(not any(i in dq_out for i in n.input[:2]) for n in heavy)}
+            "float_layers": sum(len(n.input) > 1 and n.input[1] not in dq_out for n in heavy)}
 
 
 def session(blob: bytes, threads: int | None = None):
