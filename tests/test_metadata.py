@@ -1,0 +1,102 @@
+"""Metadata and labels read from disk are checked before any work starts: one line naming the file, the field and
+what was expected (common.schema), never a traceback or a silently wrong answer."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from common import schema
+from common.data import formats, hfdata, loaders
+from common.errors import UserError
+from common.models import checkpoint
+from test_formats import jpeg, write_parquet
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def refused(call, *args) -> str:
+    with pytest.raises(UserError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_schema_names_the_file_the_field_and_what_was_expected(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"files": [{"name": "a.tar", "images": 3}, {"name": "b.tar", "images": -5}]}))
+    message = refused(schema.load_json, str(path), "convert again", {"files": [{"name": str, "images": schema.Int()}]})
+    assert message == (f"{path}: field 'files[1].images' is -5, expected an integer from 0 to {schema.MAX_COUNT}; "
+                       "convert again.")
+    assert "field 'files' is missing" in refused(schema.check, {}, {"files": list}, "f.json", "fix")
+    assert "is not valid JSON" in refused(schema.parse_json, b"{\"a\": NaN}", "f.json", "fix")
+    assert "its content is [], expected an object" in refused(schema.check, [], {"a?": int}, "f.json", "fix")
+    assert schema.check({"b": 1.5}, {"a?": int, "b": float}, "f.json", "fix") == {"b": 1.5}
+
+
+def test_repeated_class_names_are_refused_with_the_name(tmp_path):
+    assert "names the class 'cat' twice" in refused(schema.class_names, ["cat", "dog", "cat"], "x", "fix")
+    data = tmp_path / "hf"
+    write_parquet(str(data / "data" / "train-00000.parquet"), [jpeg((0, 0, 0))] * 2, [0, 1], ["cat", "cat"])
+    write_parquet(str(data / "data" / "validation-00000.parquet"), [jpeg((0, 0, 0))] * 2, [0, 1], ["cat", "cat"])
+    assert "names the class 'cat' twice" in refused(hfdata.class_names, str(data))
+
+
+def write_split_pair(root, train_names, val_names, train_labels=(0, 1), val_labels=(0, 1)):
+    image = jpeg((90, 90, 90))
+    write_parquet(str(root / "data" / "train-00000.parquet"), [image] * len(train_labels), list(train_labels),
+                  train_names)
+    write_parquet(str(root / "data" / "validation-00000.parquet"), [image] * len(val_labels), list(val_labels),
+                  val_names)
+    return str(root)
+
+
+def test_splits_that_name_their_classes_differently_are_refused(tmp_path):
+    root = write_split_pair(tmp_path, ["cat", "dog"], ["dog", "cat"])
+    message = refused(hfdata.class_names, root)
+    assert "label 0 is 'cat'" in message and "'dog'" in message
+
+
+@pytest.mark.parametrize(("labels", "words"), [
+    (["cat", "dog", "cat"], "holds strings where integer class indices are expected (3 of 3 rows, the first row 0"),
+    ([0, None, 1], "holds nulls where integer class indices are expected (1 of 3 rows, the first row 1: None)"),
+    ([0.0, 1.5, float("nan")], "holds double values where integer class indices are expected (2 of 3 rows, the "
+                               "first row 1: 1.5)"),
+])
+def test_label_columns_that_are_not_integers_are_refused_when_the_dataset_opens(tmp_path, labels, words):
+    root = write_split_pair(tmp_path, None, None, train_labels=labels)
+    message = refused(loaders.build_datasets, loaders.DataConfig(formats.resolve_source(root)))
+    assert "train-00000.parquet: its 'label' column " + words in message
+
+
+def test_whole_float_labels_are_read_as_their_integers(tmp_path):
+    root = write_split_pair(tmp_path, None, None, train_labels=[0.0, 1.0, 1.0])
+    train, _, classes = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(root)))
+    assert classes == ["0", "1"] and list(train.targets) == [0, 1, 1]
+
+
+@pytest.mark.parametrize("meta", ["not json", "[1, 2]", json.dumps({"info": []}),
+                                  json.dumps({"info": {"features": {"label": {"names": "cat"}}}})])
+def test_damaged_hugging_face_schema_metadata_is_one_line(tmp_path, meta):
+    root = write_split_pair(tmp_path, None, None)
+    path = os.path.join(root, "data", "train-00000.parquet")
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({"huggingface": meta}), path)
+    assert refused(hfdata.class_names, root).startswith(f"{path} (")
+
+
+@pytest.mark.parametrize("state", ["{", json.dumps({"_data_files": {"filename": "x"}}),
+                                   json.dumps({"_data_files": [{"name": "data-0.arrow"}]})])
+def test_a_damaged_save_to_disk_state_json_is_one_line(tmp_path, state):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "state.json").write_text(state)
+    assert str(tmp_path / "train" / "state.json") in refused(hfdata.arrow_files, str(tmp_path), "train")
+
+
+def test_a_zero_byte_checkpoint_is_named_in_one_line(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    assert "is empty (0 bytes)" in refused(checkpoint.load_file, str(path))
