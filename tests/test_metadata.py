@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from common import schema
-from common.data import formats, hfdata, loaders
+from common.data import formats, hfdata, loaders, shards
 from common.errors import UserError
 from common.models import checkpoint
 from test_formats import jpeg, write_parquet
@@ -100,3 +102,47 @@ def test_a_zero_byte_checkpoint_is_named_in_one_line(tmp_path):
     path = tmp_path / "empty.pth"
     path.write_bytes(b"")
     assert "is empty (0 bytes)" in refused(checkpoint.load_file, str(path))
+
+
+def shard_folder(tmp_path, sizes: list[int]) -> str:
+    from test_shards import write_shards
+
+    write_shards(str(tmp_path), "train", sizes)
+    write_shards(str(tmp_path), "val", [2])
+    return str(tmp_path)
+
+
+def test_fewer_training_shards_than_processes_is_refused_before_the_first_step(tmp_path):
+    root = shard_folder(tmp_path, [6])
+    train, val, _ = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(root)))
+    for rank in (0, 1):  # every rank refuses alike: none is left waiting
+        ctx = SimpleNamespace(world_size=2, rank=rank, device=torch.device("cpu"))
+        assert "has 1 training shards for 2 processes" in refused(shards.loaders, train, val, 2, 0, ctx)
+    ctx = SimpleNamespace(world_size=1, rank=0, device=torch.device("cpu"))
+    assert len(shards.loaders(train, val, 2, 0, ctx)[0]) == 3
+
+
+def test_a_manifest_count_that_its_shard_cannot_hold_is_counted_from_the_headers(tmp_path, capsys):
+    root = shard_folder(tmp_path, [4, 4])
+    size = os.path.getsize(os.path.join(root, "train-000000.tar"))
+    files = [{"name": "train-000000.tar", "images": 1000, "bytes": size},  # the 1,000 claimed for 4
+             {"name": "train-000001.tar", "images": 4, "bytes": size}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
+    train, _, _ = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(root)))
+    assert train.counts == [4, 4]
+    assert "does not describe 1 of the shards (e.g. train-000000.tar" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("manifest", ["[", json.dumps({"files": {"a": 1}}),
+                                      json.dumps({"files": [{"name": "train-000000.tar", "images": -1}]})])
+def test_a_damaged_shard_manifest_is_one_line(tmp_path, manifest):
+    root = shard_folder(tmp_path, [4])
+    (tmp_path / "manifest.json").write_text(manifest)
+    message = refused(loaders.build_datasets, loaders.DataConfig(formats.resolve_source(root)))
+    assert message.startswith(str(tmp_path / "manifest.json"))
+
+
+def test_a_class_list_that_repeats_a_name_is_refused(tmp_path):
+    root = shard_folder(tmp_path, [4])
+    (tmp_path / "classes.txt").write_text("c0\nc1\nc0\n")
+    assert "names the class 'c0' twice" in refused(shards.read_classes, root)
