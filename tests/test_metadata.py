@@ -6,13 +6,14 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from common import schema
 from common.data import formats, hfdata, loaders, shards
 from common.errors import UserError
-from common.models import checkpoint
+from common.models import checkpoint, onnx_model
 from test_formats import jpeg, write_parquet
 
 pa = pytest.importorskip("pyarrow")
@@ -146,3 +147,54 @@ def test_a_class_list_that_repeats_a_name_is_refused(tmp_path):
     root = shard_folder(tmp_path, [4])
     (tmp_path / "classes.txt").write_text("c0\nc1\nc0\n")
     assert "names the class 'c0' twice" in refused(shards.read_classes, root)
+
+
+def onnx_file(path, batch, size, flatten: bool = False, props: dict | None = None) -> str:
+    """A tiny ONNX classifier of 3 classes: the mean colour of an (N, 3, H, W) batch (``flatten``: a matrix
+    product of all pixels, which runs at one image size only)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])
+    if flatten:
+        weight = numpy_helper.from_array(np.ones((3 * 8 * 8, 3), np.float32), "w")
+        nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+        init = [weight]
+    else:
+        nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+                 helper.make_node("Flatten", ["pooled"], ["logits"])]
+        init = []
+    model = helper.make_model(helper.make_graph(nodes, "g", [image], [logits], init),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (props or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_an_onnx_model_of_fixed_batch_one_runs_any_batch_size(tmp_path):
+    path = onnx_file(tmp_path / "b1.onnx", 1, 8)
+    model, _, classes = onnx_model.load_onnx(path, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    images = torch.rand(5, 3, 8, 8)
+    assert classes == 3 and model.fixed_batch == 1
+    assert torch.allclose(model(images), images.mean((2, 3)), atol=1e-6)
+    model.check_run(8)
+
+
+def test_an_onnx_model_that_runs_at_one_size_only_is_refused_before_the_first_batch(tmp_path):
+    model, _, _ = onnx_model.load_onnx(onnx_file(tmp_path / "one.onnx", "N", "S", flatten=True), (0.0,) * 3, (1.0,) * 3)
+    model.check_run(8)
+    message = refused(model.check_run, 16)
+    assert "cannot run on a batch of shape (1, 3, 16, 16)" in message and "--val-crop-size" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("mean", "[0.5, 0.5]"), ("std", '"0.2"'), ("classes", '["a", "a", "b"]'),
+                                            ("classes", "{"), ("std", "[0.2, 0.2, 0]")])
+def test_damaged_onnx_metadata_is_one_line_naming_the_entry(tmp_path, key, value):
+    path = onnx_file(tmp_path / "m.onnx", "N", 8, props={key: value})
+    message = refused(onnx_model.load_onnx, path, (0.0,) * 3, (1.0,) * 3)
+    assert message.startswith(f"{path}: its metadata entry {key!r}")
