@@ -10,11 +10,12 @@
               hfdata, shards + published, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan
               (--check-data), convert and valprep (python -m common.data.convert / .valprep), demo
     parallel/ where is distributed: distributed (the frozen process context), faults (signals, stops), precision
-    errors, files, limits: the ground floor (one-line user errors, output files, numeric limits and sizes)
+    errors, files, limits, schema: the ground floor (one-line user errors, output files, numeric limits and sizes,
+              the shape check of every metadata file read)
 
 Imports run one way, from the scripts down, and never in a circle:
 
-    scripts -> train, predict -> cli -> models, report -> data -> parallel -> errors, files, limits
+    scripts -> train, predict -> cli -> models, report -> data -> parallel -> errors, files, limits, schema
 
 A module imports its own package and the floors below it, never a floor above or beside it: train and predict do
 not import each other (prediction loads no training code), models and report do not import each other. Nothing here

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import glob
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from common import schema
 from common.data import transforms, unreadable
 from common.data.images import BadImage
 from common.data.samples import CompactSamples
@@ -35,6 +35,7 @@ from common.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid")}
 PARQUET, ARROW = "parquet", "arrow"
+FIX = "the dataset's metadata is damaged: download it again, or write it again with datasets"
 EXTRA = "pyarrow is needed to read parquet and Arrow datasets; install it with pip install pyarrow " \
         "(see requirements-extra.txt)."
 
@@ -65,9 +66,8 @@ def arrow_files(root: str, split: str) -> list[str]:
         folder = os.path.join(root, name)
         state = os.path.join(folder, "state.json")
         if os.path.isfile(state):
-            with open(state) as f:
-                entries = json.load(f).get("_data_files", [])
-            return [os.path.join(folder, e["filename"]) for e in entries]
+            entries = schema.load_json(state, FIX, {"_data_files?": [{"filename": schema.Text()}]})
+            return [os.path.join(folder, e["filename"]) for e in entries.get("_data_files", [])]
     return []
 
 
@@ -90,13 +90,16 @@ def split_files(root: str, split: str) -> tuple[str, list[str]]:
     return kind, files
 
 
-def features_of(schema) -> dict:
-    """The Hugging Face features JSON of an Arrow schema (``{}`` when the file was not written by ``datasets``)."""
-    meta = (schema.metadata or {}).get(b"huggingface")
+def features_of(arrow_schema, where: str = "the file") -> dict:
+    """The Hugging Face features JSON of an Arrow schema (``{}`` when the file was not written by ``datasets``);
+    metadata of another shape is one UserError naming ``where``."""
+    meta = (arrow_schema.metadata or {}).get(b"huggingface")
     if not meta:
         return {}
-    info = json.loads(meta)
-    return info.get("info", info).get("features", {}) or {}
+    where = f"{where} (its Hugging Face schema metadata)"
+    info = schema.check(schema.parse_json(meta, where, FIX), dict, where, FIX)
+    info = schema.check(info.get("info", info), {"features?": dict}, where, FIX)
+    return info.get("features") or {}
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,10 @@ class Columns:
     names: tuple[str, ...] | None
 
 
-def choose_columns(schema, where: str) -> Columns:
-    """The image and label columns of ``schema``; a UserError when there is no ``label`` or no image column."""
-    features, columns = features_of(schema), list(schema.names)
+def choose_columns(arrow_schema, where: str) -> Columns:
+    """The image and label columns of ``arrow_schema``; a UserError when there is no ``label`` or no image column,
+    or when the ClassLabel names are not distinct strings."""
+    features, columns = features_of(arrow_schema, where), list(arrow_schema.names)
     if "label" not in columns:
         raise UserError(f"{where} has no 'label' column (its columns: {columns}); a training or evaluation set needs "
                         "an integer label per image.")
@@ -119,7 +123,9 @@ def choose_columns(schema, where: str) -> Columns:
     if image is None:
         raise UserError(f"{where} has no 'image' column (its columns: {columns}); expected the image bytes there.")
     label = features.get("label") or {}
-    names = tuple(label["names"]) if isinstance(label, dict) and label.get("names") else None
+    names = (label.get("names") or None) if isinstance(label, dict) else None
+    if names is not None:
+        names = tuple(schema.class_names(names, f"{where} (the ClassLabel of its 'label' column)", FIX))
     return Columns(image, "label", names)
 
 
@@ -173,6 +179,26 @@ def read_table(kind: str, path: str, columns: list[str] | None = None):
         raise UserError(f"{path} cannot be read as {kind} ({exc}); download or convert it again.") from None
 
 
+def read_labels(kind: str, path: str) -> np.ndarray:
+    """The ``label`` column of one file as int64, or a UserError naming the file, how many rows are not integer
+    class indices and the first of them (strings, as ``datasets`` writes a string feature; nulls; floats)."""
+    pa, _ = import_pyarrow()
+    column = read_table(kind, path, ["label"]).column(0)
+    if pa.types.is_integer(column.type) and column.null_count == 0:
+        return column.to_numpy().astype(np.int64, copy=False)
+    values = column.to_pylist()
+    bad = [i for i, v in enumerate(values) if not (isinstance(v, int) and not isinstance(v, bool))]
+    if pa.types.is_floating(column.type):
+        bad = [i for i, v in enumerate(values) if v is None or not float(v).is_integer()]
+        if not bad:  # whole numbers stored as floats (1.0, 2.0): nothing is lost
+            return np.asarray(values, dtype=np.int64)
+    first = values[bad[0]]
+    what = "nulls" if first is None else "strings" if isinstance(first, str) else f"{column.type} values"
+    raise UserError(f"{path}: its 'label' column holds {what} where integer class indices are expected ({len(bad)} "
+                    f"of {len(values)} rows, the first row {bad[0]}: {first!r}); encode the labels as "
+                    "integers (with datasets: class_encode_column('label')) and write the file again.")
+
+
 def schema_of(kind: str, path: str):
     pa, pq = import_pyarrow()
     try:
@@ -213,7 +239,7 @@ class TableImages(Dataset):
         self.root, self.split = root, split
         self.kind, files = split_files(root, split)
         columns = choose_columns(schema_of(self.kind, files[0]), files[0])
-        labels = [read_table(self.kind, f, [columns.label]).column(0).to_numpy(zero_copy_only=False) for f in files]
+        labels = [read_labels(self.kind, f) for f in files]
         self.classes, self.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
         self._check_labels(labels, files)
         self._starts = [0, *np.cumsum([len(x) for x in labels])[:-1].tolist()]
@@ -239,8 +265,13 @@ class TableImages(Dataset):
         """The encoded image of sample ``index`` as stored (JPEG, PNG, ...); BadImage when the row holds none."""
         file = bisect.bisect_right(self._starts, index) - 1
         key = self.samples[index][0]
-        return image_bytes(self._reader.value(file, index - self._starts[file]),
-                           os.path.dirname(self._reader.files[file]), key)
+        pa, _ = import_pyarrow()
+        try:
+            value = self._reader.value(file, index - self._starts[file])
+        except (pa.ArrowException, OSError) as exc:  # a damaged page or row group: this row cannot be read
+            raise BadImage(key, f"damaged file ({str(exc).splitlines()[0][:100] if str(exc) else 'unreadable'})"
+                           ) from None
+        return image_bytes(value, os.path.dirname(self._reader.files[file]), key)
 
     def __getitem__(self, index: int):
 
@@ -254,8 +285,9 @@ def row_name(key: str) -> str:
 
 
 def class_names(root: str) -> list[str]:
-    """The class names shared by both splits: the train split's ClassLabel names, else ``0``..``K-1``."""
-    names = None
+    """The class names shared by both splits: their ClassLabel names, else ``0``..``K-1``. Splits that name
+    their classes differently are refused: the same label would mean another class in each."""
+    named = {}
     for split in ("train", "val"):
         try:
             kind, files = split_files(root, split)
@@ -263,14 +295,21 @@ def class_names(root: str) -> list[str]:
             continue
         columns = choose_columns(schema_of(kind, files[0]), files[0])
         if columns.names is not None:
-            names = names or list(columns.names)
-    if names is not None:
-        return names
+            named[split] = (files[0], list(columns.names))
+    if len(named) == 2 and named["train"][1] != named["val"][1]:
+        (train, a), (val, b) = named["train"], named["val"]
+        diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        raise UserError(f"{root}: the train and validation splits name their classes differently (label {diff} is "
+                        f"{a[diff] if diff < len(a) else 'absent'!r} in {train} but "
+                        f"{b[diff] if diff < len(b) else 'absent'!r} in {val}); write both splits with one "
+                        "ClassLabel.")
+    if named:
+        return next(iter(named.values()))[1]
     top = -1
     for split in ("train", "val"):
         kind, files = split_files(root, split) if (parquet_files(root, split) or arrow_files(root, split)) else ("", [])
         for f in files:
-            labels = read_table(kind, f, ["label"]).column(0).to_numpy(zero_copy_only=False)
+            labels = read_labels(kind, f)
             top = max(top, int(labels.max()) if len(labels) else -1)
     return [str(i) for i in range(top + 1)]
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
-import json
 import os
 import random
 import tarfile
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from common import schema
 from common.data import published, sampling, transforms, unreadable
 from common.data.images import BadImage, decode_rgb
 from common.data.samples import CompactSamples
@@ -49,6 +49,10 @@ from common.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CLASSES_NAME, MANIFEST_NAME = "classes.txt", "manifest.json"
+MANIFEST_FIX = "delete it to count the samples from the shards' headers, or convert again"
+MANIFEST_SCHEMA = {"files?": [{"name": schema.Text(), "images": schema.Int(), "bytes?": schema.Int()}]}
+# The least a sample takes in a tar: an image and a .cls member, each a 512-byte header and a data block.
+MIN_SAMPLE_BYTES = 4 * tarfile.BLOCKSIZE
 SPLIT_PATTERNS = {"train": ("train-*.tar", *published.TRAIN_PATTERNS),
                   "val": ("val-*.tar", "validation-*.tar", *published.VAL_PATTERNS)}
 
@@ -79,7 +83,8 @@ def read_classes(root: str) -> list[str]:
         raise UserError(f"{root!r} holds shards but no {CLASSES_NAME} (one class name per line, in label order); "
                         "write it beside the shards, or convert again with python -m common.data.convert.")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+        names = [line.rstrip("\n") for line in f if line.strip()]
+    return schema.class_names(names, path, "list each class once, one per line, in label order")
 
 
 def iter_samples(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -133,16 +138,41 @@ def count_shard(path: str, classes: int) -> int:
     return len(index_shard(path, classes))
 
 
+def _listed_count(entry: dict | None, path: str) -> int | None:
+    """The manifest's count for the shard at ``path`` when it can be true of that file: its size is the one listed,
+    and large enough for that many samples; else None."""
+    if not entry or not entry["images"]:
+        return None
+    size = os.path.getsize(path)
+    if entry.get("bytes", size) != size or entry["images"] * MIN_SAMPLE_BYTES > size:
+        return None
+    return entry["images"]
+
+
 def shard_counts(root: str, files: list[str], classes: int) -> list[int]:
     """Samples per shard: from ``manifest.json`` (written by common.data.convert) or ``_info.json`` (timm's Hub
-    layout) when they list them, else a scan."""
-    listed = {}
+    layout) when they list them, else a scan.
+
+    A listed count that cannot be true of its file (another size than listed, more samples than its bytes can
+    hold) is not trusted: that shard is counted from its headers, and one line says so."""
+    info = published.info_lengths(published.read_info(root))
+    listed = {name: {"images": count} for name, count in info.items()}
     manifest = os.path.join(root, MANIFEST_NAME)
     if os.path.isfile(manifest):
-        with open(manifest) as f:
-            listed = {e["name"]: e["images"] for e in json.load(f).get("files", [])}
-    listed = {**published.info_lengths(published.read_info(root)), **listed}
-    return [listed.get(os.path.basename(f)) or count_shard(f, classes) for f in files]
+        entries = schema.load_json(manifest, MANIFEST_FIX, MANIFEST_SCHEMA).get("files", [])
+        listed.update({e["name"]: e for e in entries})
+    counts, wrong = [], []
+    for f in files:
+        entry = listed.get(os.path.basename(f))
+        count = _listed_count(entry, f)
+        if count is None and entry:
+            wrong.append(os.path.basename(f))
+        counts.append(count or count_shard(f, classes))
+    if wrong:
+        print(f"=> the sample counts listed in {root} do not describe {len(wrong)} of the shards (e.g. {wrong[0]}: "
+              "another size, or more samples than the file can hold); they were counted from their tar headers",
+              flush=True)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -518,7 +548,14 @@ def split(root: str, name: str, transform, fast: bool) -> Dataset:
 
 def loaders(train_set: ShardStream, val_set: ShardStream, batch_size: int, workers: int, ctx,
             seed: int | None = None) -> tuple[ShardLoader, ShardLoader]:
-    """Training and validation streams of this rank: shards dealt to ranks, then to loader workers."""
+    """Training and validation streams of this rank: shards dealt to ranks, then to loader workers. Fewer training
+    shards than processes is refused here, on every rank alike, before any step: a rank without a shard would have
+    no batch to give while the others wait for it."""
+    if len(train_set.files) < ctx.world_size:
+        raise UserError(f"{train_set.root!r} has {len(train_set.files)} training shards for {ctx.world_size} "
+                        "processes; each process reads whole shards, so start at most "
+                        f"{len(train_set.files)} processes or write more, smaller shards (python -m "
+                        "common.data.convert --max-shard-mb).")
     cfg = StreamConfig(batch_size, ctx.world_size, ctx.rank, workers, seed=seed)
     val_cfg = dataclasses.replace(cfg, train=False)
     return ShardLoader(train_set, cfg, ctx.device), ShardLoader(val_set, val_cfg, ctx.device)

@@ -19,11 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.errors import UserError
+from common import schema
+from common.errors import UserError, first_line
 
 INSTALL_HINT = "pip install onnx onnxscript onnxruntime (they are in requirements-extra.txt)"
 # metadata_props keys written by export.py; the JSON-encoded ones hold lists.
 JSON_KEYS = ("classes", "mean", "std", "input_shape")
+_RE_EXPORT = "re-export the model with export.py"
+# What export.py writes under each JSON key; checked before the values are used (a mean of two numbers, a string).
+_JSON_SCHEMA = {"classes": schema.Names(), "mean": [float], "std": [float], "input_shape": [schema.Int(0, 10**9)]}
 INPUT_FLOAT, INPUT_UINT8 = "float32 NCHW RGB, normalised", "uint8 NCHW RGB 0-255, normalised inside the graph"
 
 
@@ -52,11 +56,14 @@ def decode_metadata(props: dict[str, str], path: str) -> dict[str, Any]:
     meta: dict[str, Any] = dict(props)
     for key in JSON_KEYS:
         if key in props:
-            try:
-                meta[key] = json.loads(props[key])
-            except ValueError:
-                raise UserError(f"{path}: its metadata entry {key!r} is not valid JSON; re-export the model with "
-                                "export.py.") from None
+            where = f"{path}: its metadata entry {key!r}"
+            value = schema.parse_json(props[key], where, _RE_EXPORT)
+            meta[key] = schema.class_names(value, where, _RE_EXPORT) if key == "classes" else schema.check(
+                value, _JSON_SCHEMA[key], where, _RE_EXPORT)
+    for key in ("mean", "std"):
+        if key in meta and (len(meta[key]) != 3 or (key == "std" and min(meta[key]) <= 0)):
+            raise UserError(f"{path}: its metadata entry {key!r} is {meta[key]!r}, expected three "
+                            f"{'positive ' if key == 'std' else ''}numbers, one per RGB channel; {_RE_EXPORT}.")
     for key in ("val_resize_size", "val_crop_size"):
         if key in props:
             if not props[key].isdigit() or not 0 < int(props[key]) <= 4096:
@@ -125,13 +132,44 @@ class OnnxModel(nn.Module):
                             f"--val-crop-size (or pass --val-crop-size {size[0]}), or export the model again at "
                             "this size.")
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size that the graph is fixed to, or None where it is dynamic."""
+        n = self.input.shape[0]
+        return n if isinstance(n, int) and n > 0 else None
+
+    def check_run(self, crop: int) -> None:
+        """Refuse, before the first batch, a model that cannot run on this run's images: a fixed input size other
+        than the eval crop (``check_size``), or a graph that fails on a blank batch of that size."""
+        self.check_size(crop)
+        with torch.inference_mode():
+            self(torch.zeros(self.fixed_batch or 1, 3, crop, crop))
+
+    def _run(self, feed: np.ndarray) -> np.ndarray:
+        try:
+            (logits, *_) = self.session.run(None, {self.input.name: feed})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (InvalidArgument, Fail, ...)
+            raise UserError(f"{self.path} cannot run on a batch of shape {tuple(feed.shape)} ({first_line(exc, 160)})"
+                            "; pass the --val-crop-size it was exported at, or export it again with export.py, "
+                            "whose graphs take any batch and size.") from None
+        return logits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uint8:
             pixels = ((x.float() * self.std.to(x.device) + self.mean.to(x.device)) * 255).round().clamp(0, 255)
             feed = pixels.to(torch.uint8).cpu().numpy()
         else:
             feed = x.detach().float().contiguous().cpu().numpy()
-        (logits, *_) = self.session.run(None, {self.input.name: feed})
+        fixed = self.fixed_batch
+        if fixed is None or len(feed) == fixed:
+            logits = self._run(feed)
+        else:  # a graph exported for batches of exactly ``fixed`` (often 1): run -b's batch in pieces, the last padded
+            parts = []
+            for start in range(0, len(feed), fixed):
+                piece = feed[start:start + fixed]
+                pad = np.zeros((fixed - len(piece), *piece.shape[1:]), piece.dtype)
+                parts.append(self._run(np.concatenate([piece, pad]))[:len(piece)])
+            logits = np.concatenate(parts)
         return torch.from_numpy(np.ascontiguousarray(logits)).to(x.device)
 
 

@@ -292,7 +292,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     preps = eval_preprocesses(loaded, cfg, source.path)
     if isinstance(loaded.model, OnnxModel):
         for prep in preps:
-            loaded.model.check_size(prep.crop)
+            loaded.model.check_run(prep.crop)
     five = cfg.tta in ("five-crop", "ten-crop")
     transform = MultiView(preps, speed.fast, five)
     if root:
