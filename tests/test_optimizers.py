@@ -79,3 +79,34 @@ def test_step_schedule_decays_every_fractional_epochs_after_linear_warm_up():
     assert by_epoch == pytest.approx([1, 1, 0.973, 0.973, 0.973 ** 2, 0.973 ** 2, 0.973 ** 2, 0.973 ** 3,
                                       0.973 ** 3])
     assert factors[5] == factors[4] and factors[11] == factors[8]  # constant within an epoch
+
+
+def test_ghostnetv2_recipe_is_the_published_command_and_flags_still_win():
+    from test_recipes import parse
+
+    args = parse("--recipe", "ghostnetv2")
+    assert (args.opt, args.opt_eps, args.lr, args.batch_size, args.epochs) == ("rmsproptf", 1e-3, 0.064, 1024, 450)
+    assert (args.lr_schedule, args.lr_step_size, args.lr_gamma, args.warmup_epochs) == ("step", 2.4, 0.973, 3.0)
+    assert (args.weight_decay, args.norm_weight_decay, args.label_smoothing, args.dropout) == (1e-5, 0.0, 0.1, 0.2)
+    assert (args.model_ema, args.model_ema_decay, args.auto_augment, args.random_erase) == \
+        (True, 0.9999, "randaugment", 0.2)
+    mine = parse("--recipe", "ghostnetv2", "-b", "256", "--no-model-ema", "--random-erase", "0.5", "--opt", "adamw")
+    assert (mine.lr, mine.model_ema, mine.random_erase, mine.opt) == (pytest.approx(0.016), False, 0.5, "adamw")
+
+
+def test_ghostnetv3_recipe_has_distillation_weights_ema_and_no_mixing():
+    from test_recipes import parse
+
+    args = parse("--recipe", "ghostnetv3")
+    assert (args.opt, args.lr, args.batch_size, args.epochs, args.lr_schedule) == ("sgd", 0.05, 1024, 300, "cosine")
+    assert (args.weight_decay, args.warmup_epochs, args.label_smoothing, args.color_jitter) == (2e-5, 3.0, 0.1, 0.4)
+    assert (args.model_ema, args.mixup_alpha, args.cutmix_alpha) == (True, 0.0, 0.0)
+    assert (args.kd_temperature, args.kd_loss_weight, args.task_loss_weight) == (1.0, 1.0, 1.0)
+    assert parse().model_ema is None and parse().opt == "sgd"  # the default recipe leaves EMA off
+
+
+def test_nesterov_with_another_optimiser_is_refused():
+    from conftest import refusal
+    from test_recipes import parse
+
+    assert "--nesterov is SGD's" in refusal(parse, "--opt", "rmsproptf", "--nesterov")
