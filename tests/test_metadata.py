@@ -131,7 +131,7 @@ def test_a_manifest_count_that_its_shard_cannot_hold_is_counted_from_the_headers
     (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
     train, _, _ = loaders.build_datasets(loaders.DataConfig(formats.resolve_source(root)))
     assert train.counts == [4, 4]
-    assert "does not describe 1 of the shards (e.g. train-000000.tar" in capsys.readouterr().out
+    assert "do not describe 1 of the shards (e.g. train-000000.tar" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("manifest", ["[", json.dumps({"files": {"a": 1}}),
