@@ -6,6 +6,7 @@ here (batch-1 latency, inference and training throughput, peak memory), like the
     python evaluation/compare.py --models ghostnet ghostnet:0.5 mobilenet_v3_large resnet50 --input-size 160
     python evaluation/compare.py --device cuda --compile --batch-size 128
     python evaluation/compare.py --quick                          # two models at 32 px, in seconds
+    python evaluation/compare.py --models ghostnet resnet50 --int8 --device cpu   # + ONNX Runtime fp32 vs int8
 
 ``--models`` takes any ``-a`` name of the training scripts; ``ghostnet:W`` is GhostNet at width W. Each speed figure
 is measured twice: with the project's speed defaults for the device (as test.py and train_main.py run: autocast
@@ -31,11 +32,12 @@ import torch  # noqa: E402
 
 from common import files, limits  # noqa: E402
 from common.cli import options  # noqa: E402
-from common.models import factory  # noqa: E402
+from common.models import factory, onnx_model  # noqa: E402
 from common.predict import inference  # noqa: E402
 from common.report import figures  # noqa: E402
 from common.report.machine import CSV_FIELDS, Machine, this_machine  # noqa: E402
 from evaluation import chart, measure, published  # noqa: E402
+from evaluation import int8 as int8_columns  # noqa: E402
 
 DEFAULT_MODELS = ("ghostnet:0.5", "ghostnet", "ghostnet:1.3", "mobilenet_v2", "mobilenet_v3_small",
                   "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
@@ -53,6 +55,7 @@ COLUMNS = (["model", "arch", "width", "params", "macs", "input_size", "published
             "published_source", "eval_resize", "eval_crop", "eval_interpolation"]
            + [f"{s}_{f}" for s in SETUPS for f in FIGURES]
            + ["defaults_inference", "defaults_training", "device", "batch_size", "error", *CSV_FIELDS])
+COLUMNS = COLUMNS + int8_columns.COLUMNS  # empty without --int8
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"{' and '.join(QUICK_MODELS)} at {QUICK['input_size']} px, batch {QUICK['batch_size']}, "
                              f"{QUICK['repeats']} runs: a check that everything works (each flag still overrides)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also export each model to ONNX and quantise it to int8 (as export.py --int8), and time "
+                             "both with onnxruntime on the CPU: latency, throughput and file size columns")
     parser.add_argument("--output-dir", default=".", metavar="DIR",
                         help="where compare.csv, compare.md and compare.png go (default: current directory)")
     return parser
@@ -132,6 +138,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.amp and args.device.type == "cpu" and args.amp_dtype == "fp16":
         raise UserError("--amp-dtype fp16 needs a CUDA GPU; use --amp-dtype bf16 on the CPU.")
     files.make_output_dir(args.output_dir)
+    if args.int8:
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            onnx_model.require(module, "compare.py --int8")
 
 
 def label(arch: str, width: float) -> str:
@@ -191,6 +200,9 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
     except Exception as exc:  # noqa: BLE001 - e.g. an input too small for the model's pooling
         return {**row, "error": f"forward at {budget.input_size} px: {_reason(exc)}"}
     speed, errors = measure_setups(model, args.device, setups, budget)
+    if args.int8:  # ONNX Runtime on the CPU, fp32 and int8 one after the other
+        speed.update(int8_columns.columns(model, arch, budget.input_size, budget.batch_size, budget.repeats,
+                                          args.threads))
     return {**row, **speed, "error": "; ".join(errors)}
 
 
@@ -230,7 +242,8 @@ def write_tables(rows: list[dict], out: str, caption: str) -> None:
     """compare.csv and compare.md, each replaced whole (after every model, so that a stopped run keeps its rows)."""
     table = files.csv_bytes(COLUMNS, ([cell(r.get(c)) for c in COLUMNS] for r in rows))
     files.write_atomically(os.path.join(out, NAMES[0]), lambda f: f.write(table))
-    text = markdown(rows, caption).encode()
+    int8 = any("onnx_fp32_mib" in r or r.get("int8_error") for r in rows)
+    text = (markdown(rows, caption) + (int8_columns.markdown(rows, rounded) if int8 else "")).encode()
     files.write_atomically(os.path.join(out, NAMES[1]), lambda f: f.write(text))
 
 
