@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common import schema
-from common.data import formats, hfdata, loaders, shards
+from common.data import convert, formats, hfdata, loaders, shards, valprep
 from common.errors import UserError
 from common.limits import MAX_PIXELS
 from common.models import checkpoint, onnx_model, preprocess
@@ -224,3 +224,22 @@ def test_export_leaves_an_unreadable_check_image_out_in_one_line(tmp_path, capsy
     pixels = load_script("export.py").data_pixels(root, 4, preprocess.EvalPreprocess(32, 32), 0)
     assert pixels.shape == (3, 3, 32, 32)
     assert "1 of the first 4 images of --data cannot be read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("state", ["", "[]", json.dumps({"fingerprint": "fp", "files": [{"name": "a.tar"}]}),
+                                   json.dumps({"fingerprint": "fp", "files": [
+                                       {"name": "a.tar", "sha256": "0", "split": "train", "images": 2, "start": -1,
+                                        "end": 1}]})])
+def test_a_damaged_conversion_state_is_one_line_and_left_as_it_is(tmp_path, state):
+    path = tmp_path / convert.STATE_NAME
+    path.write_text(state)
+    assert refused(convert.load_state, str(tmp_path), "fp").startswith(str(path))
+    assert path.read_text() == state
+
+
+@pytest.mark.parametrize("manifest", ["file,class\nILSVRC2012_val_00000001.JPEG\n", "name,wnid\na,b\n",
+                                      b"file,class\n\xff\xfe,x\n"])
+def test_a_damaged_valprep_manifest_is_one_line(tmp_path, manifest):
+    path = tmp_path / valprep.MANIFEST_NAME
+    path.write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    assert refused(valprep.read_manifest, str(tmp_path)).startswith(str(path))
