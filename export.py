@@ -57,7 +57,9 @@ FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
 CHECK_IMAGES = 16
 INPUT_NAME, UINT8_INPUT_NAME, OUTPUT_NAME = "input", "pixels", "logits"
-CHECK_HELP = f"images the export is checked on: the first N of --data, or generated ones (default: {CHECK_IMAGES})"
+MAX_CHECK_IMAGES = 256  # the check runs them as one batch through both models
+CHECK_HELP = (f"images the export is checked on: the first N of --data, or generated ones (default: {CHECK_IMAGES}, "
+              f"at most {MAX_CHECK_IMAGES})")
 METADATA_FILE = "metadata.json"  # the metadata's name among a .pt2's extra files
 
 
@@ -110,6 +112,9 @@ def check_args(args: argparse.Namespace) -> Target:
         raise UserError(f"--output {args.output!r} is a folder; give a file name.")
     files.check_apart(args.output, "--output", {"--ckpt": args.ckpt, "--weights": args.weights,
                                                 "--classes": args.classes, "--data": args.data})
+    if (args.batch_size or 0) > MAX_CHECK_IMAGES:
+        raise UserError(f"-b {args.batch_size}: the export is checked on at most {MAX_CHECK_IMAGES} images, run as "
+                        f"one batch; pass -b {MAX_CHECK_IMAGES} or less.")
     files.make_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
     options.check_int8_args(args, fmt == "onnx")
     if fmt == "onnx":
@@ -143,12 +148,21 @@ def generated_pixels(n: int, crop: int) -> torch.Tensor:
 
 def data_pixels(root: str, n: int, prep: preprocess.EvalPreprocess, workers: int | None) -> torch.Tensor:
     """The first ``n`` images of the labelled set ``root`` (any format --data takes) through the project's eval
-    transform, as uint8."""
+    transform, as uint8; unreadable ones are left out, with one line naming the first."""
     dataset, _, _ = inference.labelled_set(root, prep.transform(fast=True), True)
-    subset = Subset(dataset, range(min(n, len(dataset))))
+    blank = torch.zeros(3, prep.crop, prep.crop, dtype=torch.uint8)
+    subset = Subset(inference.Readable(dataset, blank), range(min(n, len(dataset))))
     loader = DataLoader(subset, batch_size=len(subset), num_workers=sampling.default_workers() if workers is None
                         else min(workers, len(subset)))
-    return next(iter(loader))[0]
+    pixels, _, paths, ok = next(iter(loader))
+    if not ok.all():
+        bad = [p for p, good in zip(paths, ok.tolist()) if not good]
+        if len(bad) == len(paths):
+            raise UserError(f"none of the first {len(paths)} images of --data {root} can be read (e.g. {bad[0]}); "
+                            "pass another --data, or none to check on generated images.")
+        print(f"=> {len(bad)} of the first {len(paths)} images of --data cannot be read and were left out of the "
+              f"check (e.g. {bad[0]})", flush=True)
+    return pixels[ok]
 
 
 def reference_logits(model: nn.Module, batch: torch.Tensor, arch: str, crop: int) -> torch.Tensor:

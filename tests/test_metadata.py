@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from common import schema
-from common.data import formats, hfdata, loaders, shards
+from common.data import convert, formats, hfdata, loaders, shards, valprep
 from common.errors import UserError
-from common.models import checkpoint, onnx_model
+from common.limits import MAX_PIXELS
+from common.models import checkpoint, onnx_model, preprocess
+from conftest import make_image_folder
+from inprocess import load_script
 from test_formats import jpeg, write_parquet
 
 pa = pytest.importorskip("pyarrow")
@@ -198,3 +201,45 @@ def test_damaged_onnx_metadata_is_one_line_naming_the_entry(tmp_path, key, value
     path = onnx_file(tmp_path / "m.onnx", "N", 8, props={key: value})
     message = refused(onnx_model.load_onnx, path, (0.0,) * 3, (1.0,) * 3)
     assert message.startswith(f"{path}: its metadata entry {key!r}")
+
+
+def test_a_crop_pct_that_sends_the_resize_past_the_pixel_limit_is_refused():
+    flags = preprocess.EvalFlags(resize=204800, crop=2048, resize_source="--crop-pct 0.01")
+    message = refused(preprocess.resolve, flags)
+    assert message.startswith("the eval resize comes to 204800 px (from --crop-pct 0.01, for a 2048 px crop), "
+                              f"beyond the limit of {MAX_PIXELS} px")
+
+
+def test_export_refuses_a_check_batch_beyond_its_bound(tmp_path):
+    export = load_script("export.py")
+    args = export.get_args_parser().parse_args(["--pretrained", "-a", "resnet18", "--output",
+                                                str(tmp_path / "m.onnx"), "-b", "100000000"])
+    assert "at most 256 images" in refused(export.check_args, args)
+    assert "at most 256)" in export.get_args_parser().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_export_leaves_an_unreadable_check_image_out_in_one_line(tmp_path, capsys):
+    root = make_image_folder(str(tmp_path / "data"), 1, 2, classes=((200, 0, 0), (0, 200, 0)))
+    (tmp_path / "data" / "val" / "class0" / "img0.png").write_bytes(b"not a png")
+    pixels = load_script("export.py").data_pixels(root, 4, preprocess.EvalPreprocess(32, 32), 0)
+    assert pixels.shape == (3, 3, 32, 32)
+    assert "1 of the first 4 images of --data cannot be read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("state", ["", "[]", json.dumps({"fingerprint": "fp", "files": [{"name": "a.tar"}]}),
+                                   json.dumps({"fingerprint": "fp", "files": [
+                                       {"name": "a.tar", "sha256": "0", "split": "train", "images": 2, "start": -1,
+                                        "end": 1}]})])
+def test_a_damaged_conversion_state_is_one_line_and_left_as_it_is(tmp_path, state):
+    path = tmp_path / convert.STATE_NAME
+    path.write_text(state)
+    assert refused(convert.load_state, str(tmp_path), "fp").startswith(str(path))
+    assert path.read_text() == state
+
+
+@pytest.mark.parametrize("manifest", ["file,class\nILSVRC2012_val_00000001.JPEG\n", "name,wnid\na,b\n",
+                                      b"file,class\n\xff\xfe,x\n"])
+def test_a_damaged_valprep_manifest_is_one_line(tmp_path, manifest):
+    path = tmp_path / valprep.MANIFEST_NAME
+    path.write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    assert refused(valprep.read_manifest, str(tmp_path)).startswith(str(path))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from common import files, limits
+from common import files, limits, schema
 from common.data import formats, hfdata, imagefolder, shards
 from common.data.images import extension_of
 
@@ -193,6 +193,12 @@ def output_name(to: str, split: str, n: int) -> str:
     return f"{split}-{n:06d}.tar"
 
 
+# What State.save writes; a resumed conversion trusts nothing else.
+STATE_SCHEMA = {"fingerprint": str,
+                "files": [{"name": schema.Text(), "sha256": str, "split": schema.One("train", "val"),
+                           "images": schema.Int(), "start": schema.Int(), "end": schema.Int()}]}
+
+
 @dataclass
 class State:
     """What is already written: the finished files (manifest entries with their item range), and for which input."""
@@ -213,8 +219,7 @@ def load_state(out: str, fp: str) -> State:
         if os.path.isdir(out) and os.listdir(out):
             raise UserError(f"{out!r} is not empty and holds no unfinished conversion; choose a new or empty folder.")
         return State(fp, [])
-    with open(path) as f:
-        saved = json.load(f)
+    saved = schema.load_json(path, f"delete the folder {out!r} and convert again", STATE_SCHEMA)
     if saved.get("fingerprint") != fp:
         raise UserError(f"{out!r} holds an unfinished conversion of other input or settings; give the same SRC and "
                         "flags to resume it, or choose a new folder.")

@@ -26,8 +26,8 @@ import re
 import shutil
 import tarfile
 
-from common import files
-from common.errors import UserError, exit_on_user_error, sigterm_raises
+from common import files, schema
+from common.errors import UserError, exit_on_user_error, first_line, sigterm_raises
 
 MANIFEST_NAME = "valprep_manifest.csv"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
@@ -122,8 +122,14 @@ def read_manifest(folder: str) -> list[tuple[str, str]] | None:
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isfile(path):
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        return [(row["file"], row["class"]) for row in csv.DictReader(f)]
+    fix = f"delete {MANIFEST_NAME} and run again with the label file"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} cannot be read as a CSV manifest ({first_line(exc)}); {fix}.") from None
+    schema.check(rows, [{"file": schema.Text(), "class": schema.Text()}], path, fix)
+    return [(row["file"], row["class"]) for row in rows]
 
 
 def check_manifest(folder: str, moves: list[tuple[str, str]]) -> None:

@@ -133,6 +133,10 @@ def resolve(flags: EvalFlags, train_args: dict[str, Any] | None = None, weights:
         else:
             values[field], origins[field] = getattr(base, field), base.source
     prep = EvalPreprocess(**values, source=_source(origins))
+    if prep.resize > MAX_PIXELS:
+        raise UserError(f"the eval resize comes to {prep.resize} px (from {origins['resize']}, for a {prep.crop} px "
+                        f"crop), beyond the limit of {MAX_PIXELS} px; raise --crop-pct or lower "
+                        "--val-crop-size.")
     if prep.crop > prep.resize:
         raise UserError(f"the centre crop ({prep.crop} px, from {origins['crop']}) is larger than --val-resize-size "
                         f"({prep.resize} px, from {origins['resize']}); make the crop at most the resize size.")
