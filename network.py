@@ -275,7 +275,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, workers: int) -> tuple
     run = loop.Run(model, train_loader, val_loader, criterion, optimizer,
                      schedule.build_scheduler(optimizer, sched_cfg), classes, getattr(train_set, "bad_log", None),
                      norm=engine.normalization(args))
-    teacher, args.kd_description = engine.build_teacher(args, classes, ctx)
+    teacher = engine.build_teacher(args, classes, ctx)
     if teacher is not None:  # the step is rebuilt for what is trained once the features are cached (``step_for``)
         run.step = TrainStep(model, distill.DistillLoss(criterion, engine.kd_config(args)), optimizer,
                              run.scheduler, run.precision, teacher=teacher)
@@ -325,7 +325,7 @@ def distillation_note(args: argparse.Namespace, run: loop.Run) -> str:
     """`` | distillation from ...`` when a teacher is set (its logits are cached with the features when they are)."""
     if run.step is None or run.step.teacher is None:
         return ""
-    return f" | distillation from {args.kd_description}; {distill.describe(engine.kd_config(args))}"
+    return f" | distillation from {run.step.teacher.description}; {distill.describe(engine.kd_config(args))}"
 
 
 def loop_config(args: argparse.Namespace) -> loop.LoopConfig:

@@ -91,16 +91,16 @@ def test_teacher_with_other_normalisation_sees_its_own(tmp_path):
     student_norm = transforms.IMAGENET
     own = transforms.Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     path = save_teacher(str(tmp_path / "t.pth.tar"), mean=own.mean, std=own.std)
-    teacher, description = distill.load_teacher(distill.TeacherSpec(checkpoint=path), CLASSES, student_norm)
+    teacher = distill.load_teacher(distill.TeacherSpec(checkpoint=path), CLASSES, student_norm)
     seen = []
     teacher.model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
     student_input = (raw - torch.tensor(student_norm.mean).view(1, 3, 1, 1)) / torch.tensor(student_norm.std).view(
         1, 3, 1, 1)
     teacher(student_input)
     assert torch.allclose(seen[0], (raw - 0.5) / 0.5, atol=1e-5)
-    assert "re-normalised" in description
-    same, description = distill.load_teacher(distill.TeacherSpec(checkpoint=path), CLASSES, own)
-    assert same.renorm is None and "student's mean/std" in description
+    assert "re-normalised" in teacher.description
+    same = distill.load_teacher(distill.TeacherSpec(checkpoint=path), CLASSES, own)
+    assert same.renorm is None and "student's mean/std" in same.description
 
 
 @pytest.mark.parametrize(("classes", "words"), [

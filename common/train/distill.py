@@ -82,8 +82,9 @@ class Teacher:
     Deliberately not an ``nn.Module``, so that it can never be registered inside the student (and so be wrapped,
     averaged or saved with it)."""
 
-    def __init__(self, model: nn.Module, renorm: Renormalize | None = None) -> None:
+    def __init__(self, model: nn.Module, renorm: Renormalize | None = None, description: str = "") -> None:
         self.model, self.renorm = model.eval().requires_grad_(False), renorm
+        self.description = description or type(model).__name__  # for the run header
 
     def to(self, device: torch.device) -> Teacher:
         self.model.to(device)
@@ -124,9 +125,9 @@ def check_classes(loaded: loading.LoadedModel, classes: list[str], what: str) ->
                         "in the same order.")
 
 
-def load_teacher(spec: TeacherSpec, classes: list[str], student_norm: Normalization) -> tuple[Teacher, str]:
-    """The teacher ``spec`` names, checked against the student's ``classes``, on the CPU; and a description of it
-    for the run header. Its mean/std are its checkpoint's (or its ImageNet weights'), else ImageNet's."""
+def load_teacher(spec: TeacherSpec, classes: list[str], student_norm: Normalization) -> Teacher:
+    """The teacher ``spec`` names, checked against the student's ``classes``, on the CPU, described for the run
+    header. Its mean/std are its checkpoint's (or its ImageNet weights'), else ImageNet's."""
     source = loading.ModelSource(path=spec.checkpoint, arch=spec.arch, pretrained=spec.pretrained,
                                  width_mult=spec.width_mult)
     loaded = loading.load_model(source)
@@ -137,7 +138,7 @@ def load_teacher(spec: TeacherSpec, classes: list[str], student_norm: Normalizat
     renorm = None if norm == student_norm else Renormalize(student_norm, norm)
     seen = ("the student's mean/std" if renorm is None else
             f"re-normalised to its mean {list(norm.mean)} std {list(norm.std)}")
-    return Teacher(loaded.model, renorm), f"{what}, {seen}"
+    return Teacher(loaded.model, renorm, f"{what}, {seen}")
 
 
 def describe(cfg: KDConfig) -> str:

@@ -72,7 +72,7 @@ def build_run(args: argparse.Namespace, ctx: DistContext, wrap: Wrap) -> Run:
                                         args.lr_step_size, args.lr_gamma)
     scheduler = schedule.build_scheduler(optimizer, sched_cfg)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing).to(ctx.device)
-    teacher, args.kd_description = build_teacher(args, classes, ctx)
+    teacher = build_teacher(args, classes, ctx)
     step = TrainStep(model, distill.DistillLoss(criterion, kd_config(args)) if teacher else criterion, optimizer,
                      scheduler, precision, args.accum_steps, args.clip_grad_norm,
                      optim.build_mix(args.mixup_alpha, args.cutmix_alpha, len(classes)), ema, teacher)
@@ -94,15 +94,12 @@ def teacher_spec(args: argparse.Namespace) -> distill.TeacherSpec:
     return distill.TeacherSpec(args.kd_model, args.kd_checkpoint, args.kd_pretrained, args.kd_width_mult)
 
 
-def build_teacher(args: argparse.Namespace, classes: list[str],
-                  ctx: DistContext) -> tuple[distill.Teacher | None, str | None]:
-    """The frozen teacher on this process's device (each rank holds its own), and its description; (None, None)
-    without ``--kd-model``/``--kd-checkpoint``."""
+def build_teacher(args: argparse.Namespace, classes: list[str], ctx: DistContext) -> distill.Teacher | None:
+    """The frozen teacher on this process's device (each rank holds its own); None without a ``--kd-*`` teacher."""
     spec = teacher_spec(args)
     if not spec.wanted:
-        return None, None
-    teacher, description = distill.load_teacher(spec, classes, normalization(args))
-    return teacher.to(ctx.device), description
+        return None
+    return distill.load_teacher(spec, classes, normalization(args)).to(ctx.device)
 
 
 def check_batchnorm_batch(model: nn.Module, num_samples: int, global_batch: int, world_size: int,
@@ -169,7 +166,7 @@ def header(args: argparse.Namespace, ctx: DistContext, run: Run) -> str:
                 f"{evaluation} (from {args.preprocess_source})")
     lines = [model, where, pipeline, optimisation_line(args, run)]
     if run.step is not None and run.step.teacher is not None:
-        lines.append(f"=> distillation from {args.kd_description}; {distill.describe(kd_config(args))}")
+        lines.append(f"=> distillation from {run.step.teacher.description}; {distill.describe(kd_config(args))}")
     return "\n".join(lines)
 
 
