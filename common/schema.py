@@ -51,6 +51,17 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Dim:
+    """A tensor dimension as export.py records it: a size from 0 to 10**9, or a name for a dynamic one ("batch")."""
+
+    def describe(self) -> str:
+        return "a size from 0 to 1000000000 or a dimension name"
+
+    def accepts(self, value: Any) -> bool:
+        return Int(0, 10**9).accepts(value) or Text().accepts(value)
+
+
+@dataclass(frozen=True)
 class Names:
     """Class names: a non-empty list of distinct non-empty strings (a repeated name would merge two classes)."""
 
