@@ -11,8 +11,10 @@ on a labelled set; ``sensitive_layers`` ranks the layers by the signal-to-quanti
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import io
 import math
 import os
 import random
@@ -232,6 +234,16 @@ def _types(settings: Int8Settings):
     return method, fmt, acts, QuantType.QInt8
 
 
+def _pre_process(pre_process, src: str, out: str) -> None:
+    """ONNX Runtime's pre-processing; where its symbolic shape inference fails (an op it does not know), again
+    without it, as ONNX Runtime advises: the quantizer then names the op it cannot handle."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            pre_process(src, out)
+        except Exception:  # noqa: BLE001 - whatever failed, the second try says it in its own words
+            pre_process(src, out, skip_symbolic_shape=True)
+
+
 def batch_stats(batch: np.ndarray) -> dict[str, Any]:
     """Per-channel mean and std of a (N, C, H, W) batch as the model receives it, and its shape and type."""
     x = batch.astype(np.float64)
@@ -253,7 +265,7 @@ def quantize(fp32: bytes, calib: Calibration, feed: Feed, settings: Int8Settings
             f.write(fp32)
         proto = onnx.load_from_string(fp32)
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=False)
+            _pre_process(quant_pre_process, src, pre)
         except Exception as exc:  # noqa: BLE001 - shape inference raises many types; one line names the model
             raise _failure("pre-process", arch, exc, proto) from None
         proto = onnx.load(pre)
