@@ -216,12 +216,14 @@ def kept_nodes(proto, patterns: tuple[str, ...]) -> list[str]:
     return kept
 
 
-def _failure(stage: str, arch: str, exc: Exception, proto) -> UserError:
+def _failure(stage: str, arch: str, exc: Exception, proto, method: str = CALIB_METHODS[0]) -> UserError:
     text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
     ops = sorted({n.op_type for n in proto.graph.node if n.op_type in str(exc)}) if proto is not None else []
     op = f" at op {ops[0]}" if ops else ""
+    # The histogram calibrators fail on a tensor of (almost) constant values ("Too many bins for data range").
+    other = f", use --calib-method {CALIB_METHODS[0]}" if method != CALIB_METHODS[0] else ""
     return UserError(f"ONNX Runtime cannot {stage} {arch}{op} ({text}); keep that layer in fp32 with --keep-fp32 "
-                     "PATTERN, try another --opset, or export fp32 without --int8.")
+                     f"PATTERN{other}, try another --opset, or export fp32 without --int8.")
 
 
 def _types(settings: Int8Settings):
@@ -277,7 +279,7 @@ def quantize(fp32: bytes, calib: Calibration, feed: Feed, settings: Int8Settings
                             activation_type=acts, weight_type=weights, calibrate_method=method,
                             nodes_to_exclude=kept or None, extra_options=extra)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; one line names the op
-            raise _failure("quantise", arch, exc, proto) from None
+            raise _failure("quantise", arch, exc, proto, settings.method) from None
         with open(out, "rb") as f, open(pre, "rb") as g:
             blob, pre_blob = f.read(), g.read()
     return Quantized(blob, pre_blob, kept, batch_stats(feed(calib.batches[0])))
