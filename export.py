@@ -28,6 +28,12 @@ first -b images of --data, or generated ones. The largest logit difference must 
 max(1, largest |logit|) and the top-1 classes must agree on every image (where the PyTorch logits of the two
 classes tie within the tolerance, either counts); otherwise the exit status is 2 and no file is written.
 --no-check skips it. The file is written whole (temporary file, then rename) or not at all.
+
+--int8 quantises the checked ONNX model with ONNX Runtime (common/predict/quantize.py), calibrated on --calib-data
+(default: --data's training split) through the checkpoint's eval transform; with --data it measures fp32 and int8
+top-1 and writes nothing above --max-drop points (docs/deploy.md#int8):
+
+    python export.py --ckpt runs/probe/model_best.pth.tar --data /data/imagenet --int8 --output model_int8.onnx
 """
 from common.errors import UserError, exit_on_user_error, first_line, quiet_ctrl_c, sigterm_raises
 

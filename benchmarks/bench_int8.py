@@ -115,8 +115,11 @@ def measure(arch: str, args: argparse.Namespace, work: str, data: str, crop: int
                                                                 "--calib-method", args.methods[0]])
         agreement[f"{types}_{args.methods[0]}"] = result["agreement"]
     for method in args.methods[1:]:
-        agreement[f"{args.types[0]}_{method}"] = exported(arch, work, data, crop, [*calib, "--int8-types",
-                                                          args.types[0], "--calib-method", method])[1]["agreement"]
+        try:
+            agreement[f"{args.types[0]}_{method}"] = exported(arch, work, data, crop, [
+                *calib, "--int8-types", args.types[0], "--calib-method", method])[1]["agreement"]
+        except SystemExit:  # export.py printed the one line saying why; the row keeps the other figures
+            agreement[f"{args.types[0]}_{method}"] = float("nan")
     rows = []
     for batch in BATCHES:
         x = torch.randn(batch, 3, crop, crop)

@@ -194,3 +194,21 @@ def test_calibration_draw_is_seeded_and_spread_over_the_classes():
     assert np.bincount([targets[i] for i in picked]).tolist() == [5, 3, 4]
     assert picked != quantize.draw_across_classes(targets, 12, 8)
     assert len(quantize.draw_across_classes(targets, 500, 0)) == len(targets)
+
+
+def test_an_op_onnx_runtime_cannot_quantise_is_one_line_naming_it():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from common.errors import UserError
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
+             helper.make_node("Mystery", ["c"], ["logits"], name="odd", domain="com.example")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    calib = quantize.Calibration("generated", [torch.zeros(2, 3, 8, 8, dtype=torch.uint8)], 0, "", 1)
+    with pytest.raises(UserError) as exc:
+        quantize.quantize(model.SerializeToString(), calib, quantize.feed_for(False, transforms.IMAGENET),
+                          quantize.Int8Settings(), "toy")
+    assert "\n" not in str(exc.value) and "ONNX Runtime cannot quantise toy at op Mystery" in str(exc.value)

@@ -11,8 +11,10 @@ on a labelled set; ``sensitive_layers`` ranks the layers by the signal-to-quanti
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import io
 import math
 import os
 import random
@@ -214,12 +216,14 @@ def kept_nodes(proto, patterns: tuple[str, ...]) -> list[str]:
     return kept
 
 
-def _failure(stage: str, arch: str, exc: Exception, proto) -> UserError:
+def _failure(stage: str, arch: str, exc: Exception, proto, method: str = CALIB_METHODS[0]) -> UserError:
     text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
     ops = sorted({n.op_type for n in proto.graph.node if n.op_type in str(exc)}) if proto is not None else []
     op = f" at op {ops[0]}" if ops else ""
+    # The histogram calibrators fail on a tensor of (almost) constant values ("Too many bins for data range").
+    other = f", use --calib-method {CALIB_METHODS[0]}" if method != CALIB_METHODS[0] else ""
     return UserError(f"ONNX Runtime cannot {stage} {arch}{op} ({text}); keep that layer in fp32 with --keep-fp32 "
-                     "PATTERN, try another --opset, or export fp32 without --int8.")
+                     f"PATTERN{other}, try another --opset, or export fp32 without --int8.")
 
 
 def _types(settings: Int8Settings):
@@ -230,6 +234,16 @@ def _types(settings: Int8Settings):
     fmt = QuantFormat.QDQ if settings.fmt == "qdq" else QuantFormat.QOperator
     acts = QuantType.QUInt8 if settings.types == "u8s8" else QuantType.QInt8
     return method, fmt, acts, QuantType.QInt8
+
+
+def _pre_process(pre_process, src: str, out: str) -> None:
+    """ONNX Runtime's pre-processing; where its symbolic shape inference fails (an op it does not know), again
+    without it, as ONNX Runtime advises: the quantizer then names the op it cannot handle."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            pre_process(src, out)
+        except Exception:  # noqa: BLE001 - whatever failed, the second try says it in its own words
+            pre_process(src, out, skip_symbolic_shape=True)
 
 
 def batch_stats(batch: np.ndarray) -> dict[str, Any]:
@@ -253,7 +267,7 @@ def quantize(fp32: bytes, calib: Calibration, feed: Feed, settings: Int8Settings
             f.write(fp32)
         proto = onnx.load_from_string(fp32)
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=False)
+            _pre_process(quant_pre_process, src, pre)
         except Exception as exc:  # noqa: BLE001 - shape inference raises many types; one line names the model
             raise _failure("pre-process", arch, exc, proto) from None
         proto = onnx.load(pre)
@@ -265,7 +279,7 @@ def quantize(fp32: bytes, calib: Calibration, feed: Feed, settings: Int8Settings
                             activation_type=acts, weight_type=weights, calibrate_method=method,
                             nodes_to_exclude=kept or None, extra_options=extra)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; one line names the op
-            raise _failure("quantise", arch, exc, proto) from None
+            raise _failure("quantise", arch, exc, proto, settings.method) from None
         with open(out, "rb") as f, open(pre, "rb") as g:
             blob, pre_blob = f.read(), g.read()
     return Quantized(blob, pre_blob, kept, batch_stats(feed(calib.batches[0])))
