@@ -20,6 +20,8 @@ import tempfile
 
 import pytest
 import torch
+
+pytest.importorskip("hypothesis")  # a test-only dependency: pip install hypothesis (CI installs it)
 from hypothesis import given
 from hypothesis import strategies as st
 
