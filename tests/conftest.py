@@ -14,6 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+try:  # the fuzz tests' profiles (tests/test_fuzz.py); registered here, where --hypothesis-profile can find them
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    settings.register_profile("fuzz-quick", max_examples=25, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("fuzz-thorough", max_examples=1250, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fuzz-quick"))
+
 COLORS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
 # The flags that make a 32-px GhostNet run on the tiny folders take seconds on a 2-core CPU.
 SMALL = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32", "-j", "0", "-p", "100"]

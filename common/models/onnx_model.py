@@ -27,6 +27,7 @@ INSTALL_HINT = "pip install onnx onnxscript onnxruntime (they are in requirement
 JSON_KEYS = ("classes", "mean", "std", "input_shape")
 _RE_EXPORT = "re-export the model with export.py"
 # What export.py writes under each JSON key; checked before the values are used (a mean of two numbers, a string).
+# input_shape holds sizes and the names of dynamic axes ("batch").
 _JSON_SCHEMA = {"classes": schema.Names(), "mean": [float], "std": [float], "input_shape": [schema.Dim()]}
 INPUT_FLOAT, INPUT_UINT8 = "float32 NCHW RGB, normalised", "uint8 NCHW RGB 0-255, normalised inside the graph"
 
