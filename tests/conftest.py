@@ -53,6 +53,17 @@ def refusal(parse, *argv: str) -> str:
     raise AssertionError(f"{argv} was accepted")
 
 
+def random_state_dict(arch: str, path: str, num_classes: int = 1000, seed: int = 0) -> str:
+    """A seeded, randomly initialised state_dict of ``arch`` saved at ``path`` (no weights can be downloaded here)."""
+    import torch
+
+    from common.models import factory
+
+    torch.manual_seed(seed)
+    torch.save(factory.create_model(arch, num_classes).state_dict(), path)
+    return path
+
+
 def make_image_folder(root: str, train_per_class: int = 40, val_per_class: int = 10, classes=COLORS,
                       size: tuple[int, int] = (40, 48), seed: int = 0, ext: str = "png") -> str:
     """Write ``root/{train,val}/class<i>/img<j>.<ext>``: noisy images whose mean colour is the class."""

@@ -22,17 +22,11 @@ import torch
 
 from common.data import transforms
 from common.models import factory, loading, onnx_model, preprocess
-from conftest import SMALL, make_image_folder, refusal
+from conftest import SMALL, make_image_folder, random_state_dict, refusal
 from inprocess import call_main, load_script
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 SIZE = ["--val-resize-size", "36", "--val-crop-size", "32"]
-
-
-def random_state_dict(arch: str, path: str, num_classes: int = 1000, seed: int = 0) -> str:
-    torch.manual_seed(seed)
-    torch.save(factory.create_model(arch, num_classes).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from common.data import imagefolder, transforms
 from common.models import factory, loading, onnx_model, preprocess
 from common.predict import quantize
-from conftest import SMALL, make_image_folder, refusal
+from conftest import SMALL, make_image_folder, random_state_dict, refusal
 from inprocess import call_main, load_script
 
 pytest.importorskip("onnxruntime")
@@ -32,12 +32,6 @@ CALIB = ["--int8", "--calib-images", "16", "-j", "0"]
 # trained (100% on the val JPEGs); the others have random weights at 32 px, whose logits sit close together, so int8
 # rounding flips near ties: MobileNetV3-Small's 1000 random classes the most.
 AGREEMENT = {"ghostnet": 95.0, "resnet18": 80.0, "mobilenet": 50.0}
-
-
-def random_state_dict(arch: str, path: str, num_classes: int = 1000, seed: int = 0) -> str:
-    torch.manual_seed(seed)
-    torch.save(factory.create_model(arch, num_classes).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
