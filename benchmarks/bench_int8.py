@@ -4,8 +4,9 @@ PyTorch, model alone, at batch 1 and batch 16; and what int8 changes in the pred
 Each model is a checkpoint with random weights (1000 classes; no pretrained weights can be downloaded here), exported
 by export.py in this process to fp32 ONNX and to int8 (calibrated on generated photo-like JPEGs, evaluated on a
 second generated set: top-1 of random weights means nothing, so the agreement of int8 with fp32 is what is
-reported). Latency is the median of --repeats timed runs of the same batch, one runtime after the other
-(interleaved, onnxruntime's spin-waiting threads would slow the next one); PyTorch runs with the project's CPU
+reported). Latency is the fastest of --repeats timed runs of the same batch (on a CPU shared with other work the
+fastest run is the least disturbed one), one runtime after the other (interleaved, onnxruntime's spin-waiting
+threads would slow the next one); PyTorch runs with the project's CPU
 defaults (channels_last, BatchNorm folded, bf16 autocast where it pays), onnxruntime with its default graph
 optimisations and threads (the cores).
 
@@ -19,7 +20,6 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), metavar="ARCH",
                         help=f"models to compare (default: {' '.join(ARCHS)})")
     parser.add_argument("--repeats", type=options.POSITIVE_INT, default=7, metavar="N",
-                        help="timed runs per runtime and batch; the median is reported (default: 7)")
+                        help="timed runs per runtime and batch; the fastest is reported (default: 7)")
     parser.add_argument("--calib-images", type=options.POSITIVE_INT, default=32, metavar="N",
                         help="generated calibration images (default: 32)")
     parser.add_argument("--methods", nargs="+", choices=options.CALIB_METHODS, default=[options.CALIB_METHODS[0]],
@@ -77,7 +77,7 @@ def exported(arch: str, work: str, data: str, crop: int, extra: list[str]) -> tu
 
 
 def time_each(runners: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each runner over ``repeats`` runs after one untimed run, one runner after the other:
+    """The fastest of ``repeats`` runs of each runner (seconds) after one untimed run, one runner after the other:
     interleaved, onnxruntime's threads (which spin-wait a while after each run) would slow the next runner."""
     times: dict[str, float] = {}
     for name, run in runners.items():
@@ -87,7 +87,7 @@ def time_each(runners: dict, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             run()
             laps.append(time.perf_counter() - t0)
-        times[name] = statistics.median(laps)
+        times[name] = min(laps)
     return times
 
 
@@ -152,7 +152,7 @@ def report(rows: list[dict], path: str | None, machine: Machine, types: list[str
               f"{r['fp32_mib']:>7.1f}/{r[f'int8_{types[0]}_mib']:<6.1f}  {agree}")
     if path:
         write_csv(rows, path, machine)
-    print("=> ms per batch, median of the timed runs" + (f"; written to {path}" if path else " (--quick: not "
+    print("=> ms per batch, fastest of the timed runs" + (f"; written to {path}" if path else " (--quick: not "
                                                                                               "written)"))
 
 

@@ -206,3 +206,16 @@ def test_an_op_onnx_runtime_cannot_quantise_is_one_line_naming_it():
         quantize.quantize(model.SerializeToString(), calib, quantize.feed_for(False, transforms.IMAGENET),
                           quantize.Int8Settings(), "toy")
     assert "\n" not in str(exc.value) and "ONNX Runtime cannot quantise toy at op Mystery" in str(exc.value)
+
+
+@pytest.mark.slow
+def test_compare_int8_times_fp32_and_int8_onnx_side_by_side(tmp_path):
+    rows, _ = call_main("evaluation/compare.py", "--models", "resnet18", "--quick", "--threads", "1", "--int8",
+                        "--output-dir", str(tmp_path))
+    (row,) = rows
+    assert not row.get("int8_error") and row["onnx_fp32_mib"] >= 3 * row["onnx_int8_mib"] > 0
+    assert all(row[f"ort_{p}_{f}"] > 0 for p in ("fp32", "int8") for f in ("latency_ms", "img_s"))
+    table = (tmp_path / "compare.md").read_text()
+    assert "ONNX Runtime fp32 against int8" in table and "| resnet18 | " in table.split("against int8")[1]
+    header = (tmp_path / "compare.csv").read_text().splitlines()[0].split(",")
+    assert {"ort_int8_latency_ms", "onnx_int8_mib"} <= set(header)
