@@ -140,7 +140,8 @@ def test_pretrained_reads_timms_hugging_face_cache(tmp_path, monkeypatch):
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     save_file(state, str(repo / "snapshots" / "abc123" / "model.safetensors"))
     model = factory.create_model("ghostnetv2", 1000, pretrained=True)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert factory.pretrained_file("ghostnetv2", 1.0) == str(repo / "snapshots" / "abc123" / "model.safetensors")
     prep = preprocess.weights_preprocess("ghostnetv2")
     assert (prep.resize, prep.crop, prep.interpolation) == (256, 224, "bicubic") and "timm" in prep.source
@@ -158,7 +159,8 @@ def test_pretrained_reads_the_authors_release_in_the_torch_hub_cache(tmp_path, m
     os.makedirs(os.path.dirname(path))
     torch.save({"state_dict": release, "args": argparse.Namespace(lr=0.1), "epoch": 599}, path)
     model = factory.create_model("ghostnetv3", 5, pretrained=True)  # a new 5-class head on the ImageNet body
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items() if not k.startswith("classifier"))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.startswith("classifier"))
     assert model.classifier.out_features == 5
 
 
@@ -197,7 +199,6 @@ def _flags(files: dict[str, str]) -> list[str]:
             "--data", files["data"], "--val-resize-size", "64", "--val-crop-size", "64", "-j", "0"]
 
 
-@pytest.mark.slow
 def test_test_py_evaluates_a_v3_checkpoint_folded(v3_checkpoint):
     _, printed = call_main("test.py", *_flags(v3_checkpoint), "--output-dir", v3_checkpoint["work"] + "/eval")
     assert "ghostnetv3" in printed and "BatchNorm folded" in printed and "on 8 images" in printed

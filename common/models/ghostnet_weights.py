@@ -78,8 +78,11 @@ def _read(path: str) -> dict:
     """The tensors of a safetensors file, or a torch file read with weights_only (the authors' training files also
     hold their argparse.Namespace of flags, which is allowed and ignored)."""
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"{path} is a safetensors file, which needs the safetensors package; "
+                            "pip install safetensors.") from None
         return load_file(path)
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
