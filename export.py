@@ -187,7 +187,7 @@ def _sha256(path: str | None) -> str | None:
 
 def source_file(source: loading.ModelSource, arch: str) -> str | None:
     """The file the weights came from: the checkpoint, or the hub cache file of --pretrained."""
-    return source.path or (factory.cache_path(factory.weights_url(arch)) if source.pretrained else None)
+    return source.path or (factory.pretrained_file(arch, source.width_mult) if source.pretrained else None)
 
 
 def metadata(loaded: loading.LoadedModel, source: loading.ModelSource, target: Target,

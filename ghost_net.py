@@ -199,10 +199,10 @@ class GhostNet(nn.Module):
         in_chs = stem_chs
         for stage_cfg in cfgs:
             layers = []
-            for k, exp_size, c, se_ratio, s in stage_cfg:
+            for k, exp_size, c, se_ratio, s, *extra in stage_cfg:
                 out_chs = _make_divisible(c * width, 4)
                 mid_chs = _make_divisible(exp_size * width, 4)
-                layers.append(GhostBottleneck(in_chs, mid_chs, out_chs, k, s, se_ratio=se_ratio))
+                layers.append(self.make_block(in_chs, mid_chs, out_chs, k, s, se_ratio, *extra))
                 in_chs = out_chs
             stages.append(nn.Sequential(*layers))
         # The 1x1 layer after the stages is blocks.<len(cfgs)>.0 and is as wide as the last block's expansion.
@@ -214,6 +214,11 @@ class GhostNet(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.classifier = self._make_classifier(num_classes)
         self._init_weights()
+
+    def make_block(self, in_chs: int, mid_chs: int, out_chs: int, k: int, s: int, se_ratio: float) -> nn.Module:
+        """One bottleneck of the config table; GhostNetV2/V3 (ghost_net_v23.py) build theirs here, with the
+        columns their table adds after SE and s."""
+        return GhostBottleneck(in_chs, mid_chs, out_chs, k, s, se_ratio=se_ratio)
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

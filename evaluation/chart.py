@@ -37,9 +37,10 @@ def _log_labels(ax: Axes) -> None:
 
 
 def _display_name(model: str) -> str:
-    """``ghostnet:0.5`` as ``GhostNet 0.5x``; other names as they are."""
+    """``ghostnet:0.5`` as ``GhostNet 0.5x``, ``ghostnetv3`` as ``GhostNetV3 1.0x``; other names as they are."""
     arch, _, width = model.partition(":")
-    return f"GhostNet {float(width or 1):.1f}x" if arch == "ghostnet" else model
+    names = {"ghostnet": "GhostNet", "ghostnetv2": "GhostNetV2", "ghostnetv3": "GhostNetV3"}
+    return f"{names[arch]} {float(width or 1):.1f}x" if arch in names else model
 
 
 def _panel(ax: Axes, points: list[tuple[str, float, float]], xlabel: str, title: str) -> list:

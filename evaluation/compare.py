@@ -8,7 +8,9 @@ here (batch-1 latency, inference and training throughput, peak memory), like the
     python evaluation/compare.py --quick                          # two models at 32 px, in seconds
     python evaluation/compare.py --models ghostnet resnet50 --int8 --device cpu   # + ONNX Runtime fp32 vs int8
 
-``--models`` takes any ``-a`` name of the training scripts; ``ghostnet:W`` is GhostNet at width W. Each speed figure
+``--models`` takes any ``-a`` name of the training scripts; ``ghostnet:W`` is GhostNet at width W (``ghostnetv2:W``,
+``ghostnetv3:W`` likewise); GhostNetV3 is measured re-parameterised, as deployed (its training throughput in its
+training form). Each speed figure
 is measured twice: with the project's speed defaults for the device (as test.py and train_main.py run: autocast
 where it pays, channels_last, BatchNorm folded for inference; changed by --amp/--no-amp, --channels-last,
 --compile) and as plain fp32 NCHW eager PyTorch. Writes compare.csv, compare.md (a Markdown table) and compare.png
@@ -39,7 +41,8 @@ from common.report.machine import CSV_FIELDS, Machine, this_machine  # noqa: E40
 from evaluation import chart, measure, published  # noqa: E402
 from evaluation import int8 as int8_columns  # noqa: E402
 
-DEFAULT_MODELS = ("ghostnet:0.5", "ghostnet", "ghostnet:1.3", "mobilenet_v2", "mobilenet_v3_small",
+DEFAULT_MODELS = ("ghostnet:0.5", "ghostnet", "ghostnet:1.3", "ghostnetv2", "ghostnetv3", "mobilenet_v2",
+                  "mobilenet_v3_small",
                   "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                   "shufflenet_v2_x2_0", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3", "efficientnet_b0",
                   "regnet_x_400mf", "regnet_y_400mf", "squeezenet1_1", "resnet18", "resnet50")
@@ -63,8 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Parameters, multiply-adds, published top-1/top-5 and measured speed of several networks.",
         parents=[options.speed_parser(pipeline=False)])
     parser.add_argument("--models", nargs="+", default=None, metavar="ARCH",
-                        help="-a names to compare; ghostnet:W for GhostNet at width W (default: 18 lightweight "
-                             "networks, listed in the README, and resnet18/resnet50 as references)")
+                        help="-a names to compare; ghostnet:W for GhostNet at width W, ghostnetv2:W and "
+                             "ghostnetv3:W likewise (default: 20 lightweight networks, listed in the README, and "
+                             "resnet18/resnet50 as references)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     parser.add_argument("--input-size", type=options.PIXELS, default=None, metavar="PX",
                         help="square input size for MACs and every speed figure (default: 224)")
@@ -88,13 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_model(spec: str, archs: list[str]) -> tuple[str, float]:
-    """``arch`` or ``ghostnet:W`` as (arch, width); unknown names are refused with a suggestion."""
+    """``arch`` or ``ghostnet:W`` (any GhostNet) as (arch, width); unknown names are refused with a suggestion."""
     arch, _, width = spec.partition(":")
     factory.check_arch(arch, archs)
     if not width:
         return arch, 1.0
-    if arch != "ghostnet":
-        raise UserError(f"--models {spec}: only ghostnet takes a width (ghostnet:0.5); drop ':{width}'.")
+    if arch not in factory.GHOSTNETS:
+        raise UserError(f"--models {spec}: only the GhostNets take a width (ghostnet:0.5); drop ':{width}'.")
     try:
         value = limits.Number(float, 0, limits.MAX_WIDTH_MULT, low_open=True)(width)
     except argparse.ArgumentTypeError as exc:
@@ -144,7 +148,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def label(arch: str, width: float) -> str:
-    return arch if arch != "ghostnet" or width == 1.0 else f"ghostnet:{width:g}"
+    return arch if arch not in factory.GHOSTNETS or width == 1.0 else f"{arch}:{width:g}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -186,7 +190,7 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
               budget: measure.Budget) -> dict:
     """Every column of one model; what could not be built or run is named in ``error``."""
     pub = published.published(arch, width)
-    row = {"model": label(arch, width), "arch": arch, "width": width if arch == "ghostnet" else "",
+    row = {"model": label(arch, width), "arch": arch, "width": width if arch in factory.GHOSTNETS else "",
            "input_size": budget.input_size, "published_top1": pub.top1, "published_top5": pub.top5,
            "published_source": pub.source, "eval_resize": pub.resize, "eval_crop": pub.crop,
            "eval_interpolation": pub.interpolation, "device": str(args.device), "batch_size": budget.batch_size}
@@ -194,9 +198,10 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
         model = factory.create_model(arch, factory.IMAGENET_CLASSES, width_mult=width).eval()
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built keeps its row
         return {**row, "error": f"build: {_reason(exc)}"}
-    row["params"] = factory.count_params(model)
+    deployed = factory.reparameterized(model) or model  # GhostNetV3 as deployed: its branches folded
+    row["params"] = factory.count_params(deployed)
     try:
-        row["macs"] = count_macs(model, budget.input_size)
+        row["macs"] = count_macs(deployed, budget.input_size)
     except Exception as exc:  # noqa: BLE001 - e.g. an input too small for the model's pooling
         return {**row, "error": f"forward at {budget.input_size} px: {_reason(exc)}"}
     speed, errors = measure_setups(model, args.device, setups, budget)

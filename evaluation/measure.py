@@ -96,7 +96,9 @@ def latencies(model: nn.Module, device: torch.device, precision: Precision, budg
 def infer_figures(base: nn.Module, device: torch.device, setup: Setup,
                   budget: Budget) -> tuple[list[float], float, str]:
     """(batch-1 latencies in seconds, images/s at ``budget.batch_size``, description) of ``setup``'s inference."""
-    model, precision, desc = inference.on_device(copy.deepcopy(base).eval(), device, setup.speed)
+    # Re-parameterisation is the model's deployed form (GhostNetV3), so both setups run it; BN folding is a setup's.
+    deployed = factory.reparameterized(base) or copy.deepcopy(base)
+    model, precision, desc = inference.on_device(deployed.eval(), device, setup.speed)
     one_each = latencies(model, device, precision, budget)
     batch = _images(budget.batch_size, budget.input_size, device, precision)
     with torch.inference_mode(), precision.autocast():

@@ -4,7 +4,10 @@ torchvision models: everything comes from the DEFAULT weights' own metadata (``m
 ``weights.transforms()``, so no number is typed in here. GhostNet has no library that holds its
 figures: 1.0x is the official release (huawei-noah/ghostnet, ``state_dict_73.98.pth``, top-1 73.98, top-5 91.46,
 evaluated at 256/224 bilinear by its validate.py), and 0.5x and 1.3x are Table 7 of the paper (arXiv:1911.11907),
-which gives top-1 only and for which no weights were released. The eval preprocessing of either comes from
+which gives top-1 only and for which no weights were released. GhostNetV2 1.0x: 75.3, the paper's abstract
+(arXiv:2211.12905) and the authors' README; GhostNetV3 1.0x: 77.13 with EMA weights (76.93 without), the authors'
+release notes; GhostNetV3 1.3x: 79.1, the paper's abstract (arXiv:2404.11202). Other widths have no figure here
+until one is checked against its paper. The eval preprocessing of any of them comes from
 ``common.preprocess.weights_preprocess``, which test.py's ``--pretrained`` uses too.
 """
 from __future__ import annotations
@@ -13,13 +16,19 @@ from dataclasses import dataclass
 
 import torchvision
 
-from common.models import factory, preprocess
+from common.models import factory, ghostnet_weights, preprocess
 
 # width: (top-1, top-5 or None, source)
 GHOSTNET_PUBLISHED = {
     1.0: (73.98, 91.46, f"official release ({factory.GHOSTNET_URL.rsplit('/', 1)[-1]})"),
     0.5: (66.2, None, "paper, Table 7 (no weights released)"),
     1.3: (75.7, None, "paper, Table 7 (no weights released)"),
+}
+# (arch, width): (top-1, top-5 or None, source)
+GHOSTNET_V23_PUBLISHED = {
+    ("ghostnetv2", 1.0): (75.3, None, "GhostNetV2 paper, abstract (arXiv:2211.12905)"),
+    ("ghostnetv3", 1.0): (77.13, None, "GhostNetV3 release, EMA weights (76.93 without EMA)"),
+    ("ghostnetv3", 1.3): (79.1, None, "GhostNetV3 paper, abstract (arXiv:2404.11202)"),
 }
 
 
@@ -50,8 +59,17 @@ def _with_eval(figures: Published, arch: str) -> Published:
     return Published(figures.top1, figures.top5, figures.source, prep.resize, prep.crop, prep.interpolation)
 
 
+def _ghostnet_v23(arch: str, width: float) -> Published:
+    if (arch, width) not in GHOSTNET_V23_PUBLISHED:
+        return Published()
+    figures = Published(*GHOSTNET_V23_PUBLISHED[arch, width])
+    return _with_eval(figures, arch) if (arch, width) in ghostnet_weights.PUBLISHED else figures
+
+
 def published(arch: str, width: float = 1.0) -> Published:
     """The published figures of ``arch`` (at ``width`` for GhostNet); an empty Published where none exist."""
+    if arch in factory.GHOSTNETS[1:]:
+        return _ghostnet_v23(arch, width)
     if arch != "ghostnet":
         return _torchvision(arch)
     if width not in GHOSTNET_PUBLISHED:

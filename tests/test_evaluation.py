@@ -148,7 +148,7 @@ def parse(*argv: str) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--models", "mobilenet_v4"], "unknown architecture 'mobilenet_v4'"),
-    (["--models", "resnet18:0.5"], "only ghostnet takes a width"),
+    (["--models", "resnet18:0.5"], "only the GhostNets take a width"),
     (["--models", "ghostnet:0"], "the width must be a number in (0, 4]"),
     (["--device", "tpu"], "not a device name"),
     (["--repeats", "0"], "--repeats: must be an integer in [1, 100000]"),

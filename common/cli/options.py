@@ -109,14 +109,14 @@ def model_parser(default_arch: str | None = "resnet18", dropout: bool = True) ->
     """Model choice: ``-a/--arch``, ``--pretrained``, ``--weights``, ``--width-mult``; ``--dropout`` if asked."""
     parser, g = _group("model")
     g.add_argument("-a", "--arch", default=default_arch, metavar="ARCH",
-                   help="any torchvision classification model, or ghostnet "
+                   help="any torchvision classification model, or ghostnet, ghostnetv2, ghostnetv3 "
                         f"(default: {default_arch or 'the checkpoint' + chr(39) + 's'})")
     g.add_argument("--pretrained", action="store_true",
                    help="start from ImageNet weights (torchvision weights API; official release for ghostnet)")
     g.add_argument("--weights", default=None, metavar="PATH",
                    help="start from a local state_dict or checkpoint file instead of downloading")
     g.add_argument("--width-mult", type=Number(float, 0, MAX_WIDTH_MULT, low_open=True), default=1.0,
-                   help=f"GhostNet width multiplier, in (0, {MAX_WIDTH_MULT:g}] (default: 1.0)")
+                   help=f"GhostNet (v1, V2, V3) width multiplier, in (0, {MAX_WIDTH_MULT:g}] (default: 1.0)")
     if dropout:
         g.add_argument("--dropout", type=FRACTION, default=None,
                        help="dropout before the classifier, in [0, 1), for models that have one "

@@ -3,7 +3,8 @@
 Published weights are only as good as the preprocessing they were measured with: torchvision's ResNet-50 DEFAULT
 weights (IMAGENET1K_V2) expect a resize to 232, the EfficientNets their own sizes and bicubic, EfficientNet-V2-L a
 mean and std of 0.5. ``weights_preprocess(arch)`` reads them from torchvision's ``weights.transforms()`` (GhostNet:
-its official release, 256/224 bilinear with ImageNet's mean and std). ``resolve`` then decides each field: an
+its official release, 256/224 bilinear with ImageNet's mean and std; GhostNetV2/V3: timm's configuration of their
+weights, 256/224 bicubic). ``resolve`` then decides each field: an
 explicit flag wins, else what a checkpoint records (its training args: ``val_resize_size``, ``val_crop_size``,
 ``interpolation``, ``mean``, ``std``, and ``start_weights``, the weights its training started from), else the
 weights', else the ImageNet defaults (256/224 bilinear). The result names its source for the header.
@@ -30,6 +31,9 @@ from common.limits import MAX_PIXELS, VAL_CROP_SIZE, VAL_RESIZE_SIZE
 
 DEFAULT_INTERPOLATION = "bilinear"
 GHOSTNET_WEIGHTS = "GhostNet's official release (state_dict_73.98.pth)"
+# timm's pretrained_cfg of ghostnetv2_*.in1k and ghostnetv3_*.in1k: 224 px crop at crop_pct 0.875 (so 256), bicubic,
+# ImageNet mean and std; the same for every width.
+TIMM_GHOSTNET_EVAL = {"ghostnetv2": (256, 224, "bicubic"), "ghostnetv3": (256, 224, "bicubic")}
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ def weights_preprocess(arch: str) -> EvalPreprocess:
     ``weights.transforms()`` for its DEFAULT weights; for GhostNet's release 256/224 bilinear, ImageNet mean/std."""
     if arch == "ghostnet":
         return EvalPreprocess(source=GHOSTNET_WEIGHTS)
+    if arch in TIMM_GHOSTNET_EVAL:
+        resize, crop, interpolation = TIMM_GHOSTNET_EVAL[arch]
+        return EvalPreprocess(resize, crop, interpolation, source=f"timm's {arch}_*.in1k pretrained_cfg")
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     t = weights.transforms()
     return EvalPreprocess(int(t.resize_size[0]), int(t.crop_size[0]), t.interpolation.value, tuple(t.mean),
