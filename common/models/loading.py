@@ -52,6 +52,7 @@ class LoadedModel:
     train_args: dict[str, Any]  # the checkpoint's args ({} for a bare state_dict)
     note: str = ""  # e.g. "epoch 3, best Acc@1 87.500", for the header
     weights: preprocess.EvalPreprocess | None = None  # the published preprocessing of ImageNet weights loaded
+    best_acc1: float | None = None  # the checkpoint's best validation top-1, when it records one
 
 
 def imagenet_categories() -> list[str]:
@@ -140,7 +141,8 @@ def _from_file(source: ModelSource) -> LoadedModel:
     note = f"after {meta['epoch']} epochs, best Acc@1 {best:.3f}" if "epoch" in meta else ""
     if meta.get("best_weights") == "ema" and isinstance(meta.get("state_dict_ema"), dict):  # state_dict_from's pick
         note = f"{note}, EMA weights" if note else "EMA weights"
-    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note)
+    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note,
+                       best_acc1=best if "best_acc1" in meta else None)
 
 
 def _from_onnx(source: ModelSource) -> LoadedModel:
