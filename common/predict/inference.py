@@ -182,7 +182,7 @@ def model_source(args) -> ModelSource:
     """The ModelSource of parsed ``options.model_parser`` and ``options.inference_parser`` flags."""
     onnx = getattr(args, "model", None)
     return ModelSource(onnx or args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                       args.unsafe_load, args.classes, onnx=bool(onnx))
+                       args.unsafe_load, args.classes, onnx=bool(onnx), ema=getattr(args, "ema", None))
 
 
 def speed_config(args) -> SpeedConfig:
