@@ -22,13 +22,15 @@ and eval sizes of its metadata; a foreign ONNX classifier takes its classes from
 
 Evaluation held against published numbers: --pretrained evaluates with the weights' own resize, crop, interpolation
 and normalisation (ResNet-50's DEFAULT: 232/224); test-time augmentation; several resolutions in one pass over the
-files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index:
+files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index; ImageNet-A
+and -R scored over their 200 classes, as timm does (the sets are recognised from the folders, or named by --eval-set):
 
     python test.py --pretrained -a resnet50 --data /imagenet
     python test.py --ckpt model_best.pth.tar --data /imagenet --tta flip
     python test.py --ckpt model_best.pth.tar --data /imagenet --val-crop-size 224 256 288 --crop-pct 0.875
     python test.py --pretrained -a resnet50 --data /imagenet --real-labels real.json
     python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
+    python test.py --pretrained -a resnet50 --data /data/imagenet-r --eval-set imagenet-r
 
 The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
 where they come from. A flat ImageNet val folder is sorted by `python -m common.data.valprep`. Whole pickled models
