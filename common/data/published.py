@@ -3,18 +3,25 @@
 timm's ``imagenet-1k-wds`` names its shards ``imagenet1k-train-NNNN.tar`` and ``imagenet1k-validation-NN.tar`` and
 describes each split in ``_info.json`` (``splits.<name>.filenames`` and ``shard_lengths``), without ``classes.txt``;
 the webdataset converter writes ``imagenet-train-NNNNNN.tar`` and ``imagenet-val-NNNNNN.tar``. This module reads
-what those folders say: the sample count of each shard, and the class names where the folder gives none.
+what those folders say: the sample count of each shard, and the class names where the folder gives none: from
+``_info.json``, else from the samples' ``.json`` members (``{"label": 3, "class_name": "tulip"}``, as a
+``webdataset.ShardWriter`` user or timm's shards write them).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tarfile
 
 import torchvision
 
 from common.errors import UserError
 
 INFO_NAME = "_info.json"
+# The keys of a sample's .json that name its class, and those that give its label (else its .cls member does).
+NAME_KEYS = ("class_name", "classname", "label_name", "class", "synset", "wnid")
+LABEL_KEYS = ("label", "cls", "class_id", "target")
 IMAGENET_CLASSES = 1000
 # Split patterns after our own train-*.tar / val-*.tar: a dataset-name prefix before the split name.
 TRAIN_PATTERNS = ("*-train-*.tar",)
@@ -67,3 +74,61 @@ def info_classes(info: dict) -> list[str] | None:
     if info.get("num_classes") == IMAGENET_CLASSES or name.startswith(("imagenet1k", "imagenet")):
         return imagenet_class_names()
     return None
+
+
+def _sample_json(path: str) -> dict[int, str]:
+    """label -> class name, from the ``.json`` (and ``.cls``) members of one shard's samples; images are skipped."""
+    found: dict[int, str] = {}
+    current, meta, cls = None, None, None
+
+    def note() -> None:
+        name = next((meta[k] for k in NAME_KEYS if isinstance(meta, dict) and isinstance(meta.get(k), str)), None)
+        label = next((meta[k] for k in LABEL_KEYS if isinstance(meta, dict) and isinstance(meta.get(k), int)), cls)
+        if name and isinstance(label, int) and label >= 0 and found.setdefault(label, name) != name:
+            raise UserError(f"{path}: the samples' .json give label {label} two class names ({found[label]!r}, "
+                            f"{name!r}); write classes.txt beside the shards (one name per line, in label order).")
+
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = os.path.basename(member.name).partition(".")
+                if key != current:
+                    note()
+                    current, meta, cls = key, None, None
+                if ext.lower() == "json":
+                    meta = json.loads(tar.extractfile(member).read())
+                elif ext.lower() == "cls":
+                    text = tar.extractfile(member).read().strip()
+                    cls = int(text) if text.isdigit() else None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read for its samples' class names ({exc}); write classes.txt beside the "
+                        "shards (one name per line, in label order).") from None
+    note()
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_classes(files: tuple[str, ...], stamp: tuple) -> list[str] | None:
+    names: dict[int, str] = {}
+    for path in files:
+        for label, name in _sample_json(path).items():
+            if names.setdefault(label, name) != name:
+                raise UserError(f"the samples' .json give label {label} two class names ({names[label]!r}, {name!r}); "
+                                "write classes.txt beside the shards (one name per line, in label order).")
+    if not names:
+        return None
+    missing = [i for i in range(max(names) + 1) if i not in names]
+    if missing:
+        raise UserError(f"the samples' .json name no class for label {missing[0]} (of 0..{max(names)}); write "
+                        "classes.txt beside the shards (one name per line, in label order).")
+    return [names[i] for i in range(len(names))]
+
+
+def sample_classes(files: list[str]) -> list[str] | None:
+    """Class names in label order from the samples' ``.json`` members of ``files`` (each shard read once per process,
+    images skipped); None when no sample names its class; a UserError when they name a label twice differently or
+    leave one unnamed."""
+    stamp = tuple((os.path.getsize(f), os.path.getmtime(f)) for f in files)
+    return _sample_classes(tuple(files), stamp)

@@ -80,6 +80,10 @@ def read_classes(root: str) -> list[str]:
         names = published.info_classes(published.read_info(root))
         if names:
             return names
+        names = published.sample_classes(shard_files(root, "val") or shard_files(root, "train"))
+        if names:
+            return schema.class_names(names, f"the samples' .json in {root!r}",
+                                      "write classes.txt beside the shards, one name per line")
         raise UserError(f"{root!r} holds shards but no {CLASSES_NAME} (one class name per line, in label order); "
                         "write it beside the shards, or convert again with python -m common.data.convert.")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
