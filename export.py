@@ -1,9 +1,10 @@
-"""Export a model of this project for deployment: ONNX (onnxruntime and other runtimes) or torch.export (.pt2).
+"""Export a model of this project for deployment: ONNX (onnxruntime and other runtimes), torch.export (.pt2), or a
+timm Hub folder.
 
 Any model that test.py reads: a checkpoint of train_*.py or network.py (its EMA weights when the checkpoint marks
-them as the better ones, as test.py does), a state_dict with -a, or ImageNet weights with --pretrained -a ARCH. The
-model is exported in eval mode with its BatchNorms folded into the convolutions, for the checkpoint's eval crop
-(--val-crop-size to change it), with a dynamic batch dimension:
+them as the better ones, as test.py does; --ema / --no-ema choose), a state_dict with -a, or ImageNet weights with
+--pretrained -a ARCH. The model is exported in eval mode with its BatchNorms folded into the convolutions, for the
+checkpoint's eval crop (--val-crop-size to change it), with a dynamic batch dimension:
 
     python export.py --ckpt runs/probe/model_best.pth.tar --output model.onnx
     python export.py --ckpt runs/probe/model_best.pth.tar --output model_uint8.onnx --with-preprocess
