@@ -5,13 +5,16 @@ describes each split in ``_info.json`` (``splits.<name>.filenames`` and ``shard_
 the webdataset converter writes ``imagenet-train-NNNNNN.tar`` and ``imagenet-val-NNNNNN.tar``. This module reads
 what those folders say: the sample count of each shard, and the class names where the folder gives none: from
 ``_info.json``, else from the samples' ``.json`` members (``{"label": 3, "class_name": "tulip"}``, as a
-``webdataset.ShardWriter`` user or timm's shards write them).
+``webdataset.ShardWriter`` user or timm's shards write them). A layout named otherwise is given with its split
+patterns in timm's brace form: ``--data 'wds:DIR?train=shop-train-{0000..0015}.tar&val=shop-test-{00..03}.tar'``
+(``PatternRoot``).
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import re
 import tarfile
 
 import torchvision
@@ -132,3 +135,82 @@ def sample_classes(files: list[str]) -> list[str] | None:
     leave one unnamed."""
     stamp = tuple((os.path.getsize(f), os.path.getmtime(f)) for f in files)
     return _sample_classes(tuple(files), stamp)
+
+
+SPLIT_KEYS = {"train": "train", "val": "val", "validation": "val"}
+MAX_EXPANDED = 1_000_000  # shard names one pattern may stand for
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(\d+)\.\.(\d+)")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """The names a brace pattern stands for, in order: ``{0000..0015}`` a zero-padded range (the width of its first
+    bound), ``{a,b}`` alternatives, several braces combined (as timm's and webdataset's shard specs)."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body, head, tail = match.group(1), pattern[:match.start()], pattern[match.end():]
+    ranged = _RANGE.fullmatch(body)
+    if ranged:
+        low, high = int(ranged.group(1)), int(ranged.group(2))
+        if high < low or high - low >= MAX_EXPANDED:
+            raise UserError(f"the shard pattern {pattern!r} has the range {{{body}}}, which is empty or too large; "
+                            "give {FIRST..LAST} with FIRST <= LAST.")
+        width = len(ranged.group(1))
+        choices = [f"{i:0{width}d}" for i in range(low, high + 1)]
+    else:
+        choices = body.split(",")
+    out = [head + choice + rest for choice in choices for rest in expand_braces(tail)]
+    if len(out) > MAX_EXPANDED:
+        raise UserError(f"the shard pattern {pattern!r} stands for more than {MAX_EXPANDED} files; give fewer.")
+    return out
+
+
+class PatternRoot(str):
+    """A shard folder with the split patterns it was given (``DIR?train=PATTERN&val=PATTERN``): the folder as a
+    ``str`` for every path built from it, ``patterns`` ({"train"|"val": brace pattern}) for the shards, and ``spec``
+    (the whole value, as ``--data`` records it)."""
+
+    patterns: dict[str, str]
+
+    def __new__(cls, folder: str, patterns: dict[str, str]) -> PatternRoot:
+        root = super().__new__(cls, folder)
+        root.patterns = dict(patterns)
+        return root
+
+    def __reduce__(self):
+        return PatternRoot, (str.__str__(self), self.patterns)
+
+    @property
+    def spec(self) -> str:
+        return str.__str__(self) + "?" + "&".join(f"{k}={v}" for k, v in self.patterns.items())
+
+    def files(self, split: str) -> list[str]:
+        """The shards of ``split`` in pattern order ([] when no pattern names the split); a UserError naming the
+        first that does not exist."""
+        if split not in self.patterns:
+            return []
+        paths = [os.path.join(self, name) for name in expand_braces(self.patterns[split])]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"the {split} pattern {self.patterns[split]!r} names {len(missing)} file(s) that do not "
+                            f"exist, e.g. {missing[0]!r}; fix the pattern after wds:{str.__str__(self)}?")
+        return paths
+
+
+def pattern_root(value: str) -> PatternRoot:
+    """``DIR?train=PATTERN&val=PATTERN`` (either split may be left out) as a PatternRoot; one UserError for a
+    malformed value or a pattern naming a file that does not exist."""
+    folder, _, query = value.partition("?")
+    patterns = {}
+    for part in query.split("&"):
+        key, sep, pattern = part.partition("=")
+        if not sep or key not in SPLIT_KEYS or not pattern or "/" in pattern or os.sep in pattern:
+            raise UserError(f"--data wds:{value!r}: after '?' give train=PATTERN and/or val=PATTERN joined by '&', "
+                            "each a shard file name in the folder with timm's braces, e.g. "
+                            "'wds:DIR?train=shop-train-{0000..0015}.tar&val=shop-test-{00..03}.tar'.")
+        patterns[SPLIT_KEYS[key]] = pattern
+    root = PatternRoot(folder, patterns)
+    for split in patterns:
+        root.files(split)  # every file a pattern names must exist: said now, in one line
+    return root

@@ -58,7 +58,9 @@ SPLIT_PATTERNS = {"train": ("train-*.tar", *published.TRAIN_PATTERNS),
 
 
 def shard_files(root: str, split: str) -> list[str]:
-    """The shards of ``split`` under ``root``, sorted."""
+    """The shards of ``split`` under ``root``, sorted; those its patterns name, for a ``published.PatternRoot``."""
+    if isinstance(root, published.PatternRoot):
+        return root.files(split)
     for pattern in SPLIT_PATTERNS[split]:
         found = sorted(glob.glob(os.path.join(glob.escape(root), pattern)))
         if found:
@@ -535,7 +537,10 @@ def datasets(root: str, fast: bool, train_tf, val_tf, bad_log=None) -> tuple[Sha
 
 
 def found_at(root: str) -> bool:
-    """Whether ``root`` holds training or validation shards (``SPLIT_PATTERNS``: ours and the published namings)."""
+    """Whether ``root`` holds training or validation shards (``SPLIT_PATTERNS``: ours and the published namings, or
+    the split patterns of a ``published.PatternRoot``)."""
+    if isinstance(root, published.PatternRoot):
+        return bool(root.files("train") or root.files("val"))
     return any(glob.glob(os.path.join(glob.escape(root), pattern))
                for patterns in SPLIT_PATTERNS.values() for pattern in patterns)
 
