@@ -123,3 +123,6 @@ def test_timm_output_flags_are_refused_in_one_line(ghostnet_export, tmp_path):
                             (["--output", str(tmp_path / "x"), "--with-preprocess"], "--with-preprocess")):
         args = export.get_args_parser().parse_args(["--ckpt", ghostnet_export["ckpt"], "--format", "timm", *extra])
         assert expected in refusal(export.check_args, args)
+    hub = ghostnet_export["folder"]  # a timm folder is also a checkpoint test.py reads: not its own output
+    args = export.get_args_parser().parse_args(["--ckpt", hub, "-a", "ghostnet", "--format", "timm", "--output", hub])
+    assert "which this run reads" in refusal(export.check_args, args)
