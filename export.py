@@ -1,9 +1,10 @@
-"""Export a model of this project for deployment: ONNX (onnxruntime and other runtimes) or torch.export (.pt2).
+"""Export a model of this project for deployment: ONNX (onnxruntime and other runtimes), torch.export (.pt2), or a
+timm Hub folder.
 
 Any model that test.py reads: a checkpoint of train_*.py or network.py (its EMA weights when the checkpoint marks
-them as the better ones, as test.py does), a state_dict with -a, or ImageNet weights with --pretrained -a ARCH. The
-model is exported in eval mode with its BatchNorms folded into the convolutions, for the checkpoint's eval crop
-(--val-crop-size to change it), with a dynamic batch dimension:
+them as the better ones, as test.py does; --ema / --no-ema choose), a state_dict with -a, or ImageNet weights with
+--pretrained -a ARCH. The model is exported in eval mode with its BatchNorms folded into the convolutions, for the
+checkpoint's eval crop (--val-crop-size to change it), with a dynamic batch dimension:
 
     python export.py --ckpt runs/probe/model_best.pth.tar --output model.onnx
     python export.py --ckpt runs/probe/model_best.pth.tar --output model_uint8.onnx --with-preprocess
@@ -28,6 +29,12 @@ first -b images of --data, or generated ones. The largest logit difference must 
 max(1, largest |logit|) and the top-1 classes must agree on every image (where the PyTorch logits of the two
 classes tie within the tolerance, either counts); otherwise the exit status is 2 and no file is written.
 --no-check skips it. The file is written whole (temporary file, then rename) or not at all.
+
+--format timm writes a folder as timm's Hub has them (config.json with the class names and eval preprocessing,
+model.safetensors, a model card README.md), for GhostNets at timm's widths and the torchvision models timm has under the
+same name and layout; timm builds the model from it and must give the same logits before the folder is put in place:
+
+    python export.py --ckpt runs/probe/model_best.pth.tar --format timm --output runs/probe/timm
 
 --int8 quantises the checked ONNX model with ONNX Runtime (common/predict/quantize.py), calibrated on --calib-data
 (default: --data's training split) through the checkpoint's eval transform; with --data it measures fp32 and int8
@@ -56,10 +63,11 @@ from torch.utils.data import DataLoader, Subset
 from common import files, limits
 from common.cli import defaults, options
 from common.data import sampling, transforms
-from common.models import factory, loading, onnx_model, preprocess
+from common.models import checkpoint, factory, loading, onnx_model, preprocess, timm_folder
 from common.predict import inference, quantize
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
+TIMM = "timm"  # a folder, not a file: config.json, model.safetensors and README.md, as timm's Hub has them
 DEFAULT_OPSET, MAX_OPSET = 18, 23  # 18: torchlib's own opset, run by onnxruntime >= 1.14; 23: onnxruntime 1.22+
 CHECK_IMAGES = 16
 INPUT_NAME, UINT8_INPUT_NAME, OUTPUT_NAME = "input", "pixels", "logits"
@@ -75,9 +83,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[options.data_parser(training=False), options.model_parser(default_arch=None, dropout=False),
                  options.inference_parser(onnx=False, batch_help=CHECK_HELP), options.int8_parser()])
     parser.add_argument("--output", required=True, metavar="PATH",
-                        help="the file to write: *.onnx (ONNX) or *.pt2 (torch.export)")
-    parser.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None,
-                        help="onnx or torch-export (default: from the --output extension)")
+                        help="the file to write: *.onnx (ONNX) or *.pt2 (torch.export); with --format timm, a folder")
+    parser.add_argument("--format", choices=sorted({*FORMATS.values(), TIMM}), default=None,
+                        help="onnx or torch-export (default: from the --output extension), or timm: a folder that "
+                             "timm.create_model('local-dir:PATH', pretrained=True) loads, ready for the Hub")
     parser.add_argument("--with-preprocess", action="store_true",
                         help="the exported model takes uint8 RGB pixels (N, 3, H, W), already resized and "
                              "centre-cropped, and normalises them itself (default: normalised float32 input)")
@@ -109,6 +118,8 @@ def check_args(args: argparse.Namespace) -> Target:
                         "(test.py --model runs the ONNX file).")
     ext = os.path.splitext(args.output)[1].lower()
     fmt = args.format or FORMATS.get(ext)
+    if fmt == TIMM:
+        return check_timm_args(args)
     if fmt is None:
         raise UserError(f"--output {args.output!r}: name it *.onnx or *.pt2, or give --format onnx|torch-export.")
     if FORMATS.get(ext, fmt) != fmt:
@@ -127,6 +138,26 @@ def check_args(args: argparse.Namespace) -> Target:
         for module in ("onnx", "onnxscript", "onnxruntime"):
             onnx_model.require(module, "export.py --format onnx")
     return Target(fmt, args.output, args.with_preprocess, args.opset)
+
+
+def check_timm_args(args: argparse.Namespace) -> Target:
+    """Check the flags of ``--format timm``, whose output is a folder; return what to write."""
+    if args.with_preprocess or args.int8:
+        raise UserError(f"{'--with-preprocess' if args.with_preprocess else '--int8'} is for an ONNX or torch.export "
+                        "file; --format timm writes the float model as timm builds it: drop it.")
+    out = args.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--output {out!r} is a file; --format timm writes a folder: give a new folder name.")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, timm_folder.CONFIG_NAME)):
+        raise UserError(f"--output {out!r} is a folder that holds other files than an earlier timm export; give a new "
+                        "or empty folder.")
+    files.check_apart(out, "--output", {"--ckpt": args.ckpt, "--weights": args.weights, "--classes": args.classes,
+                                        "--data": args.data}, output_is_dir=True)
+    if (args.batch_size or 0) > MAX_CHECK_IMAGES:
+        raise UserError(f"-b {args.batch_size}: the export is checked on at most {MAX_CHECK_IMAGES} images, run as "
+                        f"one batch; pass -b {MAX_CHECK_IMAGES} or less.")
+    files.make_output_dir(os.path.dirname(os.path.abspath(out)), "--output's folder")
+    return Target(TIMM, out, False, args.opset)
 
 
 class Deployable(nn.Module):
@@ -269,6 +300,8 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     loaded = loading.load_model(source)
     flags = preprocess.EvalFlags(args.val_resize_size, args.val_crop_size, args.interpolation)
     prep = loading.eval_preprocess(loaded, flags, source.path)
+    if target.fmt == TIMM:
+        return export_timm(args, (source, loaded, prep), target)
     folded = factory.fold_batchnorm(loaded.model) if args.fold_bn else None
     net = Deployable(folded or loaded.model, prep.mean, prep.std, target.uint8).eval()
     n = args.batch_size or CHECK_IMAGES
@@ -298,6 +331,56 @@ def export(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     return result
 
 
+def export_timm(args: argparse.Namespace, model: tuple[loading.ModelSource, loading.LoadedModel,
+                                                        preprocess.EvalPreprocess], target: Target) -> dict[str, Any]:
+    """Write the timm Hub folder (common/models/timm_folder.py) after timm has built the model from it and given the
+    same logits as PyTorch here; nothing is left at --output otherwise."""
+    source, loaded, prep = model
+    width = float(loaded.train_args.get("width_mult", source.width_mult))
+    state = checkpoint.strip_prefixes(loaded.model.state_dict())
+    name = timm_folder.timm_model(loaded.arch, width, state, loaded.num_classes)
+    classes = loading.class_names(loaded)
+    cfg = timm_folder.config(name, classes, prep)
+    card = timm_folder.model_card(name, source.path or f"ImageNet weights of {loaded.arch}", loaded.train_args,
+                                  loaded.best_acc1, classes)
+    n = args.batch_size or CHECK_IMAGES
+    pixels = data_pixels(args.data, n, prep, args.workers) if args.data else generated_pixels(n, prep.crop)
+    batch = transforms.to_model_input(pixels, torch.device("cpu"), norm=prep.norm)
+    reference = reference_logits(loaded.model, batch, loaded.arch, prep.crop)
+    note = f" ({loaded.note})" if loaded.note else ""
+    print(f"=> {loaded.arch} from {source.path or 'ImageNet weights'}{note}: timm {name}, {len(classes)} classes, "
+          f"input {prep.crop} px, crop_pct {cfg['pretrained_cfg']['crop_pct']:g}, {prep.interpolation}", flush=True)
+    result: dict[str, Any] = {"path": target.path, "timm_name": name, "config": cfg}
+
+    def fill(folder: str) -> None:
+        timm_folder.write_folder(folder, state, cfg, card)
+        if not args.no_check:
+            with torch.inference_mode(), quiet_exporter():
+                logits = timm_folder.load_with_timm(folder)(batch).float()
+            where = "--data" if args.data else "generated"
+            result.update(report_check(reference, logits, len(pixels), where, args.tolerance, target.path))
+
+    files.write_folder_atomically(target.path, fill)
+    print(f"=> wrote {target.path}/ ({', '.join(sorted(os.listdir(target.path)))}); timm.create_model("
+          f"'local-dir:{target.path}', pretrained=True) loads it", flush=True)
+    return result
+
+
+def report_check(reference: torch.Tensor, exported: torch.Tensor, images: int, where: str, tolerance: float,
+                 path: str) -> dict[str, Any]:
+    """Print the comparison of the exported model's logits with PyTorch's; refuse a model that differs."""
+    diff, agree, ok = compare(reference, exported, tolerance)
+    scale = max(1.0, float(reference.abs().max()))
+    print(f"=> check on {images} {where} images: largest logit difference {diff:.2e} (accepted: "
+          f"{tolerance * scale:.2e} = --tolerance {tolerance:g} x {scale:.3g}), top-1 agreement {agree:.1f}%",
+          flush=True)
+    if not ok:
+        raise UserError(f"the exported model differs from PyTorch (largest logit difference {diff:.2e}, top-1 "
+                        f"agreement {agree:.1f}%), so {path} was not written; try another --opset or "
+                        "--no-fold-bn, or raise --tolerance if the difference is acceptable.")
+    return {"max_diff": diff, "agreement": agree}
+
+
 def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.Normalization],
           reference: torch.Tensor, tolerance: float, where: str) -> dict[str, Any]:
     """Run the exported bytes on ``inputs`` (uint8 pixels and their normalisation) against the PyTorch logits; print
@@ -307,16 +390,7 @@ def check(blob: bytes, target: Target, inputs: tuple[torch.Tensor, transforms.No
     if exported.shape != reference.shape:  # our bug, not the user's: a traceback
         raise RuntimeError(f"the exported model gives outputs of shape {tuple(exported.shape)}, PyTorch "
                            f"{tuple(reference.shape)}; {target.path} was not written.")
-    diff, agree, ok = compare(reference, exported, tolerance)
-    scale = max(1.0, float(reference.abs().max()))
-    print(f"=> check on {len(pixels)} {where} images: largest logit difference {diff:.2e} (accepted: "
-          f"{tolerance * scale:.2e} = --tolerance {tolerance:g} x {scale:.3g}), top-1 agreement {agree:.1f}%",
-          flush=True)
-    if not ok:
-        raise UserError(f"the exported model differs from PyTorch (largest logit difference {diff:.2e}, top-1 "
-                        f"agreement {agree:.1f}%), so {target.path} was not written; try another --opset or "
-                        "--no-fold-bn, or raise --tolerance if the difference is acceptable.")
-    return {"max_diff": diff, "agreement": agree}
+    return report_check(reference, exported, len(pixels), where, tolerance, target.path)
 
 
 def int8_settings(args: argparse.Namespace) -> quantize.Int8Settings:

@@ -22,13 +22,15 @@ and eval sizes of its metadata; a foreign ONNX classifier takes its classes from
 
 Evaluation held against published numbers: --pretrained evaluates with the weights' own resize, crop, interpolation
 and normalisation (ResNet-50's DEFAULT: 232/224); test-time augmentation; several resolutions in one pass over the
-files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index:
+files (one row each in resolutions.csv); ImageNet-ReaL top-1; ImageNet-V2's folders named by class index; ImageNet-A
+and -R scored over their 200 classes, as timm does (the sets are recognised from the folders, or named by --eval-set):
 
     python test.py --pretrained -a resnet50 --data /imagenet
     python test.py --ckpt model_best.pth.tar --data /imagenet --tta flip
     python test.py --ckpt model_best.pth.tar --data /imagenet --val-crop-size 224 256 288 --crop-pct 0.875
     python test.py --pretrained -a resnet50 --data /imagenet --real-labels real.json
     python test.py --pretrained -a resnet50 --data /imagenetv2-matched-frequency --class-map index
+    python test.py --pretrained -a resnet50 --data /data/imagenet-r --eval-set imagenet-r
 
 The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
 where they come from. A flat ImageNet val folder is sorted by `python -m common.data.valprep`. Whole pickled models
@@ -55,7 +57,7 @@ from common import files
 from common.cli import options, process
 from common.data import formats, sampling, scan
 from common.parallel import distributed, faults
-from common.predict import inference, labels
+from common.predict import evalsets, inference, labels
 from common.report import figures, metrics
 
 TOP5 = 5
@@ -91,6 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-map", default=None, metavar="index|JSON",
                         help="the model's class of each class folder: 'index' for folders named by class index "
                              "(ImageNet-V2: 0..999), or a JSON file {folder: class name or index}")
+    parser.add_argument("--eval-set", choices=sorted(evalsets.EVAL_SETS), default=None,
+                        help="the robustness set --data holds, when its folders do not say it: imagenet-v2 (folders "
+                             "0..999 are class indices), imagenet-sketch, imagenet-a and imagenet-r (the logits are "
+                             "restricted to their 200 classes, as timm does) (default: recognised from the folders)")
     return parser
 
 
@@ -116,8 +122,10 @@ def check_args(args: argparse.Namespace) -> None:
                         "--output-dir receives.")
     if args.check_data and args.json:
         raise UserError("--check-data prints a plain list of unreadable files; drop --json.")
-    if not args.data and (args.real_labels or args.class_map or args.crop_pct or len(args.val_crop_size or []) > 1):
-        raise UserError("--real-labels, --class-map and several resolutions are for a labelled folder: add --data DIR.")
+    if not args.data and (args.real_labels or args.class_map or args.eval_set or args.crop_pct
+                          or len(args.val_crop_size or []) > 1):
+        raise UserError("--real-labels, --class-map, --eval-set and several resolutions are for a labelled folder: add "
+                        "--data DIR.")
     inference.check_sizes(loader_config(args))
     if args.data and not args.check_data:
         files.make_output_dir(args.output_dir)
@@ -269,13 +277,16 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     source = inference.model_source(args)
     class_map = labels.read_class_map(args.class_map) if args.class_map else None
     prep = inference.prepare(source, loader_config(args), ctx, root=args.data, images=args.images,
-                             speed=inference.speed_config(args), class_map=class_map)
+                             speed=inference.speed_config(args), class_map=class_map, eval_set=args.eval_set)
     real = None
     if args.real_labels:
         real = labels.read_real(args.real_labels, prep.dataset.base.samples, len(prep.classes))
     log = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON
     if ctx.is_main:
         print(inference.header(prep, source, ctx), file=log, flush=True)
+        if prep.matching is not None or prep.eval_set:
+            print(f"=> {prep.matching.note if prep.matching else evalsets.EVAL_SETS[prep.eval_set]}", file=log,
+                  flush=True)
     k = min(args.topk, len(prep.classes))
     try:
         local = inference.predict_all(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
@@ -291,7 +302,7 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     else:
         sizes = report_resolutions(all_preds, prep, args.output_dir) if len(all_preds) > 1 else None
         result = report_folder(preds, prep, args.output_dir)
-        result = {**result, **({"resolutions": sizes} if sizes else {})}
+        result = {**result, **({"resolutions": sizes} if sizes else {}), "eval_set": prep.eval_set}
         if real is not None:
             ok = preds.ok
             result = {**result, **labels.real_accuracy(ok.paths, ok.top_idx[:, 0], real)}

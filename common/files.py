@@ -7,6 +7,8 @@
 * ``write_atomically`` / ``write_if_changed``: the same for reports (CSV, PNG, manifest), where a refused write
   (full disk, read-only folder, file size limit, a name the filesystem cannot hold) ends in one sentence that names
   the file and says that an earlier copy is kept.
+* ``write_folder_atomically``: the same for a folder of files (export.py --format timm): built beside the target,
+  put in place by a rename once whole.
 * ``csv_bytes``: CSV rows as bytes, with file names that are not UTF-8 written back as their original bytes.
 * ``check_apart`` / ``inside``: an output never is, or sits inside, an input; a path built from data (a class name,
   a manifest entry) stays inside its output folder.
@@ -18,6 +20,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
@@ -156,3 +159,39 @@ def sha256_of(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_folder_atomically(path: str, fill: Callable[[str], None]) -> str:
+    """Call ``fill(folder)`` on a new temporary folder beside ``path``, then put it at ``path``: readers see the
+    earlier folder or the new one, never a half-written one. An earlier folder at ``path`` is replaced (the caller
+    decides whether it may be); on any failure, of ``fill`` or of the system, the temporary folder is removed and
+    ``path`` is left as it was. A refusal of the system is one UserError naming ``path``; returns ``path``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = old = None
+    try:
+        tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent)
+        os.chmod(tmp, 0o777 & ~_umask())
+        fill(tmp)
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent)
+            os.replace(path, old)  # onto the empty temporary folder, which a rename may replace
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        if old and not os.path.exists(path):
+            os.replace(old, path)
+            old = None
+        kept = "the earlier folder is kept" if os.path.exists(path) else "nothing was written"
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); {kept}: free some disk space or choose a "
+                        "writable folder, and run it again.") from None
+    finally:
+        for leftover in (tmp, old):
+            if leftover and os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+    return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

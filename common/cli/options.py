@@ -436,6 +436,11 @@ def inference_parser(onnx: bool = True, batch_help: str | None = None) -> argpar
     g.add_argument("--unsafe-load", action="store_true",
                    help="also accept files holding pickled Python objects, such as whole models saved with "
                         "torch.save(model); loading them can run arbitrary code, so use it only for trusted files")
+    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="for a checkpoint holding raw and EMA weights (ours and timm's state_dict_ema, torchvision's "
+                        "model_ema): --ema takes the EMA ones, --no-ema the raw ones (default: those ours marks as "
+                        "the better ones; the raw ones of other tools' files, as timm's validate.py); the header "
+                        "says which were used")
     g.add_argument("-b", "--batch-size", type=POSITIVE_INT, default=None, metavar="N",
                    help=batch_help or f"images per batch and process (default: {INFER_BATCH_SIZE_GPU} on a GPU, "
                                       f"{INFER_BATCH_SIZE_CPU} on the CPU)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from common.data import hfdata, imagefolder, shards
+from common.data import hfdata, imagefolder, published, shards
 from common.data.imagefolder import LAYOUT_HELP
 from common.errors import UserError
 
@@ -67,7 +67,8 @@ class DataSource:
     root: str | None = None
 
     def __str__(self) -> str:
-        return SYNTHETIC if self.format == SYNTHETIC else f"{READERS[self.format].prefix}{self.root}"
+        root = getattr(self.root, "spec", self.root)  # split patterns (wds:DIR?train=...) come back with the folder
+        return SYNTHETIC if self.format == SYNTHETIC else f"{READERS[self.format].prefix}{root}"
 
     @property
     def reader(self) -> Reader:
@@ -85,9 +86,12 @@ def _formats_at(root: str) -> list[str]:
 
 def resolve_source(data: str) -> DataSource:
     """The DataSource of a ``--data`` value: recognised from what is at the path, or forced by a prefix (``hf:``,
-    ``wds:``, ``folder:``). A folder holding several formats, or none, is a UserError."""
+    ``wds:``, ``folder:``; ``wds:DIR?train=PATTERN&val=PATTERN`` names the shards of each split in timm's brace
+    form). A folder holding several formats, or none, is a UserError."""
     prefix = next((p for p in PREFIXES if data.startswith(p)), None)
     root = data[len(prefix):] if prefix else data
+    if prefix == "wds:" and "?" in root:  # shards named otherwise, with their split patterns
+        root = published.pattern_root(root)
     if not os.path.isdir(root):
         raise UserError(f"dataset folder {root!r} does not exist or is not a folder; {LAYOUT_HELP}.")
     found = _formats_at(root)

@@ -1,6 +1,7 @@
 """Hugging Face datasets on local disk as map-style datasets: parquet as on the Hub, or a ``save_to_disk`` folder.
 
-The Hub layout is ``ROOT/data/train-*.parquet`` and ``ROOT/data/validation-*.parquet`` (``ROOT/*.parquet`` too),
+The Hub layout is ``ROOT/data/train-*.parquet`` and ``ROOT/data/validation-*.parquet`` (``ROOT/*.parquet`` too, and
+one ``train.parquet`` / ``validation.parquet`` each, as ``Dataset.to_parquet`` writes them when so named),
 with an ``image`` column (a struct of ``bytes`` and ``path``, or plain bytes) and an integer ``label`` column; the
 class names are the ``label`` ClassLabel's, read from the Hugging Face features JSON that the ``huggingface`` key of
 the Arrow schema metadata holds. ``datasets.save_to_disk`` writes ``ROOT/dataset_dict.json`` and one folder per split
@@ -51,12 +52,14 @@ def import_pyarrow():
 
 
 def parquet_files(root: str, split: str) -> list[str]:
-    """The parquet files of ``split`` (``train`` or ``val``) under ``root`` or ``root/data``, sorted."""
+    """The parquet files of ``split`` (``train`` or ``val``) under ``root`` or ``root/data``, sorted: the Hub's
+    ``train-00000-of-00002.parquet`` pieces, or one ``train.parquet`` as ``Dataset.to_parquet`` is usually given."""
     for folder in (os.path.join(root, "data"), root):
         for name in SPLIT_NAMES[split]:
-            found = sorted(glob.glob(os.path.join(glob.escape(folder), f"{name}-*.parquet")))
-            if found:
-                return found
+            for pattern in (f"{name}-*.parquet", f"{name}.parquet"):
+                found = sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
+                if found:
+                    return found
     return []
 
 

@@ -58,7 +58,9 @@ SPLIT_PATTERNS = {"train": ("train-*.tar", *published.TRAIN_PATTERNS),
 
 
 def shard_files(root: str, split: str) -> list[str]:
-    """The shards of ``split`` under ``root``, sorted."""
+    """The shards of ``split`` under ``root``, sorted; those its patterns name, for a ``published.PatternRoot``."""
+    if isinstance(root, published.PatternRoot):
+        return root.files(split)
     for pattern in SPLIT_PATTERNS[split]:
         found = sorted(glob.glob(os.path.join(glob.escape(root), pattern)))
         if found:
@@ -80,6 +82,10 @@ def read_classes(root: str) -> list[str]:
         names = published.info_classes(published.read_info(root))
         if names:
             return names
+        names = published.sample_classes(shard_files(root, "val") or shard_files(root, "train"))
+        if names:
+            return schema.class_names(names, f"the samples' .json in {root!r}",
+                                      "write classes.txt beside the shards, one name per line")
         raise UserError(f"{root!r} holds shards but no {CLASSES_NAME} (one class name per line, in label order); "
                         "write it beside the shards, or convert again with python -m common.data.convert.")
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -531,7 +537,10 @@ def datasets(root: str, fast: bool, train_tf, val_tf, bad_log=None) -> tuple[Sha
 
 
 def found_at(root: str) -> bool:
-    """Whether ``root`` holds training or validation shards (``SPLIT_PATTERNS``: ours and the published namings)."""
+    """Whether ``root`` holds training or validation shards (``SPLIT_PATTERNS``: ours and the published namings, or
+    the split patterns of a ``published.PatternRoot``)."""
+    if isinstance(root, published.PatternRoot):
+        return bool(root.files("train") or root.files("val"))
     return any(glob.glob(os.path.join(glob.escape(root), pattern))
                for patterns in SPLIT_PATTERNS.values() for pattern in patterns)
 

@@ -183,14 +183,50 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
                         "a complete file.") from None
 
 
-def state_dict_from(obj: Any) -> dict[str, torch.Tensor]:
+# Where files hold averaged (EMA) weights beside the raw ones: ours and timm's train.py (``state_dict_ema``), and
+# torchvision's references (``model_ema``: an AveragedModel's state_dict, ``module.`` keys and ``n_averaged``).
+EMA_KEYS = ("state_dict_ema", "model_ema")
+_EMA_COUNT = "n_averaged"
+
+
+def _ema_entry(obj: dict[str, Any]) -> str | None:
+    """The key of ``obj``'s EMA weights, when it holds some (not only an update count)."""
+    return next((key for key in EMA_KEYS if isinstance(obj.get(key), dict)
+                 and any(k != _EMA_COUNT and isinstance(v, torch.Tensor) for k, v in obj[key].items())), None)
+
+
+def choose_weights(obj: Any, ema: bool | None = None) -> tuple[Any, str]:
+    """The weights entry of a loaded file that holds raw and EMA weights, and one phrase saying which was taken and
+    why ("EMA weights (state_dict_ema, --ema)"); ``obj`` itself and "" when it holds one set.
+
+    ``ema`` None takes the better ones where our checkpoint marks them (``best_weights``), and the raw ones of other
+    tools' files, as timm's validate.py does without ``--use-ema``; True or False takes the EMA or the raw ones.
+    """
+    raw = next((k for k in ("state_dict", "model") if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    key = _ema_entry(obj) if raw else None
+    if key is None:
+        if ema:
+            raise UserError("--ema: the file holds no EMA weights (no state_dict_ema or model_ema entry); drop --ema.")
+        return obj, ""
+    use_ema = obj.get("best_weights") == "ema" if ema is None else ema
+    if ema is not None:
+        why = "--ema" if ema else "--no-ema"
+    elif "best_weights" in obj:
+        why = f"the checkpoint marks them as the better ones; --{'no-' if use_ema else ''}ema for the others"
+    else:
+        why = "the default for a file holding both; --ema for the EMA ones"
+    if not use_ema:
+        return obj[raw], f"raw weights ({raw}, {why})"
+    return {k: v for k, v in obj[key].items() if k != _EMA_COUNT}, f"EMA weights ({key}, {why})"
+
+
+def state_dict_from(obj: Any, ema: bool | None = None) -> dict[str, torch.Tensor]:
     """The model weights in a loaded file: our checkpoint (its EMA weights when ``best_weights`` marks them as the
-    better ones), torchvision's ``{'model': ...}``, or a bare state_dict."""
+    better ones, or as ``ema`` asks: ``choose_weights``), torchvision's ``{'model': ...}``, or a bare state_dict."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    if isinstance(obj, dict) and obj.get("best_weights") == "ema" and isinstance(obj.get("state_dict_ema"), dict):
-        obj = obj["state_dict_ema"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    obj, _ = choose_weights(obj, ema)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]

@@ -39,6 +39,7 @@ class ModelSource:
     unsafe: bool = False
     classes_file: str | None = None  # --classes: one class name per line
     onnx: bool = False  # --model: ``path`` is an ONNX file
+    ema: bool | None = None  # --ema / --no-ema: which weights of a file holding raw and EMA ones (None: the default)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class LoadedModel:
     train_args: dict[str, Any]  # the checkpoint's args ({} for a bare state_dict)
     note: str = ""  # e.g. "epoch 3, best Acc@1 87.500", for the header
     weights: preprocess.EvalPreprocess | None = None  # the published preprocessing of ImageNet weights loaded
+    best_acc1: float | None = None  # the checkpoint's best validation top-1, when it records one
 
 
 def imagenet_categories() -> list[str]:
@@ -121,7 +123,8 @@ def _from_file(source: ModelSource) -> LoadedModel:
                         "state_dict instead and pass it with -a.") from None
     if isinstance(obj, nn.Module):
         return _from_pickled_model(obj, path)
-    state = checkpoint.state_dict_from(obj)
+    state = checkpoint.state_dict_from(obj, source.ema)
+    _, which = checkpoint.choose_weights(obj, source.ema)
     meta = obj if isinstance(obj, dict) and "state_dict" in obj else {}
     train_args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
     arch = meta.get("arch") if isinstance(meta.get("arch"), str) else None
@@ -138,9 +141,10 @@ def _from_file(source: ModelSource) -> LoadedModel:
     classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
     best = float(meta.get("best_acc1", 0.0))
     note = f"after {meta['epoch']} epochs, best Acc@1 {best:.3f}" if "epoch" in meta else ""
-    if meta.get("best_weights") == "ema" and isinstance(meta.get("state_dict_ema"), dict):  # state_dict_from's pick
-        note = f"{note}, EMA weights" if note else "EMA weights"
-    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note)
+    if which:  # the file holds raw and EMA weights: say which were taken
+        note = f"{note}, {which}" if note else which
+    return LoadedModel(model, arch, _num_outputs(model), classes, train_args, note,
+                       best_acc1=best if "best_acc1" in meta else None)
 
 
 def _from_onnx(source: ModelSource) -> LoadedModel:

@@ -39,6 +39,7 @@ from common.models.onnx_model import OnnxModel
 from common.parallel import faults
 from common.parallel.distributed import DistContext
 from common.parallel.precision import Precision, choose_precision, synchronize
+from common.predict import evalsets
 from common.predict.labels import ClassMap
 from common.report.progress import AverageMeter, Progress
 
@@ -80,6 +81,24 @@ def align_classes(dataset: imagefolder.ImageFolderWithPaths, loaded: LoadedModel
     dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
     dataset.classes, dataset.class_to_idx = list(classes), index
     return list(classes)
+
+
+def match_classes(dataset: imagefolder.ImageFolderWithPaths, loaded: LoadedModel, class_map: ClassMap | None,
+                  eval_set: str | None) -> tuple[list[str], evalsets.Matching | None, str | None]:
+    """The report's classes, how the folder meets the model's outputs where not one for one by name (ImageNet-A/-R,
+    a larger unnamed head: ``evalsets``), and the robustness set recognised (``eval_set``: --eval-set)."""
+    matching, name = evalsets.match(list(dataset.classes), dataset.root, loaded.classes, loaded.num_classes, eval_set)
+    if matching is not None:
+        if matching.targets is not None:
+            dataset.samples = [(path, matching.targets[t]) for path, t in dataset.samples]
+            dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
+        return matching.classes, matching, name
+    if name == "imagenet-v2" and class_map is None:
+        class_map = ClassMap(True, {})
+    synsets = evalsets.model_synsets(None, loaded.num_classes) if loaded.classes is None else None
+    if synsets and class_map is None and set(dataset.classes) <= set(synsets):
+        loaded = replace(loaded, classes=synsets)  # 1000 unnamed outputs: ImageNet's synsets, in index order
+    return align_classes(dataset, loaded, class_map), None, name
 
 
 class ImageFiles(Dataset):
@@ -182,7 +201,7 @@ def model_source(args) -> ModelSource:
     """The ModelSource of parsed ``options.model_parser`` and ``options.inference_parser`` flags."""
     onnx = getattr(args, "model", None)
     return ModelSource(onnx or args.ckpt or args.weights, args.arch, args.pretrained, args.width_mult,
-                       args.unsafe_load, args.classes, onnx=bool(onnx))
+                       args.unsafe_load, args.classes, onnx=bool(onnx), ema=getattr(args, "ema", None))
 
 
 def speed_config(args) -> SpeedConfig:
@@ -213,6 +232,8 @@ class Prepared:
     source_dir: str | None  # the labelled folder, or None for loose image files
     data_source: formats.DataSource | None  # what the labelled folder holds, resolved once
     tta: str = "none"
+    matching: evalsets.Matching | None = None  # folders not matched one for one with the outputs (evalsets)
+    eval_set: str | None = None  # the robustness set the folder holds, when recognised or named
 
     @property
     def resize(self) -> int:
@@ -284,10 +305,11 @@ def labelled_set(root: str, transform, fast: bool) -> tuple[Dataset, str, format
 
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
             images: list[str] | None = None, speed: SpeedConfig = SpeedConfig(),
-            class_map: ClassMap | None = None) -> Prepared:
+            class_map: ClassMap | None = None, eval_set: str | None = None) -> Prepared:
     """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files.
 
-    ``class_map`` renames the folder's class folders to the model's classes (``align_classes``)."""
+    ``class_map`` renames the folder's class folders to the model's classes (``align_classes``); ``eval_set`` names
+    the robustness set the folder holds (``evalsets``; else it is recognised from the folders)."""
     loaded = load_model(source)
     preps = eval_preprocesses(loaded, cfg, source.path)
     if isinstance(loaded.model, OnnxModel):
@@ -297,10 +319,10 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     transform = MultiView(preps, speed.fast, five)
     if root:
         base, folder, data_source = labelled_set(root, transform, speed.fast)
-        classes = align_classes(base, loaded, class_map)
+        classes, matching, eval_set = match_classes(base, loaded, class_map, eval_set)
     else:
         base, folder, data_source = ImageFiles(images or [], transform, speed.fast), None, None
-        classes = class_names(loaded)
+        classes, matching = class_names(loaded), None
     dtype = torch.uint8 if speed.fast else torch.float32
     blank = tuple(torch.zeros(*((5,) if five else ()), 3, p.crop, p.crop, dtype=dtype) for p in preps)
     dataset = Readable(base, blank, cfg.limit)
@@ -314,7 +336,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
                         pin_memory=ctx.device.type == "cuda")
     model, precision, model_desc = on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
-                    display_names(classes), preps, batch, workers, folder, data_source, cfg.tta)
+                    display_names(classes), preps, batch, workers, folder, data_source, cfg.tta, matching, eval_set)
 
 
 def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
@@ -385,13 +407,17 @@ def _logits(prep: Prepared, images: torch.Tensor, device: torch.device, norm: tr
         logits = factory.logits_of(prep.model(x)).float()
         if prep.tta in ("flip", "ten-crop"):
             logits = (logits + factory.logits_of(prep.model(x.flip(-1))).float()) / 2
+    if prep.matching is not None and prep.matching.outputs is not None:  # ImageNet-A/-R: only the set's classes
+        logits = logits[:, prep.matching.outputs.to(logits.device)]
     return logits.view(n, 5, -1).mean(dim=1) if five else logits
 
 
-def _score(logits: torch.Tensor, targets: torch.Tensor, k: int):
-    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss."""
+def _score(logits: torch.Tensor, targets: torch.Tensor, k: int, other_from: int | None = None):
+    """Top-k indices and probabilities (ranked by logit, as the training metrics are) and per-image loss; outputs at
+    or beyond ``other_from`` are shown as that one index (``evalsets.other_output``)."""
     top_idx = logits.topk(k, dim=1).indices
     top_prob = logits.softmax(dim=1).gather(1, top_idx)
+    top_idx = evalsets.other_output(top_idx, other_from)
     targets = targets.to(logits.device)
     loss = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
     loss = torch.where(targets >= 0, loss, torch.full_like(loss, float("nan")))
@@ -429,7 +455,8 @@ def predict_all(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict
             for i, (views, targets, paths, ok) in enumerate(batches):
                 synchronize(ctx.device)
                 t0 = time.perf_counter()
-                scores = [_score(_logits(prep, view, ctx.device, p.norm), targets, k)
+                other = prep.matching.other_from if prep.matching is not None else None
+                scores = [_score(_logits(prep, view, ctx.device, p.norm), targets, k, other)
                           for view, p in zip(views, prep.preps)]
                 model_seconds += time.perf_counter() - t0
                 rows = torch.tensor(order[done:done + len(paths)], dtype=torch.long)
