@@ -1,8 +1,10 @@
 """The quick start: ``--demo`` draws its dataset once, the same on every machine, and a training run on it learns."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import os
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from common.cli import defaults
 from common.data import demo
 from common.errors import UserError
+from common.models import checkpoint
+from common.train import launch
 from conftest import run_script
 
 
@@ -59,8 +63,27 @@ def test_demo_defaults_yield_to_every_flag_given():
     args = train_main.get_args_parser().parse_args(["--demo", "--epochs", "3", "-a", "ghostnet"])
     defaults.apply_demo_defaults(args)
     assert (args.epochs, args.arch, args.lr, args.train_crop_size) == (3, "ghostnet", demo.DEFAULTS["lr"], 64)
-    with pytest.raises(UserError, match="drop DIR/--data or --demo"):
-        defaults.apply_demo_defaults(train_main.get_args_parser().parse_args(["--demo", "--data", "x"]))
+    with pytest.raises(UserError, match="drop one of them"):
+        defaults.apply_demo_defaults(train_main.get_args_parser().parse_args(["--demo", "--dummy"]))
+
+
+@pytest.mark.slow
+def test_demo_with_data_trains_on_that_data_with_the_demos_settings(tiny_data, tmp_path, monkeypatch):
+    """--demo only sets defaults: --data wins over the demo dataset (which is not written), the demo's other values
+    stay, and flags given win over them."""
+    import train_main
+
+    monkeypatch.chdir(tmp_path)
+    args = train_main.get_args_parser().parse_args(["--demo", "--data", tiny_data, "--epochs", "1", "-a", "ghostnet",
+                                                    "--width-mult", "0.5", "-j", "0", "-p", "1000"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        launch.prepare(args)
+        launch.run_single(args, lambda model, ctx: model, "main.csv")
+    saved = checkpoint.load_file(str(tmp_path / "runs" / "demo" / "checkpoint.pth.tar"))
+    assert saved["classes"] == sorted(os.listdir(os.path.join(tiny_data, "train")))  # tiny_data's 4, not 6 shapes
+    recorded = saved["args"]
+    assert (recorded["lr"], recorded["train_crop_size"], recorded["epochs"]) == (demo.DEFAULTS["lr"], 64, 1)
+    assert recorded["data"] == tiny_data and not (tmp_path / "data").exists()
 
 
 @pytest.mark.slow

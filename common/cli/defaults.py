@@ -62,11 +62,12 @@ def apply_demo_defaults(args: argparse.Namespace) -> None:
     """``--demo``: every flag of ``demo.DEFAULTS`` still at its declared default takes the demo's value.
 
     Runs before the recipe fills the optimisation flags, so that the demo's values win over the recipe's and the
-    user's over both. The dataset itself is written by ``data_source`` once every flag has passed.
+    user's over both. A dataset given (DIR/``--data``) wins too: the run trains on it with the demo's settings. The
+    demo dataset itself is written by ``data_source``, once every flag has passed, only where no dataset was given.
     """
-    if args.dummy or args.data:
-        raise UserError(f"--demo trains on the built-in demo dataset; drop {'--dummy' if args.dummy else 'DIR/--data'}"
-                        " or --demo.")
+    if args.dummy:
+        raise UserError("--demo trains on a real (the built-in demo or your --data) dataset and --dummy on "
+                        "synthetic images; drop one of them.")
     declared = _declared_defaults()
     for key, value in demo.DEFAULTS.items():
         if hasattr(args, key) and getattr(args, key) == declared.get(key):
@@ -88,7 +89,7 @@ def data_source(args: argparse.Namespace) -> formats.DataSource:
     demo dataset (written here the first time), or what ``--data`` holds; refused here when no reader can use it."""
     if getattr(args, "dummy", False):
         return formats.DataSource(formats.SYNTHETIC)
-    root = demo.ensure_dataset(demo.DEFAULT_DIR) if getattr(args, "demo", False) else args.data
+    root = args.data or demo.ensure_dataset(demo.DEFAULT_DIR) if getattr(args, "demo", False) else args.data
     source = formats.resolve_source(root)
     formats.check_source(source)
     return source
