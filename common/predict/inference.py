@@ -476,3 +476,9 @@ def timing_line(preds: Predictions, prep: Prepared, device: torch.device) -> str
     return (f"=> {len(preds)} images in {preds.seconds:.2f} s: {1000 * preds.seconds / n:.2f} ms/image, "
             f"{len(preds) / max(preds.seconds, 1e-9):.1f} images/s (model alone {1000 * preds.model_seconds / n:.2f} "
             f"ms/image) | batch {prep.batch_size}, {prep.workers} workers, {device.type}")
+
+
+def data_folder(data: str) -> str:
+    """The folder that a ``--data`` value names, without its format prefix (``hf:``, ``wds:``, ``folder:``): what
+    an output folder is checked against (``files.check_apart``)."""
+    return next((data[len(prefix):] for prefix in formats.PREFIXES if data.startswith(prefix)), data)
