@@ -26,7 +26,7 @@ from common.cli import options
 from common.data import formats, imagefolder, sampling, transforms
 from common.data.images import BadImage, load_rgb
 from common.errors import UserError
-from common.models import factory, preprocess
+from common.models import factory, memory, preprocess
 from common.models.loading import (
     LoadedModel,
     ModelSource,
@@ -290,6 +290,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     ``class_map`` renames the folder's class folders to the model's classes (``align_classes``)."""
     loaded = load_model(source)
     preps = eval_preprocesses(loaded, cfg, source.path)
+    check_memory(loaded.model, cfg, preps, ctx)
     if isinstance(loaded.model, OnnxModel):
         for prep in preps:
             loaded.model.check_run(prep.crop)
@@ -315,6 +316,22 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     model, precision, model_desc = on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
                     display_names(classes), preps, batch, workers, folder, data_source, cfg.tta)
+
+
+def check_memory(model: nn.Module | OnnxModel, cfg: LoaderConfig, preps: list[preprocess.EvalPreprocess],
+                 ctx: DistContext) -> None:
+    """Refuse a -b (with the test-time views) or eval crop that needs more memory than the device has free, in one
+    line before the first batch (``memory.check_fits``; the CPU's processes share one memory). ONNX models are
+    not measured."""
+    if not isinstance(model, nn.Module):
+        return
+    cpu = ctx.device.type == "cpu"
+    batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
+    views = {"flip": 2, "five-crop": 5, "ten-crop": 10}.get(cfg.tta, 1)
+    processes = ctx.local_world_size if cpu else 1
+    size = memory.RunSize(batch, max(p.crop for p in preps), training=False, size_flag="--val-crop-size")
+    memory.check_fits(model, size, batch * views * processes, ctx.device, processes,
+                      forward_device=next(model.parameters(), torch.empty(0)).device)
 
 
 def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
