@@ -64,19 +64,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _inside(path: str, folder: str) -> bool:
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Check the flags (after ``defaults.resolve_data_dir``); changes nothing."""
     options.check_inference_args(args)
     if not args.data:
         raise UserError("no images to sort: pass --data DIR (a dataset root with val/, or a folder of class folders).")
-    if _inside(args.output_dir, args.data) or _inside(args.data, args.output_dir):
-        raise UserError(f"--output-dir {args.output_dir!r} and --data {args.data!r} overlap; choose an output folder "
-                        "outside the dataset (the source images must stay untouched).")
+    # the source images must stay untouched, and --overwrite empties DIR_OUT: nothing the run reads may be in it
+    files.check_apart(args.output_dir, "--output-dir", {"--data": inference.data_folder(args.data), "--ckpt": args.ckpt,
+                                                        "--model": args.model, "--classes": args.classes},
+                      output_is_dir=True)
     check_output(os.path.normpath(args.output_dir))  # on every rank, so that none waits for a rank 0 that gave up
 
 

@@ -64,6 +64,7 @@ TOP5 = 5
 PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
 CONFUSION_CSV_NAME, CONFUSION_PNG_NAME = "confusion_matrix.csv", "confusion_matrix.png"
 RESOLUTIONS_NAME = "resolutions.csv"
+REPORT_NAMES = (PREDICTIONS_NAME, PER_CLASS_NAME, CONFUSION_CSV_NAME, CONFUSION_PNG_NAME, RESOLUTIONS_NAME)
 MAX_PRINTED_CLASSES = 30  # above this, only the classes with the lowest recall are printed (all are in the CSV)
 
 
@@ -128,7 +129,19 @@ def check_args(args: argparse.Namespace) -> None:
                         "--data DIR.")
     inference.check_sizes(loader_config(args))
     if args.data and not args.check_data:
+        check_reports_apart(args)
         files.make_output_dir(args.output_dir)
+
+
+def check_reports_apart(args: argparse.Namespace) -> None:
+    """Refuse a --output-dir that is or sits inside --data (the reports would join the dataset: a PNG among the
+    images of a class), and a report that would be written over a file the run reads (--ckpt, --model, a label
+    file). The checkpoint's own folder is a fine --output-dir."""
+    files.check_apart(args.output_dir, "--output-dir", {"--data": inference.data_folder(args.data)})
+    inputs = {"--ckpt": args.ckpt, "--model": args.model, "--classes": args.classes, "--real-labels": args.real_labels,
+              "--class-map": None if args.class_map == "index" else args.class_map}
+    for name in REPORT_NAMES:
+        files.check_apart(os.path.join(args.output_dir, name), "--output-dir", inputs)
 
 
 def check_data(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@
     train/    where is the training loop: launch, engine (flags to a run), loop, step, optim, schedule, resume,
               watch (the run record), inputs (--profile-input, the samples sheet)
     predict/  where is prediction: inference (test.py, the sorter, export.py), labels (ReaL, class maps)
-    models/   where is the model: factory, checkpoint, loading, onnx_model, preprocess
+    models/   where is the model: factory, checkpoint, loading, onnx_model, preprocess, memory (will a run fit)
     report/   what people read: progress (meters), metrics, figures, curves (python -m common.report), machine
     data/     where is the data: formats (what --data is, resolved once), one reader per format (imagefolder,
               hfdata, shards + published, synthetic), unreadable, sampling, loaders, transforms, images, samples, scan

@@ -180,3 +180,28 @@ def test_a_node_that_never_arrives_ends_in_one_line_naming_the_address(tiny_data
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith(f"error: rank 0 of 2 gave up on the rendezvous at {url} after --dist-timeout 3 s")
     assert "; check that every node was started, with the same address, port and world size" in lines[0]
+
+
+def test_sigterm_to_the_launcher_ends_in_the_workers_one_line_without_torchruns_traceback(tiny_data, tmp_path):
+    # Plain torchrun ends the same stop in its own SignalException traceback and status 1 (docs/what-happens-when.md)
+    flags = [tiny_data, "-a", "ghostnet", "-b", "16", "--seed", "0", "--no-accel", "--epochs", "100", *SMALL[:6],
+             "-j", "0", "-p", "1", "--output-dir", str(tmp_path)]
+    launcher = [sys.executable, "-m", "common.parallel.torchrun", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.Popen([*launcher, os.path.join(ROOT, "train_distributed.py"), *flags], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("Epoch: [0][ 2/"):
+                break
+        proc.send_signal(signal.SIGTERM)  # to torchrun alone, as `kill PID` does; it passes it on to the workers
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert stderr.splitlines() == [f"=> stopped by SIGTERM during epoch 0; rerun with --resume auto to continue from "
+                                   f"the last checkpoint written in {tmp_path}."]
+    assert checkpoint.load_file(str(tmp_path / "checkpoint.pth.tar"))["step"] >= 3
+    time.sleep(0.5)
+    assert processes_in_group(proc.pid) == []

@@ -246,3 +246,35 @@ def test_a_signal_while_the_comparison_writes_its_csv_keeps_the_last_whole_one(s
     rows, _ = call_main("evaluation/compare.py", *compare_args)
     with open(os.path.join(out, "compare.csv")) as f:
         assert len(f.read().splitlines()) == 1 + len(rows) == 3
+
+
+def test_test_py_refuses_reports_inside_its_data_or_over_a_file_it_reads(small_folder, tmp_path, capsys):
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(b"the checkpoint")
+    before = tree(small_folder)
+    inside_a_class = os.path.join(small_folder, "val", "class0", "reports")  # the PNG would become an image of class0
+    for data in (small_folder, f"folder:{small_folder}"):
+        err = one_line_exit(capsys, 2, lambda: call_main("test.py", "--ckpt", str(ckpt), "--data", data,  # noqa: B023
+                                                         "--output-dir", inside_a_class))
+        assert f"--output-dir {inside_a_class!r} is inside --data {small_folder!r}" in err
+    assert tree(small_folder) == before and not os.path.exists(inside_a_class)
+    labels = tmp_path / "per_class.csv"  # a class map that a report of the same name would replace
+    labels.write_text('{"class0": 0}')
+    err = one_line_exit(capsys, 2, lambda: call_main("test.py", "--ckpt", str(ckpt), "--data", small_folder,
+                                                     "--class-map", str(labels), "--output-dir", str(tmp_path)))
+    assert f"--output-dir {str(labels)!r} is --class-map" in err and labels.read_text() == '{"class0": 0}'
+
+
+def test_the_sorter_refuses_an_output_folder_in_its_prefixed_data_or_holding_its_checkpoint(small_folder, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "sorted"
+    os.makedirs(out)
+    ckpt = out / "m.pth"  # --overwrite would empty the folder, checkpoint and all
+    ckpt.write_bytes(b"the checkpoint")
+    err = one_line_exit(capsys, 2, lambda: call_main("classify_test_data.py", "--ckpt", str(ckpt), "--data",
+                                                     small_folder, "--out", str(out), "--overwrite"))
+    assert f"--output-dir {str(out)!r} holds --ckpt" in err and ckpt.read_bytes() == b"the checkpoint"
+    before, inside = tree(small_folder), os.path.join(small_folder, "sorted")
+    err = one_line_exit(capsys, 2, lambda: call_main("classify_test_data.py", "--ckpt", str(ckpt), "--data",
+                                                     f"folder:{small_folder}", "--out", inside))
+    assert "is inside --data" in err and tree(small_folder) == before and not os.path.exists(inside)

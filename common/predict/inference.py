@@ -26,7 +26,7 @@ from common.cli import options
 from common.data import formats, imagefolder, sampling, transforms
 from common.data.images import BadImage, load_rgb
 from common.errors import UserError
-from common.models import factory, preprocess
+from common.models import factory, memory, preprocess
 from common.models.loading import (
     LoadedModel,
     ModelSource,
@@ -312,6 +312,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     the robustness set the folder holds (``evalsets``; else it is recognised from the folders)."""
     loaded = load_model(source)
     preps = eval_preprocesses(loaded, cfg, source.path)
+    check_memory(loaded.model, cfg, preps, ctx)
     if isinstance(loaded.model, OnnxModel):
         for prep in preps:
             loaded.model.check_run(prep.crop)
@@ -337,6 +338,22 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
     model, precision, model_desc = on_device(loaded.model, ctx.device, speed)
     return Prepared(loaded, model, precision, model_desc, speed.fast, dataset, loader, classes,
                     display_names(classes), preps, batch, workers, folder, data_source, cfg.tta, matching, eval_set)
+
+
+def check_memory(model: nn.Module | OnnxModel, cfg: LoaderConfig, preps: list[preprocess.EvalPreprocess],
+                 ctx: DistContext) -> None:
+    """Refuse a -b (with the test-time views) or eval crop that needs more memory than the device has free, in one
+    line before the first batch (``memory.check_fits``; the CPU's processes share one memory). ONNX models are
+    not measured."""
+    if not isinstance(model, nn.Module):
+        return
+    cpu = ctx.device.type == "cpu"
+    batch = cfg.batch_size or (options.INFER_BATCH_SIZE_CPU if cpu else options.INFER_BATCH_SIZE_GPU)
+    views = {"flip": 2, "five-crop": 5, "ten-crop": 10}.get(cfg.tta, 1)
+    processes = ctx.local_world_size if cpu else 1
+    size = memory.RunSize(batch, max(p.crop for p in preps), training=False, size_flag="--val-crop-size")
+    memory.check_fits(model, size, batch * views * processes, ctx.device, processes,
+                      forward_device=next(model.parameters(), torch.empty(0)).device)
 
 
 def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
@@ -503,3 +520,9 @@ def timing_line(preds: Predictions, prep: Prepared, device: torch.device) -> str
     return (f"=> {len(preds)} images in {preds.seconds:.2f} s: {1000 * preds.seconds / n:.2f} ms/image, "
             f"{len(preds) / max(preds.seconds, 1e-9):.1f} images/s (model alone {1000 * preds.model_seconds / n:.2f} "
             f"ms/image) | batch {prep.batch_size}, {prep.workers} workers, {device.type}")
+
+
+def data_folder(data: str) -> str:
+    """The folder that a ``--data`` value names, without its format prefix (``hf:``, ``wds:``, ``folder:``): what
+    an output folder is checked against (``files.check_apart``)."""
+    return next((data[len(prefix):] for prefix in formats.PREFIXES if data.startswith(prefix)), data)

@@ -20,7 +20,7 @@ from common.cli import defaults, options
 from common.cli.process import exit_on_stop
 from common.data import formats, sampling, scan
 from common.errors import UserError, exit_on_user_error
-from common.models import factory
+from common.models import factory, memory
 from common.parallel import distributed, faults
 from common.train import engine, resume
 
@@ -31,6 +31,8 @@ def prepare(args: argparse.Namespace) -> None:
     ``args.data_source`` (the one value every later step reads); with ``--check-data``, scan it and exit."""
     defaults.fill_training_defaults(args)
     check_args(args)
+    if getattr(args, "check_data", None) is False and not getattr(args, "profile_input", None):  # not network.py
+        check_memory(args)
     args.data_source = defaults.data_source(args)
     if getattr(args, "check_data", False):  # network.py has no --check-data
         sys.exit(check_data(args.data_source, args.workers))
@@ -52,6 +54,31 @@ def check_args(args: argparse.Namespace) -> None:
         # --resume defaults to auto (run_torchrun), so an elastic restart continues its own record.
         resuming = bool(args.resume) or distributed.torchrun_env() is not None
         resume.check_fresh_output_dir(args.output_dir, resuming, args.overwrite)
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """Refuse a -b or crop size that needs more memory than this machine (or one GPU) has free, in one line before
+    any process starts (``memory``: a lower estimate on a model built on the meta device, with 2 classes). -b is
+    global: each GPU holds its share; on the CPU the processes of this node share one memory."""
+    gpus = distributed.accelerator_count(args.no_accel)
+    env = distributed.torchrun_env()
+    local = env[3] if env else (getattr(args, "nprocs", None) or gpus or 1)
+    nodes = max(1, env[1] // max(1, env[3])) if env else max(1, getattr(args, "world_size", 1) or 1)
+    try:
+        with torch.device("meta"):
+            model = factory.create_model(args.arch, 2, width_mult=args.width_mult)
+    except NotImplementedError:  # RegNet computes its widths with tensors while it is built: no estimate
+        return
+    training = not args.evaluate
+    crop = args.train_crop_size if training else args.val_crop_size
+    size = memory.RunSize(args.batch_size, crop, training, "--train-crop-size" if training else "--val-crop-size")
+    if gpus:
+        device, processes, images = torch.device("cuda", getattr(args, "gpu", None) or 0), 1, -(-args.batch_size //
+                                                                                                 (local * nodes))
+    else:
+        device, processes, images = torch.device("cpu"), local, -(-args.batch_size // nodes)
+    states = memory.OPTIMIZER_STATES.get(args.opt, 2) + bool(args.model_ema)
+    memory.check_fits(model, size, images, device, processes, states)
 
 
 def check_data(source: formats.DataSource, workers: int | None) -> int:
