@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,16 @@ else:
     settings.register_profile("fuzz-thorough", max_examples=1250, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fuzz-quick"))
+
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n 2``, as CI runs the suite) each worker and every process it starts computes on one
+    thread: two workers of two threads each on 2 cores spin-wait on each other and run several times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 COLORS = ((200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
 # The flags that make a 32-px GhostNet run on the tiny folders take seconds on a 2-core CPU.
