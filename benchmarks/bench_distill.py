@@ -9,7 +9,7 @@ train_main.py in this process, once with ``--kd-checkpoint`` and once without.
     python benchmarks/bench_distill.py --seeds 0 1 2 --epochs 8 --teacher-epochs 12 --kd-temperature 4
 
 Prints one table (val top-1 of the last epoch, per seed and the mean) and writes
-benchmarks/results/bench_distill_<device>.csv.
+runs/benchmarks/bench_distill_<device>.csv (``--out`` to change).
 """
 import argparse
 import contextlib
@@ -22,7 +22,15 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_main
-from benchmarks.benchlib import announce_machine, file_tag, machine_line, make_dataset, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    file_tag,
+    machine_line,
+    make_dataset,
+    out_path,
+    write_csv,
+)
 from common.data import demo
 from common.errors import exit_on_user_error
 from common.train import launch
@@ -42,6 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kd-loss-weight", type=float, default=1.0, help="soft-target weight (default: 1)")
     parser.add_argument("--generated-per-class", type=int, default=60,
                         help="train images per class of the generated set (a quarter as many val) (default: 60)")
+    parser.add_argument("--sets", nargs="+", choices=("demo", "generated"), default=["demo", "generated"],
+                        help="data sets to compare on (default: demo generated)")
+    add_out_flag(parser, "bench_distill_<device>.csv")
     return parser
 
 
@@ -92,15 +103,14 @@ def main(cfg: argparse.Namespace) -> None:
     machine = announce_machine()
     rows = []
     with exit_on_user_error(), tempfile.TemporaryDirectory() as work:
-        demo_dir = demo.ensure_dataset(os.path.join(work, "demo"))
-        generated = make_dataset(os.path.join(work, "generated"), cfg.generated_per_class,
-                                 max(1, cfg.generated_per_class // 4), classes=6, seed=3)
-        for name, data in (("demo", demo_dir), ("generated", generated)):
+        for name in cfg.sets:
+            data = (demo.ensure_dataset(os.path.join(work, "demo")) if name == "demo" else
+                    make_dataset(os.path.join(work, "generated"), cfg.generated_per_class,
+                                 max(1, cfg.generated_per_class // 4), classes=6, seed=3))
             rows += compare(name, data, work, cfg)
     print(machine_line(machine))
     print(table(rows))
-    write_csv(rows, os.path.join(os.path.dirname(__file__), "results", f"bench_distill_{file_tag(machine)}.csv"),
-              machine)
+    write_csv(rows, out_path(cfg.out, f"bench_distill_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":
