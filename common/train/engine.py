@@ -225,5 +225,6 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
         val = evaluate(run.model, run.val_loader, run.criterion, ctx, eval_pass(run, args.print_freq), run.precision)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
     if args.save_samples and ctx.is_main:
-        save_samples(run.train_loader, start.epoch, os.path.join(args.output_dir, SAMPLES_NAME), norm=run.norm)
+        save_samples(run.train_loader, start.epoch, os.path.join(args.output_dir, SAMPLES_NAME), norm=run.norm,
+                     classes=run.classes)
     return train_loop(run, ctx, loop_config(args, log_name), start)
