@@ -328,11 +328,13 @@ def distillation_note(args: argparse.Namespace, run: loop.Run) -> str:
     return f" | distillation from {run.step.teacher.description}; {distill.describe(engine.kd_config(args))}"
 
 
-def loop_config(args: argparse.Namespace) -> loop.LoopConfig:
+def loop_config(args: argparse.Namespace, cache: bool) -> loop.LoopConfig:
     """The engine loop's settings: a CSV row per epoch and a checkpoint of the whole model after every (short) epoch,
-    with no per-step log and no mid-epoch checkpoints but the one a stop writes."""
+    with no per-step log and no mid-epoch checkpoints but the one a stop writes. On cached features the loader reads
+    tensors from memory, so no input-bound line is printed."""
     return loop.LoopConfig(args.epochs, args.output_dir, LOG_NAME, args.arch, checkpoint.plain_args(args),
-                             args.print_freq, args.seed, step_log=False)
+                           args.print_freq, args.seed, step_log=False,
+                           input_hint=None if cache else engine.input_hint(args))
 
 
 def train(args: argparse.Namespace, ctx: DistContext) -> dict:
@@ -359,7 +361,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
             val = loop.evaluate(trained.module, run.val_loader, run.criterion, ctx, args.print_freq, norm=run.norm)
             return {"best_acc1": val.top1, "best_epoch": None, "val": val}
         run.step = step_for(run, trained)
-        return loop.train_loop(run, ctx, loop_config(args), start, trained, stop)
+        return loop.train_loop(run, ctx, loop_config(args, cache), start, trained, stop)
     finally:
         stop.uninstall()
 

@@ -81,8 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the predictions of IMAGE... as JSON")
     parser.add_argument("--limit", type=options.POSITIVE_INT, default=None, metavar="N",
                         help="evaluate only the first N images of the folder (default: all)")
-    parser.add_argument("--output-dir", default=".", metavar="DIR",
-                        help="where the CSV files and the confusion matrix PNG go (default: current directory)")
+    parser.add_argument("--output-dir", default=os.path.join("runs", "test"), metavar="DIR",
+                        help="where the CSV files and the confusion matrix PNG go (default: runs/test)")
     parser.add_argument("--tta", choices=inference.TTA_MODES, default="none",
                         help="test-time augmentation, the mean of the views' logits: flip = the image and its mirror; "
                              "five-crop = the four corner crops and the centre one of the resized image; ten-crop = "

@@ -9,7 +9,7 @@ the loop) and once with its defaults. Same images, same model, same device; one 
     python benchmarks/bench_classify.py --images 2000 -a resnet50
     python benchmarks/bench_classify.py /data/flowers --ckpt runs/probe/model_best.pth.tar    # your folder and model
 
-Prints one table and writes benchmarks/results/bench_classify_<arch>_<device>.csv.
+Prints one table and writes runs/benchmarks/bench_classify_<arch>_<device>.csv (``--out`` to change).
 """
 import os
 import sys
@@ -29,7 +29,15 @@ import torch
 from PIL import Image
 
 import classify_test_data
-from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    file_tag,
+    make_class_folder,
+    out_path,
+    random_checkpoint,
+    write_csv,
+)
 from common.cli import (
     defaults,
     options,
@@ -42,7 +50,6 @@ from common.models import (
 from common.parallel import distributed
 from common.report.machine import Machine
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 16
 
 
@@ -55,6 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     # Not --classes: the inference group's --classes names a class-list file.
     parser.add_argument("--photo-classes", type=options.POSITIVE_INT, default=8,
                         help="classes of the generated photos (default: 8)")
+    add_out_flag(parser, "bench_classify_<arch>_<device>.csv")
     return parser
 
 
@@ -155,7 +163,7 @@ def main(args: argparse.Namespace) -> None:
         device = distributed.single_process(args.gpu, args.no_accel).device
         machine = announce_machine([device])
         rows = run(args, device)
-        report(rows, os.path.join(RESULTS, f"bench_classify_{rows[0]['arch']}_{file_tag(machine)}.csv"), machine)
+        report(rows, out_path(args.out, f"bench_classify_{rows[0]['arch']}_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ train_main.py in this process, once with ``--kd-checkpoint`` and once without.
     OMP_NUM_THREADS=1 python benchmarks/bench_distill.py --sets demo    # one set; one thread on a shared machine
 
 Prints one table (val top-1 of the last epoch, per seed and the mean) and writes
-benchmarks/results/bench_distill_<device>.csv (bench_distill_<set>_<device>.csv for one set).
+runs/benchmarks/bench_distill_<device>.csv (``--out`` to change).
 """
 import argparse
 import contextlib
@@ -23,7 +23,15 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_main
-from benchmarks.benchlib import announce_machine, file_tag, machine_line, make_dataset, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    file_tag,
+    machine_line,
+    make_dataset,
+    out_path,
+    write_csv,
+)
 from common.data import demo
 from common.errors import exit_on_user_error
 from common.train import launch
@@ -41,10 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width-mult", type=float, default=0.5, help="student GhostNet width (default: 0.5)")
     parser.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default: 4)")
     parser.add_argument("--kd-loss-weight", type=float, default=1.0, help="soft-target weight (default: 1)")
-    parser.add_argument("--sets", nargs="+", choices=("demo", "generated"), default=["demo", "generated"],
-                        help="data sets to run (default: both)")
     parser.add_argument("--generated-per-class", type=int, default=60,
                         help="train images per class of the generated set (a quarter as many val) (default: 60)")
+    parser.add_argument("--sets", nargs="+", choices=("demo", "generated"), default=["demo", "generated"],
+                        help="data sets to compare on (default: demo generated)")
+    add_out_flag(parser, "bench_distill_<device>.csv")
     return parser
 
 
@@ -91,24 +100,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def make_set(name: str, work: str, per_class: int) -> str:
-    """The demo data set, or six classes of tinted photo-like JPEGs (``per_class`` train, a quarter as many val)."""
-    if name == "demo":
-        return demo.ensure_dataset(os.path.join(work, "demo"))
-    return make_dataset(os.path.join(work, "generated"), per_class, max(1, per_class // 4), classes=6, seed=3)
-
-
 def main(cfg: argparse.Namespace) -> None:
     machine = announce_machine()
     rows = []
     with exit_on_user_error(), tempfile.TemporaryDirectory() as work:
         for name in cfg.sets:
-            rows += compare(name, make_set(name, work, cfg.generated_per_class), work, cfg)
+            data = (demo.ensure_dataset(os.path.join(work, "demo")) if name == "demo" else
+                    make_dataset(os.path.join(work, "generated"), cfg.generated_per_class,
+                                 max(1, cfg.generated_per_class // 4), classes=6, seed=3))
+            rows += compare(name, data, work, cfg)
     print(machine_line(machine))
     print(table(rows))
-    sets = "" if len(cfg.sets) == 2 else "_" + "_".join(cfg.sets)
-    write_csv(rows, os.path.join(os.path.dirname(__file__), "results",
-                                 f"bench_distill{sets}_{file_tag(machine)}.csv"), machine)
+    write_csv(rows, out_path(cfg.out, f"bench_distill_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

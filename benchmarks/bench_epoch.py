@@ -11,7 +11,7 @@ left out of both.
     python benchmarks/bench_epoch.py --images 256 --arch ghostnet
     python benchmarks/bench_epoch.py --data /data/imagenet-subset   # real photos: DIR/train/<class>/*.JPEG
 
-Prints one table and writes benchmarks/results/epoch.csv (``--out`` to change).
+Prints one table and writes runs/benchmarks/epoch.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -36,12 +36,10 @@ from torchvision import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import announce_machine, make_dataset, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, write_csv
 from common.data import transforms
 from common.models import factory
 from common.report.machine import Machine
-
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def reference_epoch(train_dir: str, arch: str, batch: int, workers: int, device: torch.device) -> float:
@@ -110,14 +108,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch", type=int, default=32)
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-accel", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "epoch.csv"))
+    add_out_flag(parser, "epoch.csv")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), args.out, machine)
+    report(run(args, device), out_path(args.out, "epoch.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ are present).
     python benchmarks/bench_export.py --quick                          # a few images at 64 px: proves it runs
 
 Prints one table with the ONNX / PyTorch ratio per model and batch, and writes
-benchmarks/results/bench_export_<device>.csv.
+runs/benchmarks/bench_export_<device>.csv (``--out`` to change).
 """
 import os
 import sys
@@ -32,7 +32,15 @@ import tempfile
 import torch
 
 import export
-from benchmarks.benchlib import announce_machine, file_tag, make_class_folder, random_checkpoint, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    file_tag,
+    make_class_folder,
+    out_path,
+    random_checkpoint,
+    write_csv,
+)
 from common import limits
 from common.cli import options
 from common.data import imagefolder
@@ -40,7 +48,6 @@ from common.parallel import distributed
 from common.report.machine import Machine
 from tests.inprocess import load_script
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WARMUP_IMAGES = 8
 ARCHS = ("ghostnet", "resnet50")
 
@@ -58,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="16 images at 64 px, to check that the benchmark runs (its figures mean little; no CSV is "
                              "written)")
+    add_out_flag(parser, "bench_export_<device>.csv")
     return parser
 
 
@@ -122,7 +130,7 @@ def main(args: argparse.Namespace) -> None:
         device = distributed.single_process(args.gpu, args.no_accel).device
         machine = announce_machine([device])
         rows = run(args, device)
-        report(rows, None if args.quick else os.path.join(RESULTS, f"bench_export_{file_tag(machine)}.csv"), machine)
+        report(rows, None if args.quick else out_path(args.out, f"bench_export_{file_tag(machine)}.csv"), machine)
 
 
 if __name__ == "__main__":

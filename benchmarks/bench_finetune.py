@@ -9,7 +9,7 @@ row is one run of network.py in a fresh process, wall time from start to exit (s
     python benchmarks/bench_finetune.py -a ghostnet --images 400
 
 The backbone has random weights saved to a local file (no download possible here); the speed does not depend on
-them. Prints one table and writes benchmarks/results/finetune.csv (``--out`` to change).
+them. Prints one table and writes runs/benchmarks/finetune.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -30,11 +30,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import announce_machine, make_dataset, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, write_csv
 from common.models import factory
 from common.report.machine import Machine
-
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra: list[str]) -> float:
@@ -84,14 +82,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch", type=int, default=32)
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-accel", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "finetune.csv"))
+    add_out_flag(parser, "finetune.csv")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), args.out, machine)
+    report(run(args, device), out_path(args.out, "finetune.csv"), machine)
 
 
 if __name__ == "__main__":

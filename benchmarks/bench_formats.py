@@ -15,7 +15,7 @@ or by row group; that difference is not visible here.
     python benchmarks/bench_formats.py --images 200 -j 4
 
 GPU throughput on real against synthetic input is what ``train_main.py --profile-input`` measures on a run's own
-settings. Prints one table and writes benchmarks/results/formats.csv (``--out`` to change).
+settings. Prints one table and writes runs/benchmarks/formats.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -33,7 +33,16 @@ import time
 
 import torch
 
-from benchmarks.benchlib import announce_machine, machine_line, make_dataset, require_smaps, smaps, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    machine_line,
+    make_dataset,
+    out_path,
+    require_smaps,
+    smaps,
+    write_csv,
+)
 from common.data import (
     convert,
     formats,
@@ -42,8 +51,6 @@ from common.data import (
 )
 from common.parallel import distributed
 from common.report.machine import Machine
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def children() -> list[int]:
@@ -110,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=1000, help="training JPEGs (default: 1000)")
     parser.add_argument("-j", "--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default: 64)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "formats.csv"), help="CSV to write")
+    add_out_flag(parser, "formats.csv")
     return parser
 
 
@@ -120,7 +127,7 @@ def main(args: argparse.Namespace) -> None:
         sys.exit("error: give -j 1 or more and --images of at least four batches.")
     machine = announce_machine()  # the loaders run on the CPU
     with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:
-        report(run(args, work), args.out, machine)
+        report(run(args, work), out_path(args.out, "formats.csv"), machine)
 
 
 if __name__ == "__main__":

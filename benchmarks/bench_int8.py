@@ -14,7 +14,8 @@ optimisations and threads (the cores).
     python benchmarks/bench_int8.py --archs ghostnet --methods minmax entropy percentile
     python benchmarks/bench_int8.py --quick                            # one model at 64 px: proves it runs
 
-Prints one table (ms per batch and the int8 / fp32 ratios) and writes benchmarks/results/bench_int8_cpu.csv.
+Prints one table (ms per batch and the int8 / fp32 ratios) and writes runs/benchmarks/bench_int8_cpu.csv
+(``--out`` to change).
 """
 import argparse
 import contextlib
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import export
-from benchmarks.benchlib import announce_machine, make_dataset, random_checkpoint, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, random_checkpoint, write_csv
 from common import limits
 from common.cli import options
 from common.errors import exit_on_user_error
@@ -37,7 +38,6 @@ from common.models import factory
 from common.predict import inference, quantize
 from common.report.machine import Machine
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ARCHS = ("ghostnet", "mobilenet_v3_large", "resnet50")
 BATCHES = (1, 16)
 
@@ -57,6 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="activation/weight types timed (default: both)")
     parser.add_argument("--quick", action="store_true",
                         help="GhostNet at 64 px with 2 repeats, to check that the benchmark runs (no CSV is written)")
+    add_out_flag(parser, "bench_int8_cpu.csv")
     return parser
 
 
@@ -166,7 +167,7 @@ def main(args: argparse.Namespace) -> None:
             for arch in archs:
                 rows += measure(arch, args, work, data, crop)
                 print(f"=> {arch} done", flush=True)
-        report(rows, None if args.quick else os.path.join(RESULTS, "bench_int8_cpu.csv"), machine, args.types)
+        report(rows, None if args.quick else out_path(args.out, "bench_int8_cpu.csv"), machine, args.types)
 
 
 if __name__ == "__main__":

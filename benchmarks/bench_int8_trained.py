@@ -12,7 +12,8 @@ file in ONNX Runtime, each the fastest of --repeats passes.
     python benchmarks/bench_int8_trained.py --archs ghostnet --epochs 4 --repeats 1
 
 Prints one table (top-1 fp32 and int8, the drop in points, the agreement, test.py images/s of the three runtimes)
-and writes benchmarks/results/bench_int8_trained_cpu.csv.
+and writes runs/benchmarks/bench_int8_trained_cpu.csv (``--out`` to change; the recorded figures are in
+benchmarks/results/).
 """
 import argparse
 import contextlib
@@ -27,13 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export
 import test as test_script
 import train_main
-from benchmarks.benchlib import announce_machine, machine_line, make_dataset, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, machine_line, make_dataset, out_path, write_csv
 from common.cli import options
 from common.data import demo
 from common.errors import exit_on_user_error
 from common.train import launch
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ARCHS = ("ghostnet", "mobilenet_v3_large", "resnet50")
 SIZE = ["--val-resize-size", "64", "--val-crop-size", "64"]
 SPEED = re.compile(r"([\d.]+) images/s")
@@ -50,6 +50,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="test.py passes per runtime; the fastest is reported (default: 3)")
     parser.add_argument("--calib-images", type=options.POSITIVE_INT, default=256, metavar="N",
                         help="calibration images drawn from the train split (default: 256, export.py's)")
+    parser.add_argument("--sets", nargs="+", choices=("demo", "generated"), default=["demo", "generated"],
+                        help="data sets to train and measure on (default: demo generated)")
+    parser.add_argument("--generated-per-class", type=options.POSITIVE_INT, default=100, metavar="N",
+                        help="train images per class of the generated set, a quarter as many val (default: 100)")
+    add_out_flag(parser, "bench_int8_trained_cpu.csv")
     return parser
 
 
@@ -120,13 +125,14 @@ def main(cfg: argparse.Namespace) -> None:
     machine = announce_machine()
     rows = []
     with exit_on_user_error(), tempfile.TemporaryDirectory(prefix="bench_int8_trained_") as work:
-        sets = (("demo", demo.ensure_dataset(os.path.join(work, "demo"))),
-                ("generated", make_dataset(os.path.join(work, "generated"), 100, 25, classes=6, seed=3)))
-        for name, data in sets:
+        for name in cfg.sets:
+            data = (demo.ensure_dataset(os.path.join(work, "demo")) if name == "demo" else
+                    make_dataset(os.path.join(work, "generated"), cfg.generated_per_class,
+                                 max(1, cfg.generated_per_class // 4), classes=6, seed=3))
             rows += [measure(arch, name, data, work, cfg) for arch in cfg.archs]
     print(machine_line(machine))
     print(table(rows))
-    write_csv(rows, os.path.join(RESULTS, "bench_int8_trained_cpu.csv"), machine)
+    write_csv(rows, out_path(cfg.out, "bench_int8_trained_cpu.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ processes (CPU: gloo); on GPUs, one per GPU.
     python benchmarks/bench_launchers.py                                   # CPU, 2 processes for DDP, GhostNet 64 px
     python benchmarks/bench_launchers.py /imagenet-subset -a resnet50 --crop 224 --epochs 2 --nprocs 4
 
-Prints one table and writes benchmarks/results/bench_launchers_<arch>_<device>.csv.
+Prints one table and writes runs/benchmarks/bench_launchers_<arch>_<device>.csv (``--out`` to change).
 """
 import os
 import sys
@@ -29,7 +29,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import announce_machine, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, out_path, write_csv
 
 LAUNCHERS = ("train_main.py", "train_dataparallel.py", "train_multiprocessing.py", "train_distributed.py")
 LOGS = {"train_main.py": "main.csv", "train_dataparallel.py": "dataparallel.csv",
@@ -49,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nprocs", type=int, default=2, help="DDP processes on the CPU (default: 2)")
     parser.add_argument("-j", "--workers", type=int, default=1, help="loader workers per process (default: 1)")
     parser.add_argument("--images", type=int, default=400, help="generated train images (default: 400)")
+    add_out_flag(parser, "bench_launchers_<arch>_<device>.csv")
     return parser
 
 
@@ -100,7 +101,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     for r in rows:
         print(f"{r['launcher']:<26}{r['processes']:>6}{r['images_per_s']:>10.1f}{r['epoch_seconds']:>9.2f}"
               f"{r['data_seconds']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['val_top1']:>10.2f}")
-    path = os.path.join(ROOT, "benchmarks", "results", f"bench_launchers_{args.arch}_{device}.csv")
+    path = out_path(args.out, f"bench_launchers_{args.arch}_{device}.csv")
     write_csv(rows, path, machine)
     print(f"=> {path}")
     return rows

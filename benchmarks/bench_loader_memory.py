@@ -13,7 +13,7 @@ copies them into the worker. Target: at most 50 MB growth per worker.
     python benchmarks/bench_loader_memory.py                     # 1.28 M entries, 2 workers (about 2 minutes)
     python benchmarks/bench_loader_memory.py --entries 200000 -j 4
 
-Prints one table and writes benchmarks/results/loader_memory.csv (``--out`` to change).
+Prints one table and writes runs/benchmarks/loader_memory.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -36,11 +36,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.benchlib import announce_machine, require_smaps, smaps, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, out_path, require_smaps, smaps, write_csv
 from common.data.samples import CompactSamples
 from common.report.machine import Machine
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IMAGENET_TRAIN_FILES = 1_281_167
 CLASSES = 1000
 POOL = 16
@@ -157,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"(path, target) entries in the list (default: {IMAGENET_TRAIN_FILES:,}, ImageNet's)")
     parser.add_argument("-j", "--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("-b", "--batch-size", type=int, default=256, help="batch size (default: 256)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "loader_memory.csv"), help="CSV to write")
+    add_out_flag(parser, "loader_memory.csv")
     return parser
 
 
@@ -167,7 +166,7 @@ def main(args: argparse.Namespace) -> None:
         sys.exit(f"error: give -j 1 or more and --entries {CLASSES} or more.")
     machine = announce_machine()  # CPU only
     with tempfile.TemporaryDirectory(prefix="bench_loader_memory_") as root:
-        report(run(args, root), args.out, machine)
+        report(run(args, root), out_path(args.out, "loader_memory.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ pipelines and the best of ``--repeats`` is kept (other work on the machine only 
     python benchmarks/bench_pipeline.py --images 1000 --workers 2
     python benchmarks/bench_pipeline.py --data /data/imagenet/val --images 2000   # real photos (any ImageFolder)
 
-Prints one table and writes benchmarks/results/pipeline.csv (``--out`` to change).
+Prints one table and writes runs/benchmarks/pipeline.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -35,11 +35,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 
-from benchmarks.benchlib import announce_machine, make_photos, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_photos, out_path, write_csv
 from common.data import transforms
 from common.report.machine import Machine
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def pipelines(crop: int, resize: int) -> list[tuple[str, str, dict]]:
@@ -158,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per pipeline, best kept (default: 3)")
     parser.add_argument("--crop-size", type=int, default=224, help="train and eval crop (default: 224)")
     parser.add_argument("--resize-size", type=int, default=256, help="eval resize of the shorter side (default: 256)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "pipeline.csv"), help="CSV to write")
+    add_out_flag(parser, "pipeline.csv")
     return parser
 
 
@@ -173,7 +171,8 @@ def main(args: argparse.Namespace) -> None:
         if not args.data:
             make_photos(root, args.images)
         rows = run(args, root)
-        report(rows, describe_images(root, not args.data, rows[0]["images"]), args.out, machine)
+        images = describe_images(root, not args.data, rows[0]["images"])
+        report(rows, images, out_path(args.out, "pipeline.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ alike. A control run, fp32 channels_last, shows how far float rounding alone mov
     python benchmarks/bench_train_step.py --archs resnet50 --loss-steps 50 --lr 0.001 --weights imagenet \\
         --data /imagenet/val
 
-Prints one table and writes benchmarks/results/train_step.csv (``--out`` to change).
+Prints one table and writes runs/benchmarks/train_step.csv (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from benchmarks.benchlib import announce_machine, machine_line, photo_like, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, machine_line, out_path, photo_like, write_csv
 from common.data import (
     imagefolder,
     transforms,
@@ -45,7 +45,6 @@ from common.parallel import precision
 from common.report.machine import Machine
 from common.train.step import TrainStep
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CLASSES = 4
 CASTS = np.array([(40, -20, -20), (-20, 40, -20), (-20, -20, 40), (30, 30, -30)], dtype=np.float32)
 
@@ -179,14 +178,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="photos for the loss runs: a folder of class folders (default: generated photo-like)")
     parser.add_argument("--amp", action="store_true", help="force AMP for the project side, whatever the arch")
     parser.add_argument("--no-accel", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "train_step.csv"))
+    add_out_flag(parser, "train_step.csv")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), args.out, machine)
+    report(run(args, device), out_path(args.out, "train_step.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ from common.data.demo import pink_noise
 from common.models import factory
 from common.report.machine import Machine, this_machine
 
+# Where a benchmark writes its CSV unless --out says otherwise: beside the training runs, never over the recorded
+# results in benchmarks/results/ (those are documentation, replaced deliberately by copying a run's CSV there).
+OUT_DIR = os.path.join("runs", "benchmarks")
+
 # ImageNet's photos are mostly 500 px on the longer side, landscape 4:3 most often.
 PHOTO_SIZES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (400, 300))
 
@@ -73,6 +77,17 @@ def make_dataset(root: str, train_per_class: int, val_per_class: int, classes: i
     make_class_folder(os.path.join(root, "train"), train_per_class * classes, classes, seed)
     make_class_folder(os.path.join(root, "val"), val_per_class * classes, classes, seed + 1)
     return root
+
+
+def add_out_flag(parser, name: str) -> None:
+    """``--out CSV``: where the benchmark writes its table; the help names the default, ``runs/benchmarks/<name>``."""
+    parser.add_argument("--out", default=None, metavar="CSV",
+                        help=f"CSV to write (default: {os.path.join(OUT_DIR, name)})")
+
+
+def out_path(out: str | None, name: str) -> str:
+    """The CSV path: ``out`` where the user gave one, else ``runs/benchmarks/<name>`` under the current folder."""
+    return out or os.path.join(OUT_DIR, name)
 
 
 def machine_line(machine: Machine) -> str:

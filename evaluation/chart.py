@@ -24,16 +24,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _log_labels(ax: Axes) -> None:
-    """Plain numbers on the log cost axis (not 6 x 10^0): at every tick when it spans less than a factor of ten, else
-    at 1, 2 and 5 times each power of ten."""
+    """Plain numbers on the log cost axis (not 6 x 10^0), a tick at every 1..9 times each power of ten: all of them
+    labelled when the axis spans less than a factor of thirty (GhostNet's point can be read off), else 1, 2, 3 and 5
+    times each power of ten."""
     from matplotlib import ticker
 
     def label(value: float, _pos) -> str:
         low, high = ax.get_xlim()
-        return f"{value:g}" if high < 10 * low or f"{value:.0e}"[0] in "125" else ""
+        return f"{value:g}" if high < 30 * low or f"{value:.0e}"[0] in "1235" else ""
 
+    ax.xaxis.set_minor_locator(ticker.LogLocator(subs=range(2, 10), numticks=50))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(label))
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(label))
+    ax.tick_params(axis="x", which="minor", labelsize=8)
 
 
 def _display_name(model: str) -> str:
@@ -46,7 +49,7 @@ def _display_name(model: str) -> str:
 def _panel(ax: Axes, points: list[tuple[str, float, float]], xlabel: str, title: str) -> list:
     """One scatter of (model, cost, top-1) on a log cost axis, with the Pareto front as a dashed staircase; returns
     the point labels, GhostNet's first, for ``_place_labels``."""
-    ax.set(xscale="log", xlabel=xlabel, ylabel="ImageNet top-1, % (published)", title=title)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="ImageNet top-1, % (published, evaluated at 224 px)", title=title)
     ax.grid(True, which="both", alpha=0.3)
     if not points:
         ax.text(0.5, 0.5, "no model has both figures", ha="center", va="center", transform=ax.transAxes)
@@ -106,9 +109,10 @@ def compare_figure(rows: list[dict], device: str, caption: str = "") -> Figure:
     by_latency = [(r["model"], r["defaults_latency_ms"], r["published_top1"]) for r in rated
                   if r.get("defaults_latency_ms") not in (None, "")]
     size = rows[0]["input_size"] if rows else ""
-    labels = {left: _panel(left, by_macs, f"multiply-adds at {size} px, millions (log)", "top-1 vs multiply-adds"),
-              right: _panel(right, by_latency, f"batch-1 latency on {device}, ms, project defaults (log)",
-                            "top-1 vs measured latency")}
+    labels = {left: _panel(left, by_macs, f"multiply-adds at {size} px input, millions (log)",
+                           "top-1 vs multiply-adds"),
+              right: _panel(right, by_latency, f"batch-1 latency at {size} px input on {device}, ms, project "
+                            "defaults (log)", "top-1 vs measured latency")}
     figure.canvas.draw()  # lays the axes out, so that label boxes are where they will be saved
     renderer = figure.canvas.get_renderer()
     for ax, texts in labels.items():

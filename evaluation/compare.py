@@ -86,8 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true",
                         help="also export each model to ONNX and quantise it to int8 (as export.py --int8), and time "
                              "both with onnxruntime on the CPU: latency, throughput and file size columns")
-    parser.add_argument("--output-dir", default=".", metavar="DIR",
-                        help="where compare.csv, compare.md and compare.png go (default: current directory)")
+    parser.add_argument("--output-dir", default=os.path.join("runs", "compare"), metavar="DIR",
+                        help="where compare.csv, compare.md and compare.png go (default: runs/compare)")
     return parser
 
 

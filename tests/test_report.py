@@ -301,7 +301,7 @@ def test_confusion_heatmap_shows_row_shares_counts_and_class_names(tmp_path):
     shares = np.asarray(ax.images[0].get_array())
     assert np.allclose(shares, [[0.8, 0.2, 0.0], [0.1, 0.5, 0.4], [0.0, 0.0, 0.0]])  # an empty row stays 0
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0 cat", "1 dog", "2 empty"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0 cat", "1 dog", "2 empty"]  # names on both axes
     assert sorted((round(t.get_position()[1]), round(t.get_position()[0]), t.get_text()) for t in ax.texts) == [
         (0, 0, "8"), (0, 1, "2"), (1, 0, "1"), (1, 1, "5"), (1, 2, "4")]
     assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"

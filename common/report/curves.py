@@ -33,6 +33,7 @@ MARGINS = {"left": 0.08, "right": 0.82, "top": 0.92, "bottom": 0.06, "hspace": 0
 TRAIN, VAL = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 blue and orange: readable for most colour vision
 LR_COLOR = (44, 160, 44)
 MAX_MARKERS = 30  # beyond this many epochs, per-point dots would hide the lines
+LOG_LOSS_RATIO = 10.0  # a loss panel whose largest value is this many times its smallest is drawn on a log scale
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,19 @@ def draw_panel(ax: Axes, name: str, series: tuple[Series, ...], log: RunLog) -> 
         ax.plot(log.epochs, [math.nan if v is None else v for v in values], color=s.hex, label=s.label,
                 linestyle="--" if s.dashed else "-", linewidth=1.5 if s.dashed else 2.0,
                 marker="o", markersize=5, markevery=_markers(values))
-    ax.set_ylim(value_range([v for s in shown for v in log.columns[s.column] if v is not None]))
-    ax.grid(True, color="0.9")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+    values = [v for s in shown for v in log.columns[s.column] if v is not None]
+    log_scale = name == "loss" and min(values) > 0 and max(values) > LOG_LOSS_RATIO * min(values)
+    if log_scale:  # one early spike would otherwise flatten the rest of the curve against the axis
+        from matplotlib import ticker
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 10, not 10^1
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    else:
+        ax.set_ylim(value_range(values))
+    ax.grid(True, which="both" if log_scale else "major", color="0.9")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small",
+              title="log scale" if log_scale else None, title_fontsize="small")
 
 
 def figure(log: RunLog) -> Figure:

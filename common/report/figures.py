@@ -29,6 +29,7 @@ INSTALL_HINT = "pip install -r requirements-extra.txt"
 MAX_LABELLED_CLASSES = 40  # beyond this, row labels would not be readable: the heatmap is drawn without text
 HEATMAP_SIDE = 800  # target side of the matrix area in pixels, before the per-cell size is clamped
 CAPTION_H = 14  # height of a contact-sheet tile's caption band in pixels
+LABEL_CHARS = 24  # class names longer than this are cut, with an ellipsis, on chart axes and under tiles
 
 
 class MatplotlibMissing(UserError):
@@ -67,6 +68,12 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def short_label(name: str, chars: int = LABEL_CHARS) -> str:
+    """``name`` made printable and cut to ``chars`` characters, the last an ellipsis when it was longer."""
+    name = printable(name)
+    return name if len(name) <= chars else name[:chars - 1] + "\u2026"
+
+
 def _heatmap_cell(n: int) -> int:
     """Pixels per cell: large enough to print a count in for a few classes, at least one for a thousand."""
     return max(1, min(48, HEATMAP_SIDE // max(1, n)))
@@ -75,24 +82,30 @@ def _heatmap_cell(n: int) -> int:
 def confusion_figure(cm: torch.Tensor, names: list[str]) -> Figure:
     """The heatmap of a (true x predicted) count matrix, each row scaled by its class's image count.
 
-    Rows are labelled ``i name`` and columns ``i``, and each cell shows its count while there is room for it
-    (up to MAX_LABELLED_CLASSES classes); raises MatplotlibMissing without matplotlib.
+    Up to MAX_LABELLED_CLASSES classes, rows and columns are labelled ``i name`` (columns slanted, long names cut)
+    and each cell shows its count while there is room for it; beyond that both axes carry class indices at a
+    readable spacing. Raises MatplotlibMissing without matplotlib.
     """
     n = cm.shape[0]
     cell, labelled = _heatmap_cell(n), n <= MAX_LABELLED_CLASSES
-    row_labels = [f"{i} {printable(name)[:30]}" for i, name in enumerate(names)]
-    label_w = 7 * max(map(len, row_labels), default=0) if labelled else 40
+    labels = [f"{i} {short_label(name)}" for i, name in enumerate(names)]
+    label_w = 7 * max(map(len, labels), default=0) if labelled else 40
     side = max(240, n * cell)
-    figure = new_figure(side + label_w + 190, side + 130, "the confusion-matrix PNG", constrained=True)
+    figure = new_figure(side + label_w + 190, side + label_w + 130, "the confusion-matrix PNG", constrained=True)
     ax = figure.add_subplot()
     shares = (cm.double() / cm.sum(1, keepdim=True).clamp(min=1)).numpy()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest" if cell > 1 else "antialiased")
     figure.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's images")
     ax.set(xlabel="predicted class", ylabel="true class", title=f"confusion matrix: {int(cm.sum())} images")
     if labelled:
-        ax.set_xticks(range(n), [str(i) for i in range(n)])
-        ax.set_yticks(range(n), row_labels)
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), labels)
         ax.tick_params(length=0)
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=10, integer=True))
     if labelled and cell >= 20:
         for i, j in cm.nonzero().tolist():
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=min(10, cell // 3),
@@ -111,6 +124,24 @@ def confusion_png(cm: torch.Tensor, names: list[str], path: str) -> bool:
         return False
     save_png(figure, path)
     return True
+
+
+# ---------------------------------------------------------------------------------------------------- image grids
+
+def captioned_grid(images: torch.Tensor, captions: list[str], title: str, per_row: int = 8) -> Figure:
+    """(N, 3, H, W) float images in [0, 1] as a grid of ``per_row`` per row, each with its caption (a class name,
+    cut to LABEL_CHARS) under it; raises MatplotlibMissing without matplotlib."""
+    n, side = len(images), images.shape[-1]
+    cols, rows = min(per_row, n), -(-n // per_row)
+    tile = max(96, min(side, 224))
+    figure = new_figure(cols * (tile + 12), rows * (tile + 30) + 40, "the samples sheet", constrained=True)
+    figure.suptitle(title)
+    for i, ax in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(images[i].permute(1, 2, 0).numpy())
+            ax.set_title(short_label(captions[i], 18), y=-0.02, pad=0, va="top", fontsize=9)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------------- contact sheet

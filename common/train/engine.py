@@ -27,6 +27,7 @@ from common.parallel.precision import choose_precision
 from common.train import distill, optim, schedule
 from common.train.inputs import SAMPLES_NAME, profile_input, save_samples
 from common.train.loop import (
+    InputHint,
     LoopConfig,
     ResumePoint,
     Run,
@@ -183,10 +184,24 @@ def optimisation_line(args: argparse.Namespace, run: Run) -> str:
             f"{args.label_smoothing:g}, {args.epochs} epochs" + (f"; {', '.join(extras)}" if extras else ""))
 
 
+def input_hint(args: argparse.Namespace) -> InputHint | None:
+    """What the input-bound line may advise this run: only flags the script's parser has (``args`` holds each of
+    its flags) and that change the current settings; None on synthetic data (``--dummy``), whose input is free."""
+    if getattr(args, "dummy", False):
+        return None
+    flags = []
+    if hasattr(args, "uint8_pipeline") and not args.uint8_pipeline:
+        flags.append(("--uint8-pipeline", "the uint8 pipeline"))
+    if hasattr(args, "profile_input"):
+        flags.append(("--profile-input", "measuring the input alone against the model alone"))
+    return InputHint(tuple(flags))
+
+
 def loop_config(args: argparse.Namespace, log_name: str) -> LoopConfig:
     """The loop settings the training scripts' flags ask for."""
     return LoopConfig(args.epochs, args.output_dir, log_name, args.arch, checkpoint.plain_args(args),
-                      args.print_freq, args.seed, args.checkpoint_interval, args.tensorboard)
+                      args.print_freq, args.seed, args.checkpoint_interval, args.tensorboard,
+                      input_hint=input_hint(args))
 
 
 def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -> dict:
@@ -210,5 +225,6 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
         val = evaluate(run.model, run.val_loader, run.criterion, ctx, eval_pass(run, args.print_freq), run.precision)
         return {"best_acc1": val.top1, "best_epoch": None, "val": val}
     if args.save_samples and ctx.is_main:
-        save_samples(run.train_loader, start.epoch, os.path.join(args.output_dir, SAMPLES_NAME), norm=run.norm)
+        save_samples(run.train_loader, start.epoch, os.path.join(args.output_dir, SAMPLES_NAME), norm=run.norm,
+                     classes=run.classes)
     return train_loop(run, ctx, loop_config(args, log_name), start)

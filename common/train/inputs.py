@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from common.data import transforms
 from common.parallel.distributed import DistContext
 from common.parallel.precision import synchronize
+from common.report import figures
 from common.train.loop import Run
 
 
@@ -49,20 +50,29 @@ SAMPLES_NAME = "train_samples.png"
 
 
 def save_samples(loader: DataLoader, epoch: int, path: str, count: int = 32,
-                 norm: transforms.Normalization = transforms.IMAGENET) -> None:
+                 norm: transforms.Normalization = transforms.IMAGENET, classes: list[str] | None = None) -> None:
     """The first training batch of ``epoch`` (at most ``count`` images), augmented exactly as training will see it
-    before MixUp/CutMix, as a grid of 8 images per row."""
+    before MixUp/CutMix, as a grid of 8 images per row, each with its class name under it (``classes``; without
+    matplotlib, the bare grid)."""
     loader.sampler.set_epoch(epoch)
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):  # shards: the first batch of the stream
-        images = next(iter(loader))[0][:count]
+        batch = next(iter(loader))
+        images, targets = batch[0][:count], [int(t) for t in batch[1][:count]]
         keys = range(len(images))
     else:
         keys = list(itertools.islice(iter(loader.sampler), min(count, loader.batch_size)))
-        images = torch.stack([loader.dataset[key][0] for key in keys])
+        items = [loader.dataset[key] for key in keys]
+        images, targets = torch.stack([item[0] for item in items]), [int(item[1]) for item in items]
     if images.dtype == torch.uint8:
         images = images.float() / 255
     else:  # normalised floats: undo the normalisation for display
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (norm.mean, norm.std))
         images = (images * std + mean).clamp(0, 1)
-    torchvision.utils.save_image(images, path, nrow=8, padding=2)
+    captions = [classes[t] if classes and 0 <= t < len(classes) else str(t) for t in targets]
+    try:
+        figure = figures.captioned_grid(images, captions, f"augmented training images of epoch {epoch}")
+    except figures.MatplotlibMissing:
+        torchvision.utils.save_image(images, path, nrow=8, padding=2)
+    else:
+        figures.save_png(figure, path)
     print(f"=> {len(keys)} augmented training images of epoch {epoch} saved to {path}", flush=True)

@@ -40,6 +40,8 @@ class EpochStats:
     seconds: float
     data_seconds: float
     stopped: bool = False
+    first_wait: float = 0.0  # seconds spent waiting for the first batch: loader start-up, not steady-state input
+
 
     @property
     def images_per_s(self) -> float:
@@ -47,18 +49,30 @@ class EpochStats:
 
 
 INPUT_BOUND = 0.10  # share of an epoch spent waiting for batches above which the input is said to bound the run
+MIN_WAIT = 0.5  # seconds of waiting (after the first batch) below which no line is printed, whatever the share
 
 
-def input_bound_line(stats: EpochStats, epoch: int, workers: int) -> str | None:
-    """One line when the training loop waited for data (``data_seconds``, the CSV column) more than INPUT_BOUND of
-    the epoch: the figures, and what to try. None when the input kept up."""
-    if stats.seconds <= 0 or stats.data_seconds <= INPUT_BOUND * stats.seconds:
+@dataclass(frozen=True)
+class InputHint:
+    """What the input-bound line may advise, decided once from the running script's flags: ``flags`` are
+    (flag, what it does) pairs, each a flag the script's parser has and that would change its current settings.
+    A loop with no InputHint (cached features, synthetic data) never prints the line."""
+
+    flags: tuple[tuple[str, str], ...] = ()
+
+
+def input_bound_line(stats: EpochStats, epoch: int, workers: int, hint: InputHint | None) -> str | None:
+    """One line when the training loop waited for batches, after the first one (loader start-up), more than
+    INPUT_BOUND of the rest of the epoch and at least MIN_WAIT seconds: the figures, and what to try. None when
+    the input kept up, or where ``hint`` is None."""
+    waited, seconds = stats.data_seconds - stats.first_wait, stats.seconds - stats.first_wait
+    if hint is None or waited < MIN_WAIT or waited <= INPUT_BOUND * seconds:
         return None
-    return (f"=> the input bounds this run: epoch {epoch} waited {stats.data_seconds:.1f} of {stats.seconds:.1f} s "
-            f"({100 * stats.data_seconds / stats.seconds:.0f}%) for batches, at {stats.images_per_s:.1f} images/s; "
-            f"try more loader workers (-j, now {workers}), the uint8 pipeline (--uint8-pipeline), a lighter "
-            "augmentation, local storage or parquet/shards instead of many small files; --profile-input measures "
-            "input alone against the model alone")
+    tries = [f"more loader workers (-j, now {workers})", *(f"{what} ({flag})" for flag, what in hint.flags),
+             "a lighter augmentation, local storage or parquet/shards instead of many small files"]
+    return (f"=> the input bounds this run: epoch {epoch} waited {waited:.1f} of {seconds:.1f} s "
+            f"({100 * waited / seconds:.0f}%) for batches after the first, at {stats.images_per_s:.1f} images/s; "
+            f"try {', '.join(tries)}")
 
 
 @dataclass
@@ -162,9 +176,11 @@ def run_epoch(loader: DataLoader, forward: Forward, ctx: DistContext, show: Pass
     progress = Progress(len(loader), [batch_time, data_time, losses, top1, top5], show.prefix, show.print_freq,
                         ctx.is_main)
     start = end = time.perf_counter()
-    stopped = False
+    stopped, first_wait = False, 0.0
     for i, batch in enumerate(loader):
         data_time.update(time.perf_counter() - end)
+        if i == 0:
+            first_wait = data_time.val
         if batch is None:  # every image of this evaluation batch was unreadable and skipped
             progress.step(i)
             continue
@@ -189,7 +205,7 @@ def run_epoch(loader: DataLoader, forward: Forward, ctx: DistContext, show: Pass
     for meter in (losses, top1, top5):
         meter.all_reduce(ctx)
     return EpochStats(losses.avg, top1.avg, top5.avg, losses.count, time.perf_counter() - start, data_time.sum,
-                      stopped)
+                      stopped, first_wait)
 
 
 def eval_pass(run: Run, print_freq: int, label: str = "") -> PassConfig:
@@ -259,6 +275,7 @@ class LoopConfig:
     checkpoint_interval: str | None = None
     tensorboard: bool = False
     step_log: bool = True
+    input_hint: InputHint | None = None
 
 
 @dataclass
@@ -349,7 +366,8 @@ def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
     train = train_one_epoch(run, loop.trainee, ctx, cfg.print_freq, control)
     if train.stopped:
         raise stopped_message(ctx, loop.stop.signum or signal.SIGTERM, epoch, cfg.output_dir)
-    bound = input_bound_line(train, epoch, getattr(run.train_loader, "num_workers", 0)) if ctx.is_main else None
+    workers = getattr(run.train_loader, "num_workers", 0)
+    bound = input_bound_line(train, epoch, workers, cfg.input_hint) if ctx.is_main else None
     if bound:
         print(bound, flush=True)
     val, val_ema = validate(run, loop.trainee, ctx, cfg.print_freq)
