@@ -217,3 +217,24 @@ def test_export_of_a_v3_checkpoint_holds_the_folded_graph_and_passes_its_check(v
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in deployed.modules())
     assert ops["BatchNormalization"] == 0 and ops["Conv"] == convs
     assert convs < sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())  # the branches are gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ghostnetv2", "ghostnetv3"])
+def test_a_trainer_trains_it_and_the_sorter_sorts_with_its_checkpoint(arch, tmp_path):
+    """One epoch of train_main.py at 64 px (V3 trains in its branched form, and its checkpoint keeps that form),
+    then the sorter places every val image under right/ or wrong/ with that checkpoint."""
+    data = make_image_folder(str(tmp_path / "data"), 4, 2, size=(64, 72), ext="jpg")
+    out = str(tmp_path / "run")
+    size = ["--train-crop-size", "64", "--val-resize-size", "64", "--val-crop-size", "64", "-j", "0", "-p", "100"]
+    call_main("train_main.py", data, "-a", arch, "--width-mult", "1.0" if arch == "ghostnetv2" else "0.5",
+              "--epochs", "1", "-b", "8", "--lr", "0.01", "--seed", "0", "--output-dir", out, *size)
+    saved = torch.load(os.path.join(out, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+    assert saved["arch"] == arch and saved["epoch"] == 1
+    kept = "_rpr_" if arch == "ghostnetv3" else "short_conv"  # V3's parallel branches, V2's DFC attention
+    assert any(kept in k for k in saved["state_dict"])
+    sorted_dir = str(tmp_path / "sorted")
+    call_main("classify_test_data.py", "--ckpt", os.path.join(out, "model_best.pth.tar"), "--data", data,
+              "--out", sorted_dir, "-j", "0", "-b", "4")
+    placed = [os.path.basename(r) for r, _, fs in os.walk(sorted_dir) for f in fs if f.endswith(".jpg")]
+    assert len(placed) == 8 and set(placed) <= {"right", "wrong"}

@@ -256,7 +256,8 @@ def test_tensorboard_events_and_sample_grid(tiny_data, tmp_path):
     from PIL import Image
 
     with Image.open(os.path.join(out, "train_samples.png")) as grid:
-        assert grid.size == (2 + 8 * (32 + 2), 2 + 2 * (32 + 2))  # 16 images (one batch of the tiny set), 8 per row
+        # 16 images (one batch of the tiny set), 8 per row: tiles of at least 96 px with room for their captions
+        assert grid.size == (8 * (96 + 12), 2 * (96 + 30) + 40)
 
 
 @pytest.mark.slow

@@ -54,24 +54,24 @@ def odd_data(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAUNCHERS))
-def test_script_trains_ghostnet_two_epochs_above_chance_and_writes_loadable_checkpoints(name, learnable_data,
+def test_script_trains_ghostnet_three_epochs_above_chance_and_writes_loadable_checkpoints(name, learnable_data,
                                                                                          tmp_path):
     script, launcher, extra, log_name = LAUNCHERS[name]
-    out = str(tmp_path)
-    proc = run_script(script, learnable_data, *TRAIN, *extra, "--epochs", "2", "--output-dir", out, launcher=launcher)
+    out = str(tmp_path)  # three epochs: after two, BatchNorm's running statistics may still hold the val at chance
+    proc = run_script(script, learnable_data, *TRAIN, *extra, "--epochs", "3", "--output-dir", out, launcher=launcher)
     final = results(proc.stdout)
-    assert len(final) == 2 and final[-1][3] == 40, proc.stdout
+    assert len(final) == 3 and final[-1][3] == 40, proc.stdout
     assert max(r[0] for r in final) > 25.0, f"val top-1 never above chance (4 classes): {final}"
     assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == sorted(
         ["checkpoint.pth.tar", "model_best.pth.tar", log_name, log_name.replace(".csv", "_steps.csv")])
     ckpt = torch.load(os.path.join(out, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["arch"] == "ghostnet" and isinstance(ckpt["best_acc1"], float)
+    assert ckpt["epoch"] == 3 and ckpt["arch"] == "ghostnet" and isinstance(ckpt["best_acc1"], float)
     assert ckpt["classes"] == ["class0", "class1", "class2", "class3"] and isinstance(ckpt["args"], dict)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
     factory.create_model("ghostnet", 4).load_state_dict(ckpt["state_dict"], strict=True)
     rows = read_csv(os.path.join(out, log_name))
-    assert [r["epoch"] for r in rows] == ["0", "1"] and tuple(rows[0]) == CSV_FIELDS
-    assert float(rows[1]["val_top1"]) == pytest.approx(final[1][0], abs=1e-3) and rows[1]["val_images"] == "40"
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and tuple(rows[0]) == CSV_FIELDS
+    assert float(rows[2]["val_top1"]) == pytest.approx(final[2][0], abs=1e-3) and rows[2]["val_images"] == "40"
 
 
 @pytest.mark.slow
