@@ -98,3 +98,31 @@ def test_test_py_header_says_which_weights_and_the_top1_follows_them(tmp_path):
         assert ("EMA weights (state_dict_ema, --ema)" if choice == "--ema" else "raw weights (state_dict, --no-ema)"
                 ) in header
     assert results["--ema"]["loss"] != results["--no-ema"]["loss"]
+
+
+def test_files_written_by_the_peers_own_savers_load_raw_and_ema(tmp_path):
+    """timm's own CheckpointSaver (with a ModelEmaV3, as timm's train.py saves each epoch) and torch's AveragedModel
+    (which torchvision's references' ExponentialMovingAverage subclasses, saved as their train.py does): both sets
+    load back equal to the models that were saved."""
+    timm_utils = pytest.importorskip("timm.utils")
+    torch.manual_seed(0)
+    model = factory.create_model(ARCH[0], ARCH[1], width_mult=ARCH[2])
+    ema = timm_utils.ModelEmaV3(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    ema.update(model)
+    saver = timm_utils.CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=argparse.Namespace(
+        model="ghostnet"), model_ema=ema, checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path), max_history=1)
+    saver.save_checkpoint(epoch=0, metric=40.0)
+    timm_file = str(tmp_path / "last.pth.tar")
+    assert same(loaded_weights(timm_file, None)[0], model.state_dict())
+    assert same(loaded_weights(timm_file, True)[0], ema.module.state_dict())
+
+    averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    averaged.update_parameters(model)
+    tv_file = str(tmp_path / "torchvision.pth")
+    torch.save({"model": model.state_dict(), "model_ema": averaged.state_dict(), "epoch": 0,
+                "args": argparse.Namespace(model="ghostnet")}, tv_file)
+    assert same(loaded_weights(tv_file, True)[0], averaged.module.state_dict())
+    assert same(loaded_weights(tv_file, False)[0], model.state_dict())
