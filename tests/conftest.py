@@ -90,6 +90,12 @@ def make_image_folder(root: str, train_per_class: int = 40, val_per_class: int =
 
 
 @pytest.fixture(scope="session")
+def jpegs(tmp_path_factory) -> str:
+    """4 colour classes of 48x40 JPEGs: 8 train and 5 val images each (read-only; the export and int8 tests')."""
+    return make_image_folder(str(tmp_path_factory.mktemp("jpegs")), 8, 5, ext="jpg")
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     """4 colour classes, 40 train and 10 val PNG images each (read-only: tests must not modify it)."""
     return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))

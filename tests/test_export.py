@@ -22,17 +22,11 @@ import torch
 
 from common.data import transforms
 from common.models import factory, loading, onnx_model, preprocess
-from conftest import SMALL, make_image_folder, random_state_dict, refusal
+from conftest import SMALL, random_state_dict, refusal
 from inprocess import call_main, load_script
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 SIZE = ["--val-resize-size", "36", "--val-crop-size", "32"]
-
-
-@pytest.fixture(scope="module")
-def jpegs(tmp_path_factory) -> str:
-    """4 colour classes of 48x40 JPEGs: 8 train and 5 val images each."""
-    return make_image_folder(str(tmp_path_factory.mktemp("jpegs")), 8, 5, ext="jpg")
 
 
 @pytest.fixture(scope="module")

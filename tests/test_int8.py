@@ -35,12 +35,6 @@ AGREEMENT = {"ghostnet": 95.0, "resnet18": 80.0, "mobilenet": 50.0}
 
 
 @pytest.fixture(scope="module")
-def jpegs(tmp_path_factory) -> str:
-    """4 colour classes of 48x40 JPEGs: 8 train and 5 val images each."""
-    return make_image_folder(str(tmp_path_factory.mktemp("jpegs")), 8, 5, ext="jpg")
-
-
-@pytest.fixture(scope="module")
 def int8(jpegs, tmp_path_factory) -> dict:
     """The three int8 exports (see the module docstring) and their sources."""
     work = tmp_path_factory.mktemp("int8")

@@ -89,7 +89,9 @@ def data_source(args: argparse.Namespace) -> formats.DataSource:
     demo dataset (written here the first time), or what ``--data`` holds; refused here when no reader can use it."""
     if getattr(args, "dummy", False):
         return formats.DataSource(formats.SYNTHETIC)
-    root = args.data or demo.ensure_dataset(demo.DEFAULT_DIR) if getattr(args, "demo", False) else args.data
+    root = args.data
+    if not root and getattr(args, "demo", False):  # --demo with no dataset given: the built-in one
+        root = demo.ensure_dataset(demo.DEFAULT_DIR)
     source = formats.resolve_source(root)
     formats.check_source(source)
     return source
