@@ -1,10 +1,18 @@
 """Predict the classes of images, or evaluate a model on a labelled folder, from any checkpoint of this project.
 
-The top-5 classes of a few images (ImageNet wnid folders such as n01440764 are shown with their names):
+The top-5 classes of a few images (ImageNet wnid folders such as n01440764 are shown with their names), also
+written to --output-dir as predictions.csv (path, predicted class, confidence, top-k as class:probability) with
+predicted_counts.csv (images per predicted class, printed too):
 
     python test.py --ckpt runs/probe/model_best.pth.tar photo1.jpg photo2.jpg
     python test.py --ckpt runs/probe/model_best.pth.tar --topk 3 --json photo1.jpg
     python test.py --pretrained -a resnet50 photo1.jpg
+
+A folder of images without class folders is predicted the same way (its images are not printed one by one);
+--unlabelled reads every image under a folder and its subfolders, whatever they are named:
+
+    python test.py --ckpt runs/probe/model_best.pth.tar --data my_photos --output-dir runs/my_photos
+    python test.py --ckpt runs/probe/model_best.pth.tar --data my_albums --unlabelled --output-dir runs/my_albums
 
 Accuracy and loss over a labelled folder (DIR/val, or DIR itself when it holds the class folders), with
 predictions.csv, per_class.csv, confusion_matrix.csv and confusion_matrix.png written to --output-dir:
@@ -33,7 +41,8 @@ and -R scored over their 200 classes, as timm does (the sets are recognised from
     python test.py --pretrained -a resnet50 --data /data/imagenet-r --eval-set imagenet-r
 
 The eval settings default to the weights' own (--pretrained), else those recorded in the checkpoint; the header says
-where they come from. A flat ImageNet val folder is sorted by `python -m common.data.valprep`. Whole pickled models
+where they come from. A flat ImageNet val folder (ILSVRC2012_val_*.JPEG) is refused with the command that sorts it
+into class folders, `python -m common.data.valprep`. Whole pickled models
 (torch.save(model)) are refused unless --unsafe-load is given, because loading them runs arbitrary code.
 
 List the unreadable files of the labelled folder (or of IMAGE...) without evaluating; the exit status is 1 if any:
@@ -61,10 +70,10 @@ from common.predict import evalsets, inference, labels
 from common.report import figures, metrics
 
 TOP5 = 5
-PREDICTIONS_NAME, PER_CLASS_NAME = "predictions.csv", "per_class.csv"
+PREDICTIONS_NAME, PER_CLASS_NAME, COUNTS_NAME = "predictions.csv", "per_class.csv", "predicted_counts.csv"
 CONFUSION_CSV_NAME, CONFUSION_PNG_NAME = "confusion_matrix.csv", "confusion_matrix.png"
 RESOLUTIONS_NAME = "resolutions.csv"
-REPORT_NAMES = (PREDICTIONS_NAME, PER_CLASS_NAME, CONFUSION_CSV_NAME, CONFUSION_PNG_NAME, RESOLUTIONS_NAME)
+REPORT_NAMES = (PREDICTIONS_NAME, PER_CLASS_NAME, CONFUSION_CSV_NAME, CONFUSION_PNG_NAME, RESOLUTIONS_NAME, COUNTS_NAME)
 MAX_PRINTED_CLASSES = 30  # above this, only the classes with the lowest recall are printed (all are in the CSV)
 
 
@@ -73,8 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Top-k predictions for images, or accuracy, per-class report and confusion matrix for a folder.",
         parents=[options.data_parser(training=False, multi_size=True),
                  options.model_parser(default_arch=None, dropout=False), options.inference_parser(),
-                 options.speed_parser(), options.check_data_parser(), options.device_parser(),
-                 options.process_group_parser()])
+                 options.unlabelled_parser(), options.speed_parser(), options.check_data_parser(),
+                 options.device_parser(), options.process_group_parser()])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --data)")
     parser.add_argument("--topk", type=options.POSITIVE_INT, default=5, metavar="K",
                         help="classes shown per image (default: 5)")
@@ -82,7 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=options.POSITIVE_INT, default=None, metavar="N",
                         help="evaluate only the first N images of the folder (default: all)")
     parser.add_argument("--output-dir", default=os.path.join("runs", "test"), metavar="DIR",
-                        help="where the CSV files and the confusion matrix PNG go (default: runs/test)")
+                        help="where the CSV files (and for a labelled folder the confusion matrix PNG) go (default: "
+                             "runs/test)")
     parser.add_argument("--tta", choices=inference.TTA_MODES, default="none",
                         help="test-time augmentation, the mean of the views' logits: flip = the image and its mirror; "
                              "five-crop = the four corner crops and the centre one of the resized image; ten-crop = "
@@ -102,13 +112,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def sort_inputs(args: argparse.Namespace) -> None:
-    """Sort the positional arguments into a folder (``args.data``, when one folder is given) or image files
-    (``args.images``)."""
+    """Sort the positional arguments into a labelled folder (``args.data``) or image files (``args.images``); a
+    folder of images without labels becomes its image files, with ``args.image_root`` the folder."""
     positional = ([args.data_dir] if args.data_dir else []) + args.images
-    args.data_dir = None
+    args.data_dir, args.image_root = None, None
     if not args.data and len(positional) == 1 and os.path.isdir(positional[0]):
         args.data, positional = positional[0], []
     args.images = positional
+    if args.data and not args.images:
+        found = inference.unlabelled_images(args.data, args.unlabelled)
+        if found:
+            args.image_root, args.images = found
+            args.data = None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -117,7 +132,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data and args.images:
         raise UserError("give either image files or a folder (--data DIR), not both.")
     if not args.data and not args.images:
-        raise UserError("nothing to classify: pass image files, or --data DIR for a labelled folder.")
+        raise UserError("nothing to classify: pass image files, or --data DIR for a folder of images.")
+    if args.unlabelled and not args.image_root:
+        raise UserError("--unlabelled reads the images under a folder: give it as --data DIR.")
     if args.data and args.json:
         raise UserError("--json is for the predictions of IMAGE...; a folder's results are in the CSV files that "
                         "--output-dir receives.")
@@ -128,7 +145,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--real-labels, --class-map, --eval-set and several resolutions are for a labelled folder: add "
                         "--data DIR.")
     inference.check_sizes(loader_config(args))
-    if args.data and not args.check_data:
+    if not args.check_data:
         check_reports_apart(args)
         files.make_output_dir(args.output_dir)
 
@@ -137,7 +154,8 @@ def check_reports_apart(args: argparse.Namespace) -> None:
     """Refuse a --output-dir that is or sits inside --data (the reports would join the dataset: a PNG among the
     images of a class), and a report that would be written over a file the run reads (--ckpt, --model, a label
     file). The checkpoint's own folder is a fine --output-dir."""
-    files.check_apart(args.output_dir, "--output-dir", {"--data": inference.data_folder(args.data)})
+    folder = inference.data_folder(args.data) if args.data else args.image_root
+    files.check_apart(args.output_dir, "--output-dir", {"--data": folder})
     inputs = {"--ckpt": args.ckpt, "--model": args.model, "--classes": args.classes, "--real-labels": args.real_labels,
               "--class-map": None if args.class_map == "index" else args.class_map}
     for name in REPORT_NAMES:
@@ -202,6 +220,46 @@ def write_predictions(path: str, preds: inference.Predictions, classes: list[str
                      top5])
     header = ["path", "true", "predicted", "confidence", "correct", "loss", "top5"]
     files.write_atomically(path, lambda f: f.write(files.csv_bytes(header, rows)))
+
+
+def write_unlabelled_predictions(path: str, preds: inference.Predictions, classes: list[str], k: int) -> None:
+    """One row per image: path, predicted class, confidence, top-k as class:probability."""
+    rows = []
+    for row, file in enumerate(preds.paths):
+        idx, prob = preds.top_idx[row, :k].tolist(), preds.top_prob[row, :k].tolist()
+        top = ";".join(f"{classes[c]}:{p:.6f}" for c, p in zip(idx, prob))
+        rows.append([file, classes[idx[0]], f"{prob[0]:.6f}", top])
+    table = files.csv_bytes(["path", "predicted", "confidence", f"top{k}"], rows)
+    files.write_atomically(path, lambda f: f.write(table))
+
+
+def print_counts(rows: list[dict], file) -> None:
+    """The images per predicted class, most first (the first MAX_PRINTED_CLASSES; all are in the CSV)."""
+    shown = rows[:MAX_PRINTED_CLASSES]
+    if len(shown) < len(rows):
+        print(f"the {len(shown)} classes predicted most often (all {len(rows)} are in {COUNTS_NAME}):", file=file)
+    width = max([len("predicted class")] + [len(class_label(r["class"], r["name"])) for r in shown])
+    print(f"{'predicted class':<{width}} {'images':>7} {'share':>7} {'mean confidence':>15}", file=file)
+    for r in shown:
+        print(f"{class_label(r['class'], r['name']):<{width}} {r['images']:>7} {r['share']:>6.1f}% "
+              f"{r['mean_confidence']:>15.3f}", file=file)
+
+
+def report_unlabelled(preds: inference.Predictions, prep: inference.Prepared, out: str, k: int, file) -> dict:
+    """Images without labels: print the count per predicted class; write predictions.csv and predicted_counts.csv."""
+    ok = preds.ok
+    unreadable = [p for p, r in zip(preds.paths, preds.readable.tolist()) if not r]
+    rows = inference.count_rows(ok, prep.classes, prep.names)
+    print(f" * {len(ok)} images predicted" + (f" ({len(unreadable)} unreadable skipped, e.g. {unreadable[0]})"
+                                               if unreadable else ""), file=file)
+    if rows:
+        print_counts(rows, file)
+    write_unlabelled_predictions(os.path.join(out, PREDICTIONS_NAME), ok, prep.classes, k)
+    fields = ["class", "name", "images", "share", "mean_confidence"]
+    counts = files.csv_bytes(fields, ([r[f] for f in fields] for r in rows))
+    files.write_atomically(os.path.join(out, COUNTS_NAME), lambda f: f.write(counts))
+    print(f"=> wrote {PREDICTIONS_NAME} and {COUNTS_NAME} to {out}", file=file)
+    return {"images": len(ok), "unreadable": len(unreadable), "counts": rows}
 
 
 def confused_with(cm: torch.Tensor, c: int, classes: list[str], n: int = 3) -> str:
@@ -290,7 +348,8 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     source = inference.model_source(args)
     class_map = labels.read_class_map(args.class_map) if args.class_map else None
     prep = inference.prepare(source, loader_config(args), ctx, root=args.data, images=args.images,
-                             speed=inference.speed_config(args), class_map=class_map, eval_set=args.eval_set)
+                             speed=inference.speed_config(args), class_map=class_map, eval_set=args.eval_set,
+                             image_root=args.image_root)
     real = None
     if args.real_labels:
         real = labels.read_real(args.real_labels, prep.dataset.base.samples, len(prep.classes))
@@ -302,7 +361,7 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
                   flush=True)
     k = min(args.topk, len(prep.classes))
     try:
-        local = inference.predict_all(prep, ctx, max(k, TOP5), show_progress=bool(args.data))
+        local = inference.predict_all(prep, ctx, max(k, TOP5), show_progress=bool(args.data or args.image_root))
     except faults.Interrupted as exc:
         raise exc.then("nothing was written: run the same command again.") from None
     all_preds = [inference.gather(part, ctx) for part in local]
@@ -311,7 +370,10 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
     preds = all_preds[0]
     if not args.data:
         result = image_results(preds, prep, k)
-        print_images(result, args.json)
+        if args.json or not args.image_root:  # a folder's images are in predictions.csv, not printed one by one
+            print_images(result, args.json)
+        counts = report_unlabelled(preds, prep, args.output_dir, k, log)
+        result = {**counts, "predictions": result} if args.image_root else result
     else:
         sizes = report_resolutions(all_preds, prep, args.output_dir) if len(all_preds) > 1 else None
         result = report_folder(preds, prep, args.output_dir)
@@ -326,7 +388,8 @@ def run(args: argparse.Namespace, ctx: distributed.DistContext) -> dict | list |
 
 
 def main(args: argparse.Namespace) -> dict | list | None:
-    """Classify IMAGE... or evaluate --data; returns the printed results (rank 0) for callers such as tests."""
+    """Classify IMAGE... (a list of dicts) or an unlabelled folder (a dict with its counts and "predictions"), or
+    evaluate a labelled --data; returns the printed results (rank 0) for callers such as tests."""
     with exit_on_user_error():
         sort_inputs(args)
         check_args(args)

@@ -158,7 +158,8 @@ def test_non_utf8_file_names_print_on_a_strict_console(script, what, trained_ckp
     commands = {
         "train_main.py": ["train_main.py", root, *TRAIN, "--epochs", "1", "--output-dir", str(tmp_path / "run")],
         "train_main.py --check-data": ["train_main.py", root, "--check-data"],
-        "test.py IMAGE": ["test.py", "--ckpt", trained_ckpt, os.fsdecode(readable)],
+        "test.py IMAGE": ["test.py", "--ckpt", trained_ckpt, os.fsdecode(readable), "--output-dir",
+                          str(tmp_path / "p")],
         "test.py --data": ["test.py", "--ckpt", trained_ckpt, "--data", root, "--output-dir", str(tmp_path / "eval")],
         "classify_test_data.py": ["classify_test_data.py", "--ckpt", trained_ckpt, "--data", root, "--out",
                                   str(tmp_path / "sorted")],

@@ -54,8 +54,9 @@ def test_flip_tta_of_a_mirror_symmetric_image_equals_no_tta(ckpt, tmp_path):
     Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1)).save(tmp_path / "symmetric.png")  # 40 x 48
     Image.fromarray(np.concatenate([half, half], axis=1)).save(tmp_path / "lopsided.png")
     images = [str(tmp_path / "symmetric.png"), str(tmp_path / "lopsided.png")]
-    plain, _ = call_main("test.py", "--ckpt", ckpt, *images, *FAST)
-    flipped, printed = call_main("test.py", "--ckpt", ckpt, *images, "--tta", "flip", *FAST)
+    plain, _ = call_main("test.py", "--ckpt", ckpt, *images, *FAST, "--output-dir", str(tmp_path / "p"))
+    flipped, printed = call_main("test.py", "--ckpt", ckpt, *images, "--tta", "flip", *FAST, "--output-dir",
+                                 str(tmp_path / "p"))
     assert "test-time augmentation: flip" in printed
     assert top_probabilities(flipped[0]) == pytest.approx(top_probabilities(plain[0]), abs=1e-6)
     assert top_probabilities(flipped[1]) != pytest.approx(top_probabilities(plain[1]), abs=1e-6)  # flip does act
@@ -65,7 +66,7 @@ def test_five_crop_is_the_mean_of_the_corner_and_centre_crops_logits(ckpt, tmp_p
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     result, _ = call_main("test.py", "--ckpt", ckpt, str(tmp_path / "a.png"), "--tta", "five-crop", "--no-fold-bn",
-                          "--no-channels-last", "--no-uint8-pipeline", *FAST)
+                          "--no-channels-last", "--no-uint8-pipeline", *FAST, "--output-dir", str(tmp_path / "p"))
     from torchvision import transforms
 
     model = loading.load_model(loading.ModelSource(ckpt)).model

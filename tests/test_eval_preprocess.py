@@ -62,7 +62,8 @@ def test_ghostnet_pretrained_uses_256_224_bilinear_and_imagenet_normalisation(tm
     os.makedirs(os.path.dirname(cached))
     torch.save(factory.create_model("ghostnet", 1000).state_dict(), cached)  # random stand-in for the release
     photo.save(tmp_path / "a.png")
-    _, printed = call_main("test.py", "--pretrained", "-a", "ghostnet", str(tmp_path / "a.png"), "-j", "0")
+    _, printed = call_main("test.py", "--pretrained", "-a", "ghostnet", str(tmp_path / "a.png"), "-j", "0",
+                           "--output-dir", str(tmp_path / "out"))
     assert "Resize(256, bilinear, antialias) + CenterCrop(224); normalise on device (from GhostNet's" in printed
 
 
@@ -122,7 +123,7 @@ def test_pretrained_test_py_matches_torchvision_reference_on_a_photo(tmp_path, m
     big = photo.resize((300, 260))
     big.save(tmp_path / "a.png")
     result, printed = call_main("test.py", "--pretrained", "-a", "mobilenet_v2", str(tmp_path / "a.png"), "-j", "0",
-                                "--no-amp", "--no-fold-bn", "--topk", "3")
+                                "--no-amp", "--no-fold-bn", "--topk", "3", "--output-dir", str(tmp_path / "out"))
     assert "Resize(232, bilinear, antialias) + CenterCrop(224)" in printed
     assert "from MobileNet_V2_Weights.IMAGENET1K_V2" in printed
     weights = torchvision.models.MobileNet_V2_Weights.DEFAULT

@@ -155,10 +155,12 @@ def test_onnx_without_metadata_runs_with_class_indices_or_a_classes_file(exporte
     bare = str(tmp_path / "bare.onnx")
     onnx.save(proto, bare)
     image = os.path.join(jpegs, "val", "class2", "img0.jpg")
-    resize = ["--val-resize-size", "32"]  # the checkpoint's; without metadata the resize is 256/224 of the input
+    resize = ["--val-resize-size", "32", "--output-dir", str(tmp_path / "p")]  # the checkpoint's size: without
+    # metadata the resize is 256/224 of the input
     plain, _ = call_main("test.py", "--model", bare, image, "--json", *resize)
     named, _ = call_main("test.py", "--model", bare, image, "--json", *resize, "--classes", exported["classes_file"])
-    by_ckpt, _ = call_main("test.py", "--ckpt", exported["ghostnet_ckpt"], image, "--json")
+    by_ckpt, _ = call_main("test.py", "--ckpt", exported["ghostnet_ckpt"], image, "--json", "--output-dir",
+                           str(tmp_path / "p"))
     assert [t["class"] for t in plain[0]["top"]] == [str(CLASSES.index(t["class"])) for t in by_ckpt[0]["top"]]
     assert [t["class"] for t in named[0]["top"]] == [t["class"] for t in by_ckpt[0]["top"]]
     assert np.allclose([t["probability"] for t in named[0]["top"]], [t["probability"] for t in by_ckpt[0]["top"]],

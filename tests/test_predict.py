@@ -104,9 +104,10 @@ def test_class_scores_match_a_hand_computed_confusion_matrix():
 @pytest.mark.slow
 @pytest.mark.parametrize("topk, shown", [(3, 3), (10, 4)])
 def test_single_image_output_lists_k_classes_with_probabilities_summing_to_at_most_one(probe_ckpt, tiny_data,
-                                                                                         topk, shown):
+                                                                                         topk, shown, tmp_path):
     images = [os.path.join(tiny_data, "val", c, "img0.png") for c in ("class0", "class2")]
-    result, printed = call_main("test.py", "--ckpt", probe_ckpt, *images, "--topk", str(topk), "--json", "-j", "0")
+    result, printed = call_main("test.py", "--ckpt", probe_ckpt, *images, "--topk", str(topk), "--json", "-j", "0",
+                                "--output-dir", str(tmp_path))
     parsed = json.loads(printed)
     assert parsed == result and [r["path"] for r in parsed] == images
     for r in parsed:
@@ -118,9 +119,10 @@ def test_single_image_output_lists_k_classes_with_probabilities_summing_to_at_mo
 
 
 @pytest.mark.slow
-def test_plain_output_is_one_line_per_class(probe_ckpt, tiny_data):
+def test_plain_output_is_one_line_per_class(probe_ckpt, tiny_data, tmp_path):
     image = os.path.join(tiny_data, "val", "class1", "img3.png")
-    _, printed = call_main("test.py", "--ckpt", probe_ckpt, image, "--topk", "2", "-j", "0")
+    _, printed = call_main("test.py", "--ckpt", probe_ckpt, image, "--topk", "2", "-j", "0", "--output-dir",
+                           str(tmp_path))
     lines = printed.splitlines()
     at = lines.index(image)
     assert re.fullmatch(r"  1\. +[\d.]+%  class\d", lines[at + 1]) and lines[at + 2].startswith("  2. ")

@@ -316,6 +316,15 @@ def check_data_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unlabelled_parser() -> argparse.ArgumentParser:
+    """``--unlabelled`` (test.py, the sorter): read the images of a folder without labels."""
+    parser, g = _group("images without labels")
+    g.add_argument("--unlabelled", action="store_true",
+                   help="read every image under --data and its subfolders without labels, whatever the folders are "
+                        "named (a folder of images without class folders is read so without this flag)")
+    return parser
+
+
 DIST_GROUP = "devices and distributed"  # the groups below share this title, so argparse shows them as one
 
 

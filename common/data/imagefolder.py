@@ -5,6 +5,7 @@ import os
 
 from torch.utils.data import Dataset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from common.data import transforms, valprep
 from common.data.images import list_unreadable, load_rgb
@@ -50,6 +51,29 @@ class ImageFolderWithPaths(datasets.ImageFolder):
 
     def __getitem__(self, index: int):
         return load_or_skip(self, index, lambda i, path: self.loader(path))
+
+
+def _is_image_name(name: str) -> bool:
+    return not _is_hidden(name) and has_file_allowed_extension(name, IMG_EXTENSIONS)
+
+
+def loose_images(folder: str) -> list[str]:
+    """Every image file under ``folder`` and its subfolders (hidden ones skipped): a folder's files by name, then each
+    subfolder's, by name. What is read of a folder without labels; an image is a file with one of the extensions
+    that torchvision's ImageFolder reads."""
+    found = []
+    for dirpath, dirnames, names in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        found += [os.path.join(dirpath, n) for n in sorted(names) if _is_image_name(n)]
+    return found
+
+
+def is_flat(folder: str) -> bool:
+    """Whether ``folder`` holds image files and no (visible) subfolder: images without class folders."""
+    if not os.path.isdir(folder):
+        return False
+    entries = [e for e in os.scandir(folder) if not _is_hidden(e.name)]
+    return not any(e.is_dir() for e in entries) and any(e.is_file() and _is_image_name(e.name) for e in entries)
 
 
 def split_dirs(root: str) -> tuple[str, str]:

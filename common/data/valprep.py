@@ -63,6 +63,18 @@ def flat_folder_error(folder: str) -> str | None:
             "LOC_val_solution.csv); other images go into one folder per class.")
 
 
+def unsorted_val_error(folder: str, then: str) -> str | None:
+    """The one-line error for a folder of ImageNet val images (``ILSVRC2012_val_N.JPEG``) that has no class folders,
+    ending with ``then`` (what else the user may do); None for any other folder."""
+    names = image_files(folder) if os.path.isdir(folder) else []
+    count = sum(1 for name in names if VAL_NUMBER.match(name))
+    if not count:
+        return None
+    return (f"{folder!r} holds {count} ImageNet val images but no class folders; sort them into class folders by "
+            f"`python -m common.data.valprep {folder} --devkit ILSVRC2012_devkit_t12.tar.gz` (or --labels "
+            f"LOC_val_solution.csv), {then}")
+
+
 def devkit_labels(path: str) -> dict[int, str]:
     """Val image number (1-based) -> wnid, from the devkit archive's meta.mat and ground-truth file."""
     try:

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.cli import options
-from common.data import formats, imagefolder, sampling, transforms
+from common.data import formats, imagefolder, sampling, transforms, valprep
 from common.data.images import BadImage, load_rgb
 from common.errors import UserError
 from common.models import factory, memory, preprocess
@@ -229,8 +229,8 @@ class Prepared:
     preps: list[preprocess.EvalPreprocess]  # one per resolution, evaluated in the same pass
     batch_size: int
     workers: int
-    source_dir: str | None  # the labelled folder, or None for loose image files
-    data_source: formats.DataSource | None  # what the labelled folder holds, resolved once
+    source_dir: str | None  # the folder read (labelled, or the root of unlabelled images), None for loose files
+    data_source: formats.DataSource | None  # what the labelled folder holds, resolved once; None: no labels
     tta: str = "none"
     matching: evalsets.Matching | None = None  # folders not matched one for one with the outputs (evalsets)
     eval_set: str | None = None  # the robustness set the folder holds, when recognised or named
@@ -303,13 +303,43 @@ def labelled_set(root: str, transform, fast: bool) -> tuple[Dataset, str, format
     return dataset, dataset.root, source
 
 
+UNLABELLED_FLAG = "--unlabelled"
+
+
+def unlabelled_images(data: str, forced: bool) -> tuple[str, list[str]] | None:
+    """The folder and image files that ``--data`` gives without labels, or None for a labelled dataset.
+
+    Without ``forced``, a folder (or its val/) of images with no class folders is read without labels, except a
+    folder of ImageNet val images, which is refused naming valprep (its labels exist). ``forced``
+    (``--unlabelled``): every image under the folder and its subfolders, whatever they are named."""
+    source = formats.resolve_source(data)
+    if source.format != "folder":
+        if forced:
+            raise UserError(f"{UNLABELLED_FLAG} reads a folder of image files, and {data!r} holds a "
+                            f"{source.describe()} dataset; drop {UNLABELLED_FLAG}.")
+        return None
+    folder = source.root if forced else imagefolder.eval_dir(source.root)
+    if not forced:
+        if not imagefolder.is_flat(folder):
+            return None
+        refused = valprep.unsorted_val_error(folder, f"or pass {UNLABELLED_FLAG} to predict them without labels.")
+        if refused:
+            raise UserError(refused)
+    found = imagefolder.loose_images(folder)
+    if not found:
+        raise UserError(f"{folder!r} holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif); "
+                        "check the path.")
+    return folder, found
+
+
 def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str | None = None,
             images: list[str] | None = None, speed: SpeedConfig = SpeedConfig(),
-            class_map: ClassMap | None = None, eval_set: str | None = None) -> Prepared:
+            class_map: ClassMap | None = None, eval_set: str | None = None, image_root: str | None = None) -> Prepared:
     """Load the model onto ``ctx.device`` and build this rank's share of a labelled folder or of image files.
 
     ``class_map`` renames the folder's class folders to the model's classes (``align_classes``); ``eval_set`` names
-    the robustness set the folder holds (``evalsets``; else it is recognised from the folders)."""
+    the robustness set the folder holds (``evalsets``; else it is recognised from the folders). ``image_root``: the
+    folder that ``images`` come from (``unlabelled_images``), if any."""
     loaded = load_model(source)
     preps = eval_preprocesses(loaded, cfg, source.path)
     check_memory(loaded.model, cfg, preps, ctx)
@@ -322,7 +352,7 @@ def prepare(source: ModelSource, cfg: LoaderConfig, ctx: DistContext, root: str 
         base, folder, data_source = labelled_set(root, transform, speed.fast)
         classes, matching, eval_set = match_classes(base, loaded, class_map, eval_set)
     else:
-        base, folder, data_source = ImageFiles(images or [], transform, speed.fast), None, None
+        base, folder, data_source = ImageFiles(images or [], transform, speed.fast), image_root, None
         classes, matching = class_names(loaded), None
     dtype = torch.uint8 if speed.fast else torch.float32
     blank = tuple(torch.zeros(*((5,) if five else ()), 3, p.crop, p.crop, dtype=dtype) for p in preps)
@@ -360,8 +390,8 @@ def header(prep: Prepared, source: ModelSource, ctx: DistContext) -> str:
     """One line saying which model runs on what, at which size(s) and from where they come, with which batching."""
     what = source.path or f"ImageNet weights of {prep.loaded.arch}"
     note = f" ({prep.loaded.note})" if prep.loaded.note else ""
-    data_desc = f"{len(prep.dataset)} image(s)" + (
-        f" from {prep.source_dir} ({prep.data_source.describe()})" if prep.source_dir else "")
+    held = prep.data_source.describe() if prep.data_source else "no labels"
+    data_desc = f"{len(prep.dataset)} image(s)" + (f" from {prep.source_dir} ({held})" if prep.source_dir else "")
     pipeline = prep.preps[0].describe(prep.fast)
     if len(prep.preps) > 1:
         pipeline += "; also " + ", ".join(f"{p.resize}/{p.crop}" for p in prep.preps[1:]) + " (resize/crop)"
@@ -462,7 +492,8 @@ def predict_all(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict
     prep.model.eval()
     order, k = list(prep.loader.sampler), min(k, len(prep.classes))
     top1 = AverageMeter("Acc@1", ":6.2f")
-    progress = Progress(len(prep.loader), [top1], prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
+    meters = [top1] if prep.data_source is not None else []  # images without labels: no accuracy to show
+    progress = Progress(len(prep.loader), meters, prefix, max(1, len(prep.loader) // 10), ctx.is_main and show_progress)
     parts: list[list[Predictions]] = [[] for _ in prep.preps]
     model_seconds, start, done = 0.0, time.perf_counter(), 0
     stop, batches = faults.StopRequest().install(), None
@@ -502,6 +533,18 @@ def predict_all(prep: Prepared, ctx: DistContext, k: int, prefix: str = "Predict
         raise faults.Interrupted(stop.signum, f"after {done} of {len(order)} images")
     seconds = time.perf_counter() - start
     return [concat(part, k, seconds, model_seconds) for part in parts]
+
+
+def count_rows(preds: Predictions, classes: list[str], names: list[str]) -> list[dict]:
+    """Per predicted class (those predicted at least once, most first): images, share of all (percent) and mean
+    confidence, over the readable images of ``preds``."""
+    top1, confidence = preds.top_idx[:, 0], preds.top_prob[:, 0]
+    counts = torch.bincount(top1, minlength=len(classes))
+    sums = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, top1, confidence.double())
+    order = sorted(counts.nonzero().flatten().tolist(), key=lambda c: (-int(counts[c]), classes[c]))
+    return [{"class": classes[c], "name": names[c], "images": int(counts[c]),
+             "share": round(100.0 * int(counts[c]) / len(preds), 3),
+             "mean_confidence": round(float(sums[c] / counts[c]), 6)} for c in order]
 
 
 def gather(preds: Predictions, ctx: DistContext) -> Predictions:
