@@ -15,8 +15,8 @@ most confident mistakes. Running again into the same DIR_OUT updates it in place
 A folder of images without class folders (or any folder, with --unlabelled: every image under it) is sorted by
 predicted class; with --min-confidence, images the model is less sure of go under DIR_OUT/_uncertain/ with their
 best guess added to the name (``img7__pred-tulip.jpg``). manifest.csv, summary.csv / summary.txt (images per
-predicted class) and uncertain.png (the least confident images) are written, with the same rerun and --overwrite
-behaviour:
+predicted class) and uncertain.png (the least confident images; with --min-confidence, those under _uncertain/)
+are written, with the same rerun and --overwrite behaviour:
 
     python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data my_photos --out runs/my_photos_sorted
     python classify_test_data.py --ckpt model_best.pth.tar --data my_photos --out sorted --min-confidence 0.6
@@ -75,7 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"OUT/{UNCERTAIN}/ (default: every image under its predicted class)")
     parser.add_argument("--sheet-size", type=limits.Number(int, 0, 1024), default=64, metavar="N",
                         help=f"most confident mistakes shown in {SHEET_NAME} (images without labels: the least "
-                             f"confident, in {UNCERTAIN_SHEET}), at most 1024 (default: 64; 0: no sheet)")
+                             f"confident, below --min-confidence if given, in {UNCERTAIN_SHEET}), at most 1024 "
+                             "(default: 64; 0: no sheet)")
     return parser
 
 
@@ -396,9 +397,12 @@ def mistakes_sheet(preds: inference.Predictions, names: list[str], path: str, si
     return save_sheet(items, path)
 
 
-def uncertain_sheet(preds: inference.Predictions, names: list[str], path: str, size: int) -> int:
-    """uncertain.png: the ``size`` images the model was least sure of, captioned 'predicted confidence'."""
-    order = preds.top_prob[:, 0].argsort()[:size].tolist()
+def uncertain_sheet(preds: inference.Predictions, names: list[str], path: str, size: int,
+                    min_confidence: float | None) -> int:
+    """uncertain.png: the ``size`` images the model was least sure of (of those below ``min_confidence``, when
+    given), captioned 'predicted confidence'."""
+    order = [i for i in preds.top_prob[:, 0].argsort()[:size].tolist()
+             if min_confidence is None or float(preds.top_prob[i, 0]) < min_confidence]
     items = [(preds.paths[i], f"{names[int(preds.top_idx[i, 0])][:14]} {100 * float(preds.top_prob[i, 0]):.0f}%")
              for i in order]
     return save_sheet(items, path)
@@ -416,9 +420,12 @@ def save_sheet(items: list[tuple[str, str]], path: str) -> int:
 
 def write_sheet(ok: inference.Predictions, names: list[str], layout: Layout, size: int) -> tuple[str, int]:
     """The contact sheet (mistakes.png, or uncertain.png for images without labels): its name and tile count."""
-    name = UNCERTAIN_SHEET if layout.loose else SHEET_NAME
-    draw = uncertain_sheet if layout.loose else mistakes_sheet
-    return name, draw(ok, names, os.path.join(layout.out, name), size) if size else 0
+    if not size:
+        return "", 0
+    if layout.loose:
+        return UNCERTAIN_SHEET, uncertain_sheet(ok, names, os.path.join(layout.out, UNCERTAIN_SHEET), size,
+                                                layout.min_confidence)
+    return SHEET_NAME, mistakes_sheet(ok, names, os.path.join(layout.out, SHEET_NAME), size)
 
 
 def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.Predictions, layout: Layout,
@@ -439,7 +446,7 @@ def finish(args: argparse.Namespace, prep: inference.Prepared, preds: inference.
     print(f"=> {len(dests)} images sorted into {out}: {hard} hard links, {copy} copies, {sym} symlinks, {kept} "
           f"already in place; {stale} stale files removed"
           + (f"; {len(unreadable)} unreadable images skipped, e.g. {unreadable[0]}" if unreadable else ""))
-    what = "least confident images" if layout.loose else "mistakes"
+    what = "uncertain images" if layout.loose else "mistakes"
     print(f"=> wrote {MANIFEST_NAME}, {SUMMARY_NAME}.csv, {SUMMARY_NAME}.txt"
           + (f" and {sheet_name} ({sheet} {what})" if sheet else f" (no {what} shown: no contact sheet)"))
     return {"summary": rows, "placed": len(dests), "unreadable": len(unreadable), "stale_removed": stale}
