@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from torchvision.transforms import v2
 from common.data import imagefolder
 from common.models import factory
 from conftest import make_image_folder
-from inprocess import call_main
+from inprocess import call_main, load_script
 from test_classify import tree
 from test_untrusted_writes import one_line_exit
 
@@ -209,3 +210,27 @@ def test_refusals_name_the_flag(model, photos, tmp_path, capsys):
     line = one_line_exit(capsys, 2, lambda: call_main("test.py", "--ckpt", model, "--data", photos["flat"],
                                                       "--output-dir", os.path.join(photos["flat"], "out")))
     assert "is inside --data" in line
+
+
+def test_a_failed_placement_leaves_a_true_manifest_and_a_rerun_finishes(model, photos, monkeypatch, tmp_path,
+                                                                        capsys):
+    sorter = load_script("classify_test_data.py")
+    real_place, calls = sorter.place, []
+
+    def place_until_full(src, dest, mode):
+        calls.append(dest)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_place(src, dest, mode)
+
+    monkeypatch.setattr(sorter, "place", place_until_full)
+    out, argv = str(tmp_path / "out"), ["--ckpt", model, "--data", photos["flat"], "--min-confidence", "0.5", *SIZE]
+    with pytest.raises(SystemExit) as exc:
+        sorter.main(sorter.get_args_parser().parse_args([*argv, "--out", out]))
+    assert exc.value.code == 2 and "5 placed into" in capsys.readouterr().err
+    listed = {r["destination"] for r in read_csv(os.path.join(out, "manifest.csv"))}
+    assert listed == {p for p in tree(out) if os.sep in p} and len(listed) == 5
+    monkeypatch.undo()
+    call_main("classify_test_data.py", *argv, "--out", out)
+    call_main("classify_test_data.py", *argv, "--out", str(tmp_path / "fresh"))
+    assert {p: v[3] for p, v in tree(out).items()} == {p: v[3] for p, v in tree(str(tmp_path / "fresh")).items()}
