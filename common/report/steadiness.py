@@ -203,8 +203,8 @@ def verdict(figure: str, spread: float | None, load: Load | None) -> str | None:
 
 
 def csv_fields(load: Load | None, spread: float | None = None) -> dict[str, str | float]:
-    """The columns that go beside a figure: ``other_cores`` (cores used by other processes on average, empty where
-    unknown), ``cores`` is already the machine's column; ``reliable`` (yes, no, unknown) judged with ``spread``, the
-    worst spread of the row's repeats (its ``*_spread_pct`` columns are the caller's)."""
+    """The columns that go beside a row's figures: ``other_cores`` (the cores other processes used on average,
+    empty where unknown) and ``reliable`` (yes, no or unknown), judged with ``spread``, the worst spread of the row's
+    repeats (the caller writes each spread in its own ``*_spread_pct`` column)."""
     other = None if load is None else load.other_cores
     return {"other_cores": "" if other is None else round(other, 2), "reliable": reliable(spread, load)}
