@@ -114,7 +114,6 @@ def rounds_of(repeats: int, arch: str, precisions: tuple, batches: list, warmup:
     return [list(column) for column in zip(*rounds)]
 
 
-
 def final_loss(arch: str, prec: precision.Precision, batches: list, device: torch.device, lr: float,
                weights: str | None) -> float:
     """Mean loss over the last 10 of ``len(batches)`` training steps from the same seeded model."""

@@ -168,11 +168,10 @@ def steady_rows(rows: list[dict], load: Load, name: str, keys: Sequence[str]) ->
     line of each unreliable row, naming it by ``name`` and its ``keys`` columns, then one line for the whole run."""
     checked = []
     for row in rows:
-        spread = steadiness.worst(v for k, v in row.items() if k.endswith("_spread_pct") and v not in (None, ""))
-        warning = steadiness.verdict(" ".join([name, *(str(row[k]) for k in keys if k in row)]), spread, load)
+        judged, warning = steadiness.judge_row(row, load, " ".join([name, *(str(row[k]) for k in keys if k in row)]))
         if warning:
             print(warning, flush=True)
-        checked.append({**row, **steadiness.csv_fields(load, spread)})
+        checked.append({**row, **judged})
     failed = sum(row["reliable"] == "no" for row in checked)
     verdict = f"{failed} of {len(checked)} rows unreliable" if failed else "every row passed the steadiness check"
     print(f"=> steadiness: {verdict}; {load.describe()} while it measured", flush=True)

@@ -285,24 +285,11 @@ def describe(args: argparse.Namespace, budget: measure.Budget) -> str:
             "NCHW eager")
 
 
-def spreads(row: dict) -> list[float]:
-    """The spreads of the row's timed repeats (its ``*_spread_pct`` columns that were measured)."""
-    return [v for k, v in row.items() if k.endswith("_spread_pct") and v not in (None, "")]
-
-
-def steady_row(row: dict, load: steadiness.Load) -> tuple[dict, str | None]:
-    """``row`` with ``other_cores`` and ``reliable`` (the worst spread of its repeats and ``load`` judged against
-    the limits), and the warning line when its timing is unreliable."""
-    spread = steadiness.worst(spreads(row))
-    warning = steadiness.verdict(f"{row['model']}'s timing", spread, load)
-    return {**row, **steadiness.csv_fields(load, spread)}, warning
-
-
 def steadiness_line(rows: list[dict], load: steadiness.Load) -> str:
     """One line for compare.md and the end of the run: the models whose timing failed the steadiness check, or the
     worst spread, and the whole run's load."""
     failed = [r["model"] for r in rows if r.get("reliable") == "no"]
-    worst = steadiness.worst(s for r in rows for s in spreads(r))
+    worst = steadiness.worst(s for r in rows for s in steadiness.row_spreads(r))
     spread = f"latency repeats spread at most {worst:.1f}%" if worst is not None else "no repeats to compare"
     verdict = (f"unreliable timing (see `reliable` in compare.csv): {', '.join(failed)}" if failed
                else f"every row passed the steadiness check ({spread})")
@@ -323,8 +310,8 @@ def run(args: argparse.Namespace, machine: Machine, meter: LoadMeter) -> list[di
             ticker.describe(label(arch, width))
             with LoadMeter() as model_meter:
                 row = model_row(arch, width, args, setups, budget)
-            row, warning = steady_row(row, model_meter.load)
-            rows.append({**row, **machine.csv_fields()})
+            judged, warning = steadiness.judge_row(row, model_meter.load, f"{row['model']}'s timing")
+            rows.append({**row, **judged, **machine.csv_fields()})
             ticker.write(result_line(rows[-1]))
             if warning:
                 ticker.write(warning)

@@ -132,3 +132,14 @@ def test_the_warning_line_appears_exactly_when_a_limit_is_crossed(spread, other,
     if reasons == ["spread", "load"]:
         assert line == ("warning: ghostnet latency is unreliable: repeats spread 23% (limit 10%) and other processes "
                         "used 1.40 of 2 cores (limit 0.2) during the run; rerun on an idle machine")
+
+
+def test_a_row_is_judged_by_its_worst_spread_and_the_load():
+    row = {"model": "ghostnet", "defaults_latency_spread_pct": 3.2, "fp32_latency_spread_pct": 12.0,
+           "ort_fp32_latency_spread_pct": ""}
+    assert steadiness.row_spreads(row) == [3.2, 12.0]
+    fields, line = steadiness.judge_row(row, loaded(0.05), "ghostnet's timing")
+    assert fields == {"other_cores": 0.05, "reliable": "no"}
+    assert line.startswith("warning: ghostnet's timing is unreliable: repeats spread 12% (limit 10%) during")
+    assert steadiness.judge_row({"model": "x", "fp32_latency_spread_pct": 3.2}, loaded(0.05), "x") == (
+        {"other_cores": 0.05, "reliable": "yes"}, None)

@@ -202,6 +202,18 @@ def verdict(figure: str, spread: float | None, load: Load | None) -> str | None:
     return f"warning: {figure} is unreliable: {' and '.join(found)} during the run; rerun on an idle machine"
 
 
+def row_spreads(row: dict) -> list[float]:
+    """The spreads of a CSV row's timed repeats: its ``*_spread_pct`` columns that hold a value."""
+    return [v for k, v in row.items() if k.endswith("_spread_pct") and v not in (None, "")]
+
+
+def judge_row(row: dict, load: Load | None, figure: str) -> tuple[dict, str | None]:
+    """(``csv_fields`` of ``row``: its worst spread and ``load`` against the limits, the warning line naming
+    ``figure`` or None): the one way the comparison and the benchmarks judge a row."""
+    spread = worst(row_spreads(row))
+    return csv_fields(load, spread), verdict(figure, spread, load)
+
+
 def csv_fields(load: Load | None, spread: float | None = None) -> dict[str, str | float]:
     """The columns that go beside a row's figures: ``other_cores`` (the cores other processes used on average,
     empty where unknown) and ``reliable`` (yes, no or unknown), judged with ``spread``, the worst spread of the row's
