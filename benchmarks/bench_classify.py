@@ -36,6 +36,7 @@ from benchmarks.benchlib import (
     make_class_folder,
     out_path,
     random_checkpoint,
+    steady_rows,
     write_csv,
 )
 from common.cli import (
@@ -49,6 +50,7 @@ from common.models import (
 )
 from common.parallel import distributed
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 WARMUP_IMAGES = 16
 
@@ -162,7 +164,9 @@ def main(args: argparse.Namespace) -> None:
         defaults.resolve_data_dir(args)
         device = distributed.single_process(args.gpu, args.no_accel).device
         machine = announce_machine([device])
-        rows = run(args, device)
+        with LoadMeter() as meter:
+            rows = run(args, device)
+        rows = steady_rows(rows, meter.load, "bench_classify", ("method",))
         report(rows, out_path(args.out, f"bench_classify_{rows[0]['arch']}_{file_tag(machine)}.csv"), machine)
 
 

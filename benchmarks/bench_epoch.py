@@ -36,10 +36,11 @@ from torchvision import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, steady_rows, write_csv
 from common.data import transforms
 from common.models import factory
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 
 def reference_epoch(train_dir: str, arch: str, batch: int, workers: int, device: torch.device) -> float:
@@ -115,7 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), out_path(args.out, "epoch.csv"), machine)
+    with LoadMeter() as meter:
+        rows = run(args, device)
+    report(steady_rows(rows, meter.load, "bench_epoch", ("arch",)), out_path(args.out, "epoch.csv"), machine)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from benchmarks.benchlib import (
     make_class_folder,
     out_path,
     random_checkpoint,
+    steady_rows,
     write_csv,
 )
 from common import limits
@@ -46,6 +47,7 @@ from common.cli import options
 from common.data import imagefolder
 from common.parallel import distributed
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 from tests.inprocess import load_script
 
 WARMUP_IMAGES = 8
@@ -129,7 +131,9 @@ def main(args: argparse.Namespace) -> None:
     with exit_on_user_error():
         device = distributed.single_process(args.gpu, args.no_accel).device
         machine = announce_machine([device])
-        rows = run(args, device)
+        with LoadMeter() as meter:
+            rows = run(args, device)
+        rows = steady_rows(rows, meter.load, "bench_export", ("arch", "batch"))
         report(rows, None if args.quick else out_path(args.out, f"bench_export_{file_tag(machine)}.csv"), machine)
 
 

@@ -30,9 +30,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, steady_rows, write_csv
 from common.models import factory
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 
 def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra: list[str]) -> float:
@@ -89,7 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), out_path(args.out, "finetune.csv"), machine)
+    with LoadMeter() as meter:
+        rows = run(args, device)
+    report(steady_rows(rows, meter.load, "bench_finetune", ("method",)), out_path(args.out, "finetune.csv"), machine)
 
 
 if __name__ == "__main__":

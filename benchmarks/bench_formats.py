@@ -41,6 +41,7 @@ from benchmarks.benchlib import (
     out_path,
     require_smaps,
     smaps,
+    steady_rows,
     write_csv,
 )
 from common.data import (
@@ -51,6 +52,7 @@ from common.data import (
 )
 from common.parallel import distributed
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 
 def children() -> list[int]:
@@ -126,8 +128,9 @@ def main(args: argparse.Namespace) -> None:
     if args.workers < 1 or args.images < 4 * args.batch_size:
         sys.exit("error: give -j 1 or more and --images of at least four batches.")
     machine = announce_machine()  # the loaders run on the CPU
-    with tempfile.TemporaryDirectory(prefix="bench_formats_") as work:
-        report(run(args, work), out_path(args.out, "formats.csv"), machine)
+    with tempfile.TemporaryDirectory(prefix="bench_formats_") as work, LoadMeter() as meter:
+        rows = run(args, work)
+    report(steady_rows(rows, meter.load, "bench_formats", ("format",)), out_path(args.out, "formats.csv"), machine)
 
 
 if __name__ == "__main__":

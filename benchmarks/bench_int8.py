@@ -30,13 +30,23 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import export
-from benchmarks.benchlib import add_out_flag, announce_machine, make_dataset, out_path, random_checkpoint, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    make_dataset,
+    out_path,
+    random_checkpoint,
+    spread_fields,
+    steady_rows,
+    write_csv,
+)
 from common import limits
 from common.cli import options
 from common.errors import exit_on_user_error
 from common.models import factory
 from common.predict import inference, quantize
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 ARCHS = ("ghostnet", "mobilenet_v3_large", "resnet50")
 BATCHES = (1, 16)
@@ -77,10 +87,10 @@ def exported(arch: str, work: str, data: str, crop: int, extra: list[str]) -> tu
         return f.read(), result
 
 
-def time_each(runners: dict, repeats: int) -> dict[str, float]:
-    """The fastest of ``repeats`` runs of each runner (seconds) after one untimed run, one runner after the other:
+def time_each(runners: dict, repeats: int) -> dict[str, list[float]]:
+    """The seconds of ``repeats`` runs of each runner after one untimed run, one runner after the other:
     interleaved, onnxruntime's threads (which spin-wait a while after each run) would slow the next runner."""
-    times: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     for name, run in runners.items():
         run()
         laps = []
@@ -88,7 +98,7 @@ def time_each(runners: dict, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             run()
             laps.append(time.perf_counter() - t0)
-        times[name] = min(laps)
+        times[name] = laps
     return times
 
 
@@ -130,8 +140,10 @@ def measure(arch: str, args: argparse.Namespace, work: str, data: str, crop: int
         runners = {"pytorch": pytorch_runner(arch, x),
                    **{name: (lambda s=s, feed=feed: quantize.run(s, feed)) for name, s in sessions.items()}}
         repeats = 2 if args.quick else args.repeats
-        ms = {name: 1000 * s for name, s in time_each(runners, repeats).items()}
-        row = {"arch": arch, "batch": batch, "crop": crop, **{f"{k}_ms": round(v, 2) for k, v in ms.items()}}
+        laps = time_each(runners, repeats)
+        ms = {name: 1000 * min(s) for name, s in laps.items()}  # the fastest run: the least disturbed
+        row = {"arch": arch, "batch": batch, "crop": crop, **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
+               "repeats": repeats, **spread_fields(laps)}
         for t in int8:
             row[f"int8_{t}_vs_fp32"] = round(ms["ort_fp32"] / ms[f"ort_int8_{t}"], 2)
             row[f"int8_{t}_vs_pytorch"] = round(ms["pytorch"] / ms[f"ort_int8_{t}"], 2)
@@ -162,11 +174,12 @@ def main(args: argparse.Namespace) -> None:
         machine = announce_machine([torch.device("cpu")])
         archs, crop = (["ghostnet"], 64) if args.quick else (args.archs, limits.VAL_CROP_SIZE)
         rows = []
-        with tempfile.TemporaryDirectory(prefix="bench_int8_") as work:
+        with tempfile.TemporaryDirectory(prefix="bench_int8_") as work, LoadMeter() as meter:
             data = make_dataset(os.path.join(work, "photos"), max(1, args.calib_images // 4), 8, 4)
             for arch in archs:
                 rows += measure(arch, args, work, data, crop)
                 print(f"=> {arch} done", flush=True)
+        rows = steady_rows(rows, meter.load, "bench_int8", ("arch", "batch"))
         report(rows, None if args.quick else out_path(args.out, "bench_int8_cpu.csv"), machine, args.types)
 
 

@@ -29,7 +29,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import add_out_flag, announce_machine, out_path, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, out_path, steady_rows, write_csv
+from common.report.steadiness import LoadMeter
 
 LAUNCHERS = ("train_main.py", "train_dataparallel.py", "train_multiprocessing.py", "train_distributed.py")
 LOGS = {"train_main.py": "main.csv", "train_dataparallel.py": "dataparallel.csv",
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     accel = torch.cuda.is_available()
     device = f"cuda{torch.cuda.device_count()}" if accel else "cpu"
     machine = announce_machine([torch.device("cuda", i) for i in range(torch.cuda.device_count())])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, LoadMeter() as meter:
         data = args.data or make_photos(os.path.join(tmp, "photos"), args.images)
         rows = [run_launcher(s, args, data, os.path.join(tmp, s), accel) for s in LAUNCHERS]
     print(f"{args.arch}, {args.crop} px, global batch {args.batch_size}, -j {args.workers}, {device}; last of "
@@ -102,6 +103,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         print(f"{r['launcher']:<26}{r['processes']:>6}{r['images_per_s']:>10.1f}{r['epoch_seconds']:>9.2f}"
               f"{r['data_seconds']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['val_top1']:>10.2f}")
     path = out_path(args.out, f"bench_launchers_{args.arch}_{device}.csv")
+    rows = steady_rows(rows, meter.load, "bench_launchers", ("launcher",))
     write_csv(rows, path, machine)
     print(f"=> {path}")
     return rows

@@ -35,9 +35,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 
-from benchmarks.benchlib import add_out_flag, announce_machine, make_photos, out_path, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    make_photos,
+    out_path,
+    spread_fields,
+    steady_rows,
+    write_csv,
+)
 from common.data import transforms
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 
 
 def pipelines(crop: int, resize: int) -> list[tuple[str, str, dict]]:
@@ -97,17 +106,20 @@ def run(args: argparse.Namespace, root: str) -> list[dict]:
             pass
         loaders.append((kind, pipeline, loader, pids))
     best = [(float("inf"), float("inf"))] * len(loaders)
+    walls: list[list[float]] = [[] for _ in loaders]
     for _ in range(args.repeats):
         for i, (_kind, pipeline, loader, pids) in enumerate(loaders):
             wall, cpu = timed_epoch(loader, pids, pipeline == "project")
             best[i] = (min(best[i][0], wall), min(best[i][1], cpu))
+            walls[i].append(wall)
     rows = []
-    for (kind, pipeline, loader, _pids), (wall, cpu) in zip(loaders, best):
+    for (kind, pipeline, loader, _pids), (wall, cpu), laps in zip(loaders, best, walls):
         count = len(loader.dataset)
         rows.append({"transform": kind, "pipeline": pipeline, "workers": args.workers, "batch": args.batch_size,
                      "images": count, "seconds": round(wall, 3), "images_per_s": round(count / wall, 1),
                      "per_worker": round(count / wall / args.workers, 1),
-                     "cpu_ms_per_image": round(1e3 * cpu / count, 2)})
+                     "cpu_ms_per_image": round(1e3 * cpu / count, 2), "repeats": args.repeats,
+                     **spread_fields({"seconds": laps})})
     for row in rows:
         reference = next(r for r in rows if r["transform"] == row["transform"] and r["pipeline"] == "reference")
         row["speedup"] = round(row["images_per_s"] / reference["images_per_s"], 2)
@@ -170,7 +182,9 @@ def main(args: argparse.Namespace) -> None:
         root = args.data or os.path.join(work, "photos")
         if not args.data:
             make_photos(root, args.images)
-        rows = run(args, root)
+        with LoadMeter() as meter:
+            rows = run(args, root)
+        rows = steady_rows(rows, meter.load, "bench_pipeline", ("transform", "pipeline"))
         images = describe_images(root, not args.data, rows[0]["images"])
         report(rows, images, out_path(args.out, "pipeline.csv"), machine)
 

@@ -34,7 +34,16 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from benchmarks.benchlib import add_out_flag, announce_machine, machine_line, out_path, photo_like, write_csv
+from benchmarks.benchlib import (
+    add_out_flag,
+    announce_machine,
+    machine_line,
+    out_path,
+    photo_like,
+    spread_fields,
+    steady_rows,
+    write_csv,
+)
 from common.data import (
     imagefolder,
     transforms,
@@ -43,6 +52,7 @@ from common.data.images import load_rgb
 from common.models import factory
 from common.parallel import precision
 from common.report.machine import Machine
+from common.report.steadiness import LoadMeter
 from common.train.step import TrainStep
 
 CLASSES = 4
@@ -97,11 +107,11 @@ def measure(arch: str, prec: precision.Precision, batches: list, warmup: int, de
     return sum(len(b[1]) for b in batches[warmup:]) / seconds
 
 
-def best_of(repeats: int, arch: str, precisions: tuple, batches: list, warmup: int, device: torch.device) -> list:
-    """The highest images/s of each precision over ``repeats`` rounds, taken in turn so that drift in the machine's
-    load reaches both sides alike (the best round is the one least disturbed, as timeit takes the minimum)."""
+def rounds_of(repeats: int, arch: str, precisions: tuple, batches: list, warmup: int, device: torch.device) -> list:
+    """The images/s of each precision in each of ``repeats`` rounds (one list per precision), taken in turn so that
+    drift in the machine's load reaches both sides alike."""
     rounds = [[measure(arch, p, batches, warmup, device) for p in precisions] for _ in range(repeats)]
-    return [max(column) for column in zip(*rounds)]
+    return [list(column) for column in zip(*rounds)]
 
 
 def final_loss(arch: str, prec: precision.Precision, batches: list, device: torch.device, lr: float,
@@ -134,10 +144,12 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
         reference = precision.Precision(device.type, None, False)
         probe = factory.create_model(arch, CLASSES)
         project = precision.choose_precision(device, probe, True if args.amp else None)
-        ref_ips, fast_ips = best_of(args.repeats, arch, (reference, project), timed, args.warmup, device)
+        ref_rounds, fast_rounds = rounds_of(args.repeats, arch, (reference, project), timed, args.warmup, device)
+        ref_ips, fast_ips = max(ref_rounds), max(fast_rounds)  # the best round: the least disturbed
         row = {"arch": arch, "size": args.size, "batch": args.batch, "device": device.type,
                "reference": reference.describe(), "project": project.describe(), "reference_img_s": ref_ips,
-               "project_img_s": fast_ips, "speedup": fast_ips / ref_ips}
+               "project_img_s": fast_ips, "speedup": fast_ips / ref_ips, "repeats": args.repeats,
+               **spread_fields({"reference_img_s": ref_rounds, "project_img_s": fast_rounds})}
         if args.loss_steps:
             row.update(loss_gaps(arch, reference, project, args, device))
         rows.append(row)
@@ -185,7 +197,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_accel else "cpu")
     machine = announce_machine([device])
-    report(run(args, device), out_path(args.out, "train_step.csv"), machine)
+    with LoadMeter() as meter:
+        rows = run(args, device)
+    report(steady_rows(rows, meter.load, "bench_train_step", ("arch",)), out_path(args.out, "train_step.csv"), machine)
 
 
 if __name__ == "__main__":

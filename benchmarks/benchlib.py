@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from common import limits
 from common.data.demo import pink_noise
 from common.models import factory
+from common.report import steadiness
 from common.report.machine import Machine, this_machine
+from common.report.steadiness import Load
 
 # Where a benchmark writes its CSV unless --out says otherwise: beside the training runs, never over the recorded
 # results in benchmarks/results/ (those are documentation, replaced deliberately by copying a run's CSV there).
@@ -150,3 +152,27 @@ def write_csv(rows: list[dict], path: str, machine: Machine) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({**row, **fields} for row in rows)
+
+
+def spread_fields(laps: dict[str, Sequence[float]]) -> dict[str, float]:
+    """``<name>_spread_pct`` of each named list of timed repeats (interquartile range over the median, percent,
+    rounded to 0.1); a name with a single repeat gets no column."""
+    spreads = {name: steadiness.spread_pct(values) for name, values in laps.items()}
+    return {f"{name}_spread_pct": round(s, 1) for name, s in spreads.items() if s is not None}
+
+
+def steady_rows(rows: list[dict], load: Load, name: str, keys: Sequence[str]) -> list[dict]:
+    """``rows`` with ``other_cores`` (the cores other processes used on average while the benchmark measured:
+    ``load``, from a ``steadiness.LoadMeter`` around the measuring) and ``reliable`` (yes, no or unknown: the row's
+    worst ``*_spread_pct`` and ``load`` against the limits of common/report/steadiness.py). Prints the one warning
+    line of each unreliable row, naming it by ``name`` and its ``keys`` columns, then one line for the whole run."""
+    checked = []
+    for row in rows:
+        judged, warning = steadiness.judge_row(row, load, " ".join([name, *(str(row[k]) for k in keys if k in row)]))
+        if warning:
+            print(warning, flush=True)
+        checked.append({**row, **judged})
+    failed = sum(row["reliable"] == "no" for row in checked)
+    verdict = f"{failed} of {len(checked)} rows unreliable" if failed else "every row passed the steadiness check"
+    print(f"=> steadiness: {verdict}; {load.describe()} while it measured", flush=True)
+    return checked

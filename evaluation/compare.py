@@ -32,12 +32,13 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import files, limits  # noqa: E402
+from common import files, limits, terminal  # noqa: E402
 from common.cli import options  # noqa: E402
 from common.models import factory, onnx_model  # noqa: E402
 from common.predict import inference  # noqa: E402
-from common.report import figures  # noqa: E402
+from common.report import figures, steadiness  # noqa: E402
 from common.report.machine import CSV_FIELDS, Machine, this_machine  # noqa: E402
+from common.report.steadiness import LoadMeter  # noqa: E402
 from evaluation import chart, measure, published  # noqa: E402
 from evaluation import int8 as int8_columns  # noqa: E402
 
@@ -57,6 +58,7 @@ FIGURES = ("latency_ms", "latency_p90_ms", "infer_img_s", "train_img_s", "peak_m
 COLUMNS = (["model", "arch", "width", "params", "macs", "input_size", "published_top1", "published_top5",
             "published_source", "eval_resize", "eval_crop", "eval_interpolation"]
            + [f"{s}_{f}" for s in SETUPS for f in FIGURES]
+           + [f"{s}_latency_spread_pct" for s in SETUPS] + ["repeats", "other_cores", "reliable"]
            + ["defaults_inference", "defaults_training", "device", "batch_size", "error", *CSV_FIELDS])
 COLUMNS = COLUMNS + int8_columns.COLUMNS  # empty without --int8
 
@@ -170,6 +172,8 @@ def measure_setups(model: torch.nn.Module, device: torch.device, setups: list[me
             continue
         values = (got.latency_median_ms, got.latency_p90_ms, got.infer_img_s, got.train_img_s, got.peak_mib)
         row.update({f"{setup.name}_{f}": round(v, 3) for f, v in zip(FIGURES, values)})
+        if got.latency_spread_pct is not None:
+            row[f"{setup.name}_latency_spread_pct"] = round(got.latency_spread_pct, 1)
         if setup.name == "defaults":
             row.update(defaults_inference=got.inference, defaults_training=got.training)
     return row, errors
@@ -193,7 +197,8 @@ def model_row(arch: str, width: float, args: argparse.Namespace, setups: list[me
     row = {"model": label(arch, width), "arch": arch, "width": width if arch in factory.GHOSTNETS else "",
            "input_size": budget.input_size, "published_top1": pub.top1, "published_top5": pub.top5,
            "published_source": pub.source, "eval_resize": pub.resize, "eval_crop": pub.crop,
-           "eval_interpolation": pub.interpolation, "device": str(args.device), "batch_size": budget.batch_size}
+           "eval_interpolation": pub.interpolation, "device": str(args.device), "batch_size": budget.batch_size,
+           "repeats": budget.repeats}
     try:
         model = factory.create_model(arch, factory.IMAGENET_CLASSES, width_mult=width).eval()
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built keeps its row
@@ -243,12 +248,14 @@ def markdown(rows: list[dict], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows: list[dict], out: str, caption: str) -> None:
-    """compare.csv and compare.md, each replaced whole (after every model, so that a stopped run keeps its rows)."""
+def write_tables(rows: list[dict], out: str, caption: str, steady: str = "") -> None:
+    """compare.csv and compare.md, each replaced whole (after every model, so that a stopped run keeps its rows);
+    ``steady``, the steadiness line, follows compare.md's table."""
     table = files.csv_bytes(COLUMNS, ([cell(r.get(c)) for c in COLUMNS] for r in rows))
     files.write_atomically(os.path.join(out, NAMES[0]), lambda f: f.write(table))
     int8 = any("onnx_fp32_mib" in r or r.get("int8_error") for r in rows)
-    text = (markdown(rows, caption) + (int8_columns.markdown(rows, rounded) if int8 else "")).encode()
+    text = (markdown(rows, caption) + (f"\n{steady}\n" if steady else "")
+            + (int8_columns.markdown(rows, rounded) if int8 else "")).encode()
     files.write_atomically(os.path.join(out, NAMES[1]), lambda f: f.write(text))
 
 
@@ -278,9 +285,18 @@ def describe(args: argparse.Namespace, budget: measure.Budget) -> str:
             "NCHW eager")
 
 
-def run(args: argparse.Namespace, machine: Machine) -> list[dict]:
-    from tqdm import tqdm
+def steadiness_line(rows: list[dict], load: steadiness.Load) -> str:
+    """One line for compare.md and the end of the run: the models whose timing failed the steadiness check, or the
+    worst spread, and the whole run's load."""
+    failed = [r["model"] for r in rows if r.get("reliable") == "no"]
+    worst = steadiness.worst(s for r in rows for s in steadiness.row_spreads(r))
+    spread = f"latency repeats spread at most {worst:.1f}%" if worst is not None else "no repeats to compare"
+    verdict = (f"unreliable timing (see `reliable` in compare.csv): {', '.join(failed)}" if failed
+               else f"every row passed the steadiness check ({spread})")
+    return f"Steadiness: {verdict}; over the whole run {load.describe()}."
 
+
+def run(args: argparse.Namespace, machine: Machine, meter: LoadMeter) -> list[dict]:
     budget = budget_of(args)
     speed = inference.SpeedConfig(amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
                                   compile=args.compile)
@@ -289,13 +305,18 @@ def run(args: argparse.Namespace, machine: Machine) -> list[dict]:
     caption = f"Measured by `evaluation/compare.py` on {machine.describe()}. {describe(args, budget)}."
     print(f"=> machine: {machine.describe()}\n=> {describe(args, budget)}", flush=True)
     rows: list[dict] = []
-    bar = tqdm(args.specs, unit="model", dynamic_ncols=True)
-    for arch, width in bar:
-        bar.set_description(label(arch, width))
-        rows.append({**model_row(arch, width, args, setups, budget), **machine.csv_fields()})
-        bar.write(result_line(rows[-1]))
-        write_tables(rows, args.output_dir, caption)
-    bar.close()
+    with terminal.Ticker(len(args.specs), "compare", unit="models") as ticker:
+        for arch, width in args.specs:
+            ticker.describe(label(arch, width))
+            with LoadMeter() as model_meter:
+                row = model_row(arch, width, args, setups, budget)
+            judged, warning = steadiness.judge_row(row, model_meter.load, f"{row['model']}'s timing")
+            rows.append({**row, **judged, **machine.csv_fields()})
+            ticker.write(result_line(rows[-1]))
+            if warning:
+                ticker.write(warning)
+            write_tables(rows, args.output_dir, caption, steadiness_line(rows, meter.load))
+            ticker.update(1)
     return rows
 
 
@@ -309,9 +330,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(args.threads or threads)
-            rows = run(args, machine)
+            with LoadMeter() as meter:
+                rows = run(args, machine, meter)
         finally:
             torch.set_num_threads(threads)  # a caller in the same process keeps its own setting
+        print(f"=> {steadiness_line(rows, meter.load)}", flush=True)
         written = list(NAMES)
         try:
             figure = chart.compare_figure(rows, str(args.device), f"Measured on {machine.describe()}")

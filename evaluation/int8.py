@@ -18,9 +18,10 @@ import torch.nn as nn
 from common.data import transforms
 from common.models import factory
 from common.predict import quantize
+from common.report.steadiness import spread_pct
 
-COLUMNS = ["ort_fp32_latency_ms", "ort_int8_latency_ms", "ort_fp32_img_s", "ort_int8_img_s", "onnx_fp32_mib",
-           "onnx_int8_mib", "int8_error"]
+COLUMNS = ["ort_fp32_latency_ms", "ort_int8_latency_ms", "ort_fp32_latency_spread_pct", "ort_int8_latency_spread_pct",
+           "ort_fp32_img_s", "ort_int8_img_s", "onnx_fp32_mib", "onnx_int8_mib", "int8_error"]
 CALIB_IMAGES = 8
 OPSET = 18
 
@@ -44,7 +45,8 @@ def onnx_bytes(model: nn.Module, size: int) -> bytes:
     return program.model_proto.SerializeToString()
 
 
-def _median_seconds(sess, batch: torch.Tensor, runs: int) -> float:
+def _laps(sess, batch: torch.Tensor, runs: int) -> list[float]:
+    """Seconds of each of ``runs`` timed runs of ``sess`` on ``batch``, after one untimed run."""
     feed = batch.numpy()
     quantize.run(sess, feed)
     laps = []
@@ -52,12 +54,13 @@ def _median_seconds(sess, batch: torch.Tensor, runs: int) -> float:
         t0 = time.perf_counter()
         quantize.run(sess, feed)
         laps.append(time.perf_counter() - t0)
-    return statistics.median(laps)
+    return laps
 
 
 def columns(model: nn.Module, arch: str, size: int, batch: int, repeats: int, threads: int | None) -> dict:
     """The int8 columns of one model: ONNX Runtime fp32 and int8 latency (batch 1, median of ``repeats`` runs) and
-    throughput (batch ``batch``), and both file sizes; what fails is named in ``int8_error``."""
+    throughput (batch ``batch``), the spread of the latency runs, and both file sizes; what fails is named in
+    ``int8_error``."""
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (CALIB_IMAGES, 3, size, size), generator=gen, dtype=torch.uint8)
     calib = quantize.Calibration("generated noise", [pixels], 0, "", 0)
@@ -72,8 +75,11 @@ def columns(model: nn.Module, arch: str, size: int, batch: int, repeats: int, th
     steps = max(1, repeats // 25)
     for name, blob in (("fp32", fp32), ("int8", int8)):
         sess = quantize.session(blob, threads)
-        row[f"ort_{name}_latency_ms"] = round(1000 * _median_seconds(sess, one, repeats), 3)
-        row[f"ort_{name}_img_s"] = round(batch / _median_seconds(sess, many, steps), 1)
+        laps = _laps(sess, one, repeats)
+        row[f"ort_{name}_latency_ms"] = round(1000 * statistics.median(laps), 3)
+        if spread_pct(laps) is not None:
+            row[f"ort_{name}_latency_spread_pct"] = round(spread_pct(laps), 1)
+        row[f"ort_{name}_img_s"] = round(batch / statistics.median(_laps(sess, many, steps)), 1)
     return row
 
 

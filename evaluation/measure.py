@@ -26,6 +26,7 @@ import torch.nn as nn
 from common.models import factory
 from common.parallel.precision import Precision, choose_precision, synchronize
 from common.predict import inference
+from common.report.steadiness import spread_pct
 from common.train import optim
 from common.train.step import TrainStep
 
@@ -57,7 +58,8 @@ FP32 = Setup("fp32", inference.SpeedConfig(amp=False, channels_last=False, compi
 
 @dataclass(frozen=True)
 class Figures:
-    """What ``measure`` found; ``inference``/``training`` describe the numeric format of each side."""
+    """What ``measure`` found; ``inference``/``training`` describe the numeric format of each side;
+    ``latency_spread_pct`` is the interquartile range of the batch-1 runs over their median (None for one run)."""
 
     latency_median_ms: float
     latency_p90_ms: float
@@ -66,6 +68,7 @@ class Figures:
     peak_mib: float
     inference: str
     training: str
+    latency_spread_pct: float | None = None
 
 
 def _timed(run: Callable[[], object], device: torch.device, count: int) -> list[float]:
@@ -145,7 +148,8 @@ def measure(base: nn.Module, device: torch.device, setup: Setup, budget: Budget)
     seconds, infer_img_s, infer_desc = infer_figures(base, device, setup, budget)
     ms = sorted(1000 * s for s in seconds)
     p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
-    return Figures(statistics.median(ms), p90, infer_img_s, train_img_s, peak_mib, infer_desc, train_desc)
+    return Figures(statistics.median(ms), p90, infer_img_s, train_img_s, peak_mib, infer_desc, train_desc,
+                   spread_pct(ms))
 
 
 # ------------------------------------------------------------------------------------------------------ memory

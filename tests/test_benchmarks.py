@@ -31,12 +31,13 @@ TINY = {
                               "--sets", "generated", "--generated-per-class", "4"],
     "bench_launchers.py": ["--crop", "32", "--epochs", "1", "-b", "8", "--images", "16", "-a", "resnet18"],
     "bench_loader_memory.py": ["--entries", "1000", "-j", "1", "-b", "8"],
-    "bench_pipeline.py": ["--images", "16", "-j", "1", "-b", "8", "--repeats", "1", "--crop-size", "32",
+    "bench_pipeline.py": ["--images", "16", "-j", "1", "-b", "8", "--repeats", "2", "--crop-size", "32",
                           "--resize-size", "36"],
     "bench_train_step.py": ["--archs", "resnet18", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "1",
                             "--repeats", "1", "--no-accel"],
 }
 QUICK_WRITES_NO_CSV = {"bench_export.py", "bench_int8.py"}  # their --quick says so and writes nothing
+UNTIMED = {"bench_distill.py", "bench_loader_memory.py"}  # accuracy and memory: no timing whose steadiness to check
 
 
 def test_every_benchmark_has_a_tiny_run():
@@ -98,4 +99,19 @@ def test_benchmark_tiny_run(name, tmp_path):
         with open(written[0]) as f:
             rows = list(csv.DictReader(f))
         assert rows and all(row["cpu"] for row in rows)
+        if name not in UNTIMED:
+            check_steadiness(rows, done.stdout)
+    if name not in UNTIMED:
+        assert "=> steadiness: " in done.stdout
     assert {p: os.path.getmtime(p) for p in recorded} == recorded
+
+
+def check_steadiness(rows: list[dict], stdout: str) -> None:
+    """Each timed row says the load of other processes and whether it is reliable; one warning line was printed
+    per unreliable row; the spread of repeats is there where a figure was timed more than once."""
+    assert all(row["reliable"] in ("yes", "no") and float(row["other_cores"]) >= 0 for row in rows)
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning: bench_")]
+    assert len(warnings) == sum(row["reliable"] == "no" for row in rows)
+    for row in rows:
+        spreads = [float(v) for k, v in row.items() if k.endswith("_spread_pct") and v]
+        assert len(spreads) == (int(row.get("repeats", 1)) > 1) * len([k for k in row if k.endswith("_spread_pct")])

@@ -76,8 +76,9 @@ def test_ghostnet_figures_are_the_release_and_the_papers():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_csv_markdown_and_png(tmp_path):
+def test_quick_run_writes_csv_markdown_and_png(tmp_path, capsys):
     rows, out = call_main("evaluation/compare.py", "--quick", "--threads", "1", "--output-dir", str(tmp_path))
+    assert "\r" not in out + capsys.readouterr().err  # pytest's capture is no terminal: lines, not a tqdm bar
     assert [r["model"] for r in rows] == list(compare.QUICK_MODELS)
     with open(tmp_path / "compare.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -90,8 +91,13 @@ def test_quick_run_writes_csv_markdown_and_png(tmp_path):
         assert float(written["published_top1"]) == pub.top1 and float(written["published_top5"]) == pub.top5
         for setup in compare.SETUPS:
             assert all(float(written[f"{setup}_{f}"]) > 0 for f in compare.FIGURES if f != "peak_mib")
+            assert float(written[f"{setup}_latency_spread_pct"]) >= 0  # 3 repeats: a spread
+        assert int(written["repeats"]) == 3 and float(written["other_cores"]) >= 0
+        assert written["reliable"] == ("no" if f"warning: {row['model']}'s timing is unreliable" in out else "yes")
     markdown = (tmp_path / "compare.md").read_text().splitlines()
     assert markdown[2].startswith("| model |") and len([line for line in markdown if line.startswith("| ")]) == 3
+    assert markdown[-1].startswith("Steadiness: ") and "=> Steadiness: " in out
+    assert ("unreliable timing" in markdown[-1]) == any(r["reliable"] == "no" for r in table)
     assert "compare.csv, compare.md, compare.png" in out
     with Image.open(tmp_path / "compare.png") as png:
         assert png.format == "PNG" and png.size == (1500, 640)

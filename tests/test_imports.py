@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 
 # The packages of common/ by floor, from the top; a module may import its own package and any floor below.
 FLOORS = (("train", "predict"), ("cli",), ("models", "report"), ("data",), ("parallel",), ("ground",))
-GROUND = ("errors", "files", "limits", "schema")  # the ground floor: modules of common/, importing only each other
+# the ground floor: modules of common/, importing only each other
+GROUND = ("errors", "files", "limits", "schema", "terminal")
 FLOOR_OF = {package: level for level, names in enumerate(FLOORS) for package in names}
 MODEL_FILES = ("ghost_net", "ghost_net_v23")  # the model files: torch only (V2/V3 reuse v1's parts); common/ may import
 SKIP = {".git", "tests", "__pycache__", "docs"}

@@ -209,6 +209,7 @@ def test_compare_int8_times_fp32_and_int8_onnx_side_by_side(tmp_path):
     (row,) = rows
     assert not row.get("int8_error") and row["onnx_fp32_mib"] >= 3 * row["onnx_int8_mib"] > 0
     assert all(row[f"ort_{p}_{f}"] > 0 for p in ("fp32", "int8") for f in ("latency_ms", "img_s"))
+    assert all(row[f"ort_{p}_latency_spread_pct"] >= 0 for p in ("fp32", "int8"))  # 3 repeats: a spread
     table = (tmp_path / "compare.md").read_text()
     assert "ONNX Runtime fp32 against int8" in table and "| resnet18 | " in table.split("against int8")[1]
     header = (tmp_path / "compare.csv").read_text().splitlines()[0].split(",")

@@ -33,9 +33,8 @@ import tarfile
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
-from common import files, limits, schema
+from common import files, limits, schema, terminal
 from common.data import formats, hfdata, imagefolder, shards
 from common.data.images import extension_of
 
@@ -301,7 +300,7 @@ def convert(args: argparse.Namespace) -> dict:
     files.make_output_dir(args.out, "OUT")
     files.remove_stale_parts(args.out)  # a run killed in the middle of a write (SIGKILL) left its temporary file
     total = sum(len(items) for items in order.values())
-    with tqdm(total=total, desc=f"to {args.to}", unit="img", dynamic_ncols=True) as bar:
+    with terminal.Ticker(total, f"to {args.to}", unit="img") as bar:  # a bar on a terminal, lines in a log
         if args.to == "folder":
             state.save(args.out)
             entries = write_folder(source, order, args.out, bar)

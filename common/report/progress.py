@@ -6,6 +6,7 @@ import sys
 
 from tqdm import tqdm
 
+from common import terminal
 from common.parallel.distributed import DistContext, all_reduce_sum
 
 
@@ -59,7 +60,7 @@ class Progress:
 
     def __init__(self, total: int, meters: list[AverageMeter], prefix: str, print_freq: int, enabled: bool) -> None:
         self.total, self.meters, self.print_freq = total, meters, max(1, print_freq)
-        tty = enabled and sys.stderr.isatty()
+        tty = enabled and terminal.is_terminal(sys.stderr)
         self.bar = tqdm(total=total, desc=prefix.strip(), dynamic_ncols=True, leave=False) if tty else None
         self.plain = ProgressMeter(total, meters, prefix) if enabled and not tty else None
 
