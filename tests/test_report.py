@@ -99,6 +99,15 @@ def test_title_of_a_resumed_run_says_where_it_resumed_and_which_epochs_it_ran_ag
     assert curves.title_of(read) == ("main.csv: best val top-1 44.00% at epoch 4 (5 epochs; resumed at epoch 2 step "
                                      "6, epoch 3, epoch 2; re-run: epochs 2, 3, last kept)")
     assert curves._listed(list("abcde")) == "a, b, c and 2 more"
+    # each panel marks the resumes: on epoch 2 (mid-epoch), between epochs 1 and 2 and between 2 and 3 (at a start)
+    assert curves.resume_marks(read) == [1.5, 2.0, 2.5]
+    fig = drawn(path)
+    resume_hex = "#{:02x}{:02x}{:02x}".format(*curves.RESUME_COLOR)
+    for ax in fig.axes:
+        marks = [line for line in ax.get_lines() if line.get_color() == resume_hex]
+        assert sorted(line.get_xdata()[0] for line in marks) == [1.5, 2.0, 2.5]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends[0].count("resumed") == 1 and not any("resumed" in names for names in legends[1:])
 
 
 def test_a_log_written_before_the_resume_column_reads_as_not_resumed(tmp_path):

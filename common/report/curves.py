@@ -34,6 +34,7 @@ TRAIN, VAL = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 blue and orang
 LR_COLOR = (44, 160, 44)
 MAX_MARKERS = 30  # beyond this many epochs, per-point dots would hide the lines
 LOG_LOSS_RATIO = 10.0  # a loss panel whose largest value is this many times its smallest is drawn on a log scale
+RESUME_COLOR = (150, 150, 150)  # the dotted line where a stopped run was resumed
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,12 @@ def _listed(items: list[str], most: int = 3) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the figure
 
+def resume_marks(log: RunLog) -> list[float]:
+    """Where the chart marks each resume: between two epochs for a resume at an epoch's start, on the epoch itself
+    for one mid-epoch (that epoch's train figures cover the steps after it)."""
+    return sorted({epoch - 0.5 if step == 0 else float(epoch) for epoch, step in log.resumes})
+
+
 def value_range(values: list[float]) -> tuple[float, float]:
     """The data's range padded by 5% so curves do not run along the frame; a flat or single value gets room too.
     Losses, accuracies and learning rates are never negative, so the axis does not dip below 0 for them."""
@@ -228,7 +235,11 @@ def figure(log: RunLog) -> Figure:
 
     fig.subplots_adjust(**MARGINS)
     axes = fig.subplots(len(PANELS), 1, sharex=True)
+    marks = resume_marks(log)
     for ax, (name, series) in zip(axes, PANELS):
+        for x in marks:  # before the curves, which draw_panel puts over it; the top legend names it once
+            ax.axvline(x, color="#{:02x}{:02x}{:02x}".format(*RESUME_COLOR), linestyle=":", linewidth=1.5,
+                       label="resumed" if ax is axes[0] and x == marks[0] else None)
         draw_panel(ax, name, series, log)
     axes[-1].set_xlim(epoch_range(log.epochs))
     axes[-1].xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
