@@ -57,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a new classifier head on a frozen pretrained backbone (ImageNet weights or a file).",
         parents=[options.data_parser(), options.model_parser("resnet50", dropout=False),
-                 options.train_parser(recipes=False, mid_epoch_checkpoints=False, torchrun=False),
+                 options.train_parser(recipes=False, mid_epoch_checkpoints=False, torchrun=False,
+                                      output_dir=options.PROBE_OUTPUT_DIR),
                  options.kd_parser(), options.device_parser()])
     parser.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=None,
                         help="compute the frozen backbone's features once and train the head on them (default: on, "
@@ -346,7 +347,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> dict:
     path = resume.resume_path(args.resume, args.output_dir)
     start = resume.restore(path, run, args.arch) if path else loop.ResumePoint()
     if args.start_epoch is not None:
-        start = loop.ResumePoint(args.start_epoch, 0, start.best_acc1)
+        start = loop.ResumePoint(args.start_epoch, 0, start.best_acc1, start.resumed)
     cache = args.cache_features is not False and not args.train_augment
     print(header(args, ctx, run, head_name, cache), flush=True)
     stop = faults.StopRequest().install()

@@ -1,4 +1,4 @@
-"""Benchmark: head fine-tuning with network.py, 5 epochs against 1 epoch and against the original approach.
+"""Benchmark: head fine-tuning with network.py, 5 epochs (``--epochs``) against 1 and against the original approach.
 
 network.py computes the frozen backbone's features once and trains the head on them, so further epochs cost almost
 nothing (target: 5 epochs at most 1.5x one epoch). The original approach ran the whole network forward (and
@@ -40,6 +40,8 @@ def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra
     """Seconds of one network.py run."""
     cmd = [sys.executable, os.path.join(ROOT, "network.py"), root, "-a", args.arch, "--weights", weights,
            "-b", str(args.batch), "-j", str(args.workers), "--lr", "0.1", "--output-dir", out, "-p", "1000", *extra]
+    if args.crop_size:
+        cmd += ["--val-resize-size", str(args.crop_size), "--val-crop-size", str(args.crop_size)]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
@@ -49,9 +51,10 @@ def timed_run(root: str, weights: str, args: argparse.Namespace, out: str, extra
 
 def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     extra = ["--no-accel"] if args.no_accel else []
+    n = str(args.epochs)
     cases = [("network.py, 1 epoch (feature cache)", ["--epochs", "1"]),
-             ("network.py, 5 epochs (feature cache)", ["--epochs", "5"]),
-             ("original: whole network every epoch, 5 epochs", ["--epochs", "5", "--no-cache-features"])]
+             (f"network.py, {n} epochs (feature cache)", ["--epochs", n]),
+             (f"original: whole network every epoch, {n} epochs", ["--epochs", n, "--no-cache-features"])]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as work:
         root = make_dataset(os.path.join(work, "photos"), args.images // 8, args.images // 8 // 4 or 1, classes=8)
@@ -65,12 +68,12 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], path: str, machine: Machine) -> None:
+def report(rows: list[dict], path: str, machine: Machine, epochs: int = 5) -> None:
     width = max(len(r["method"]) for r in rows)
     print(f"{'method':<{width}} {'seconds':>8} {'x 1 epoch':>10}")
     for r in rows:
         print(f"{r['method']:<{width}} {r['seconds']:8.1f} {r['vs_1_epoch']:9.2f}x")
-    print(f"=> {rows[0]['arch']} on {rows[0]['device']}: 5 cached epochs cost {rows[1]['vs_1_epoch']:.2f}x one "
+    print(f"=> {rows[0]['arch']} on {rows[0]['device']}: {epochs} cached epochs cost {rows[1]['vs_1_epoch']:.2f}x one "
           f"epoch (target <= 1.5x); the original approach {rows[2]['seconds'] / rows[1]['seconds']:.1f}x network.py's")
     write_csv(rows, path, machine)
     print(f"written to {path}")
@@ -81,6 +84,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-a", "--arch", default="resnet50")
     parser.add_argument("--images", type=int, default=200, help="generated training photos (default: 200)")
     parser.add_argument("-b", "--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of the longer runs, against 1 (default: 5)")
+    parser.add_argument("--crop-size", type=int, default=None, metavar="PX",
+                        help="evaluation resize and crop size of network.py, whose features the head trains on "
+                             "(default: network.py's, 224)")
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-accel", action="store_true", help="run on the CPU even when a GPU is present")
     add_out_flag(parser, "finetune.csv")
@@ -92,7 +99,8 @@ def main(args: argparse.Namespace) -> None:
     machine = announce_machine([device])
     with LoadMeter() as meter:
         rows = run(args, device)
-    report(steady_rows(rows, meter.load, "bench_finetune", ("method",)), out_path(args.out, "finetune.csv"), machine)
+    report(steady_rows(rows, meter.load, "bench_finetune", ("method",)), out_path(args.out, "finetune.csv"), machine,
+           args.epochs)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from tests.inprocess import load_script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmarks", "bench_*.py")))
 
-# The smallest run of each benchmark: a few images at 32-64 px, one repeat, ResNet-18 where the model is a choice.
+# The smallest run of each benchmark: a few images at 32-64 px, one repeat, ResNet-18 where the model is a choice (its
+# ONNX export takes a third of GhostNet's), no loader worker processes (-j 0) where a benchmark starts several runs.
 TINY = {
     "bench_classify.py": ["--images", "8", "--photo-classes", "2", "-a", "resnet18", "--val-resize-size", "32",
                           "--val-crop-size", "32", "--no-accel"],
@@ -24,12 +25,13 @@ TINY = {
                          "--sets", "generated"],
     "bench_epoch.py": ["--images", "16", "-a", "resnet18", "-b", "8", "-j", "1", "--no-accel"],
     "bench_export.py": ["--quick", "--archs", "resnet18", "--no-accel"],
-    "bench_finetune.py": ["--images", "16", "-a", "resnet18", "-b", "8", "-j", "1", "--no-accel"],
+    "bench_finetune.py": ["--images", "16", "-a", "resnet18", "-b", "8", "-j", "0", "--no-accel", "--epochs", "2",
+                          "--crop-size", "32"],
     "bench_formats.py": ["--images", "32", "-j", "1", "-b", "8"],
-    "bench_int8.py": ["--quick", "--types", "u8s8"],
+    "bench_int8.py": ["--quick", "--archs", "resnet18", "--types", "u8s8", "--calib-images", "4"],
     "bench_int8_trained.py": ["--archs", "resnet18", "--epochs", "1", "--repeats", "1", "--calib-images", "8",
                               "--sets", "generated", "--generated-per-class", "4"],
-    "bench_launchers.py": ["--crop", "32", "--epochs", "1", "-b", "8", "--images", "16", "-a", "resnet18"],
+    "bench_launchers.py": ["--crop", "32", "--epochs", "1", "-b", "8", "--images", "16", "-a", "resnet18", "-j", "0"],
     "bench_loader_memory.py": ["--entries", "1000", "-j", "1", "-b", "8"],
     "bench_pipeline.py": ["--images", "16", "-j", "1", "-b", "8", "--repeats", "2", "--crop-size", "32",
                           "--resize-size", "36"],

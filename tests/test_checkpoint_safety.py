@@ -15,6 +15,7 @@ import torch
 
 from common.errors import UserError
 from common.models import checkpoint, loading
+from common.report import curves
 from conftest import ROOT, SMALL, make_image_folder, run_script
 
 pytestmark = pytest.mark.slow  # every test trains, or damages and loads trained_ckpt (a training run of 5-90 s)
@@ -35,6 +36,10 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tiny_data, tmp_path
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
     assert all(torch.equal(x, s["momentum_buffer"]) for x, s in zip(momentum, b["optimizer"]["state"].values()))
+    straight_log, split_log = (curves.read_log(os.path.join(d, "main.csv")) for d in (straight, split))
+    assert curves.best_val_top1(straight_log) == curves.best_val_top1(split_log)  # over both parts of the run
+    assert (straight_log.resumes, split_log.resumes) == ((), ((1, 0),))
+    assert curves.title_of(split_log) == curves.title_of(straight_log)[:-1] + "; resumed at epoch 1)"
 
 
 WRITER = """

@@ -83,7 +83,7 @@ def test_demo_with_data_trains_on_that_data_with_the_demos_settings(tiny_data, t
     assert saved["classes"] == sorted(os.listdir(os.path.join(tiny_data, "train")))  # tiny_data's 4, not 6 shapes
     recorded = saved["args"]
     assert (recorded["lr"], recorded["train_crop_size"], recorded["epochs"]) == (demo.DEFAULTS["lr"], 64, 1)
-    assert recorded["data"] == tiny_data and not (tmp_path / "data").exists()
+    assert recorded["data"] == tiny_data and not (tmp_path / "runs" / "data").exists()
 
 
 @pytest.mark.slow

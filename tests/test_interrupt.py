@@ -18,6 +18,7 @@ import pytest
 
 from common.errors import exit_on_user_error
 from common.models import checkpoint
+from common.report import curves
 from conftest import ROOT, SMALL, make_image_folder, run_script
 from inprocess import call_main
 from test_distributed import processes_in_group
@@ -113,6 +114,11 @@ def test_sigterm_stops_network_py_with_a_checkpoint_that_resume_continues(traine
     resumed = run_script("network.py", *flags, "--epochs", "1", "--resume", "auto")
     assert f"epoch 0, step {ckpt['step']}" in resumed.stdout
     assert checkpoint.load_file(str(tmp_path / "out" / "checkpoint.pth.tar"))["epoch"] == 1
+    # the record says where it was resumed: the row of epoch 0 covers the steps from there on, and the curves say so
+    log = str(tmp_path / "out" / "network.csv")
+    with open(log, newline="") as f:
+        assert [row["resumed_at_step"] for row in csv.DictReader(f)] == [str(ckpt["step"])]
+    assert curves.title_of(curves.read_log(log)).endswith(f"(1 epoch; resumed at epoch 0 step {ckpt['step']})")
 
 
 def test_a_ctrl_c_that_no_loop_caught_exits_130_in_one_line(capsys):

@@ -83,6 +83,41 @@ def test_title_names_the_csv_and_the_best_val_top1_epoch(tmp_path):
     assert curves.title_of(log).startswith("main.csv: best val top-1 41.50% at epoch 3")
 
 
+def test_title_of_a_resumed_run_says_where_it_resumed_and_which_epochs_it_ran_again(tmp_path):
+    """Stopped in epoch 2 at step 6 and resumed there; stopped again and resumed from epoch 3's start; then resumed
+    from an older checkpoint (epoch 2), which logs epochs 2 and 3 again: the rows drawn are the last of each."""
+    path = str(tmp_path / "main.csv")
+    log = CsvLog(path)
+    rows = [(0, None, 20.0), (1, None, 30.0), (2, 6, 45.0), (3, 0, 50.0), (2, 0, 40.0), (3, None, 42.0),
+            (4, None, 44.0)]
+    for epoch, resumed_at, top1 in rows:
+        log.write({"epoch": epoch, "lr": 0.1, "train_loss": 1.0, "val_loss": 1.0, "train_top1": top1,
+                   "val_top1": top1, "resumed_at_step": resumed_at})
+    read = curves.read_log(path)
+    assert read.columns["val_top1"] == [20.0, 30.0, 40.0, 42.0, 44.0]
+    assert (read.resumes, read.relogged) == (((2, 6), (3, 0), (2, 0)), (2, 3))
+    assert curves.title_of(read) == ("main.csv: best val top-1 44.00% at epoch 4 (5 epochs; resumed at epoch 2 step "
+                                     "6, epoch 3, epoch 2; re-run: epochs 2, 3, last kept)")
+    assert curves._listed(list("abcde")) == "a, b, c and 2 more"
+    # each panel marks the resumes: on epoch 2 (mid-epoch), between epochs 1 and 2 and between 2 and 3 (at a start)
+    assert curves.resume_marks(read) == [1.5, 2.0, 2.5]
+    fig = drawn(path)
+    resume_hex = "#{:02x}{:02x}{:02x}".format(*curves.RESUME_COLOR)
+    for ax in fig.axes:
+        marks = [line for line in ax.get_lines() if line.get_color() == resume_hex]
+        assert sorted(line.get_xdata()[0] for line in marks) == [1.5, 2.0, 2.5]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends[0].count("resumed") == 1 and not any("resumed" in names for names in legends[1:])
+
+
+def test_a_log_written_before_the_resume_column_reads_as_not_resumed(tmp_path):
+    path = tmp_path / "main.csv"
+    path.write_text("epoch,lr,train_loss,val_loss,train_top1,val_top1\n0,0.1,1,1,10,12\n")
+    read = curves.read_log(str(path))
+    assert (read.resumes, read.relogged) == ((), ())
+    assert curves.title_of(read) == "main.csv: best val top-1 12.00% at epoch 0 (1 epoch)"
+
+
 def test_single_epoch_log_is_drawn_as_points(tmp_path):
     csv_path = write_log(str(tmp_path / "distributed.csv"), FIVE_EPOCHS[:1])
     (png,) = run(str(tmp_path))

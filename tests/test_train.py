@@ -121,8 +121,8 @@ def test_dummy_data_run_ends_with_a_checkpoint(tmp_path):
     (["--dummy", "-a", "ghostnett"], "Did you mean ghostnet"),
     (["--dummy", "--resume", "/nonexistent.pth.tar"], "--resume"),
 ])
-def test_user_errors_are_one_line_without_traceback(argv, message):
-    proc = run_script("train_main.py", *argv, check=False)
+def test_user_errors_are_one_line_without_traceback(argv, message, tmp_path):
+    proc = run_script("train_main.py", *argv, check=False, cwd=str(tmp_path))  # not the checkout's runs/train
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 

@@ -39,6 +39,9 @@ FRACTION = Number(float, 0, 1, high_open=True)  # [0, 1): label smoothing, dropo
 PIXELS = Number(int, 1, MAX_PIXELS)
 WORKERS = Number(int, 0, 1024)
 SEED = Number(int, 0, 2**32 - 1)  # NumPy's seed range
+# --output-dir defaults: one folder per kind of run, under runs/ (git-ignored), as test.py's runs/test
+TRAIN_OUTPUT_DIR = os.path.join("runs", "train")
+PROBE_OUTPUT_DIR = os.path.join("runs", "probe")
 
 
 def checkpoint_interval(text: str) -> str:
@@ -75,7 +78,7 @@ def data_parser(training: bool = True, demo: bool = False, multi_size: bool = Fa
                        help="use synthetic images (torchvision FakeData) instead of DIR")
     if demo:
         g.add_argument("--demo", action="store_true",
-                       help="generate the built-in demo dataset once (under the current directory) and train on it, "
+                       help="generate the built-in demo dataset once (to runs/data/demo) and train on it, "
                             "with defaults sized for it (each flag still overrides them)")
     g.add_argument("-j", "--workers", type=WORKERS, default=None, metavar="N",
                    help="data loading workers per process, 0 to 1024 (default: CPU cores / processes on this node, "
@@ -124,13 +127,14 @@ def model_parser(default_arch: str | None = "resnet18", dropout: bool = True) ->
     return parser
 
 
-def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True,
-                 torchrun: bool = True) -> argparse.ArgumentParser:
+def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True, torchrun: bool = True,
+                 output_dir: str = TRAIN_OUTPUT_DIR) -> argparse.ArgumentParser:
     """Optimisation, schedule, resume/evaluate and output flags of the training scripts.
 
     The defaults that ``--help`` shows come from the RECIPES table: each recipe's where ``recipes`` is true (the
     script has ``--recipe``), else the default recipe's. ``mid_epoch_checkpoints`` adds ``--checkpoint-interval``;
-    ``torchrun`` says that ``--resume`` defaults to auto under torchrun.
+    ``torchrun`` says that ``--resume`` defaults to auto under torchrun; ``output_dir`` is ``--output-dir``'s
+    default, a folder under runs/ (never the current folder, often the checkout).
     """
     def default(key: str, none: str = "none") -> str:
         return default_help(key, all_recipes=recipes, none=none)
@@ -172,8 +176,8 @@ def train_parser(recipes: bool = True, mid_epoch_checkpoints: bool = True,
                             "(default: off)")
     g.add_argument("-e", "--evaluate", action="store_true", help="evaluate on the validation set and exit")
     g.add_argument("--seed", type=SEED, default=None, help=f"seed for reproducible runs, 0 to {SEED.high}")
-    g.add_argument("--output-dir", default=".", metavar="DIR",
-                   help="where checkpoints and the CSV log go (default: current directory)")
+    g.add_argument("--output-dir", default=output_dir, metavar="DIR",
+                   help=f"where checkpoints and the CSV log go (default: {output_dir.replace(os.sep, '/')})")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --output-dir that holds another run's log or checkpoints, removing "
                         "them (without it such a folder is refused unless --resume continues that run)")

@@ -6,7 +6,7 @@ blurred, given sensor noise and saved as JPEGs of varied sizes and qualities. Ea
 its own (brightness and saturation vary), as real classes have typical colours: a network picks that up within a
 few epochs and the shape after it, so that a short run on a CPU visibly learns. Generation is seeded per image, so
 the files are the same on every run. ``python train_main.py --demo`` (any training script) writes them once to
-DEFAULT_DIR and trains with DEFAULTS; afterwards ``--data data/demo`` serves network.py, test.py and the sorter.
+DEFAULT_DIR and trains with DEFAULTS; afterwards ``--data runs/data/demo`` serves network.py, test.py and the sorter.
 
 The dataset is written into a temporary folder beside its root, a marker file last, and renamed to the root, so an
 interrupted generation never leaves a half-written dataset: the next call starts again.
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from common.errors import UserError
 
-DEFAULT_DIR = os.path.join("data", "demo")
+DEFAULT_DIR = os.path.join("runs", "data", "demo")  # under runs/ (git-ignored), as every default output
 CLASSES = ("circle", "cross", "ring", "square", "star", "triangle")
 TRAIN_PER_CLASS = 100
 VAL_PER_CLASS = 25

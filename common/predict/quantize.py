@@ -238,12 +238,27 @@ def _types(settings: Int8Settings):
 
 def _pre_process(pre_process, src: str, out: str) -> None:
     """ONNX Runtime's pre-processing; where its symbolic shape inference fails (an op it does not know), again
-    without it, as ONNX Runtime advises: the quantizer then names the op it cannot handle."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    without it, as ONNX Runtime advises: the quantizer then names the op it cannot handle.
+
+    It runs inside ``out``'s (temporary) folder: a failed symbolic shape inference saves
+    ``sym_shape_infer_temp.onnx`` into the current folder, which is often the checkout."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            _working_folder(os.path.dirname(os.path.abspath(out))):
         try:
             pre_process(src, out)
         except Exception:  # noqa: BLE001 - whatever failed, the second try says it in its own words
             pre_process(src, out, skip_symbolic_shape=True)
+
+
+@contextlib.contextmanager
+def _working_folder(folder: str) -> Iterator[None]:
+    """The current folder is ``folder`` inside the block (``contextlib.chdir`` from Python 3.11 on)."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def batch_stats(batch: np.ndarray) -> dict[str, Any]:

@@ -34,14 +34,19 @@ TRAIN, VAL = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 blue and orang
 LR_COLOR = (44, 160, 44)
 MAX_MARKERS = 30  # beyond this many epochs, per-point dots would hide the lines
 LOG_LOSS_RATIO = 10.0  # a loss panel whose largest value is this many times its smallest is drawn on a log scale
+RESUME_COLOR = (150, 150, 150)  # the dotted line where a stopped run was resumed
 
 
 @dataclass(frozen=True)
 class RunLog:
-    """One CSV log: its file name, the epochs in order, and each column as floats (None where the cell is empty)."""
+    """One CSV log: its file name, the epochs in order, and each column as floats (None where the cell is empty);
+    ``resumes``: (epoch, step) where a stopped run was resumed, in the order logged; ``relogged``: the epochs
+    logged more than once (a resume from an earlier checkpoint re-runs them; the last row is the one drawn)."""
     name: str
     epochs: list[int]
     columns: dict[str, list[float | None]]
+    resumes: tuple[tuple[int, int], ...] = ()
+    relogged: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,16 +118,23 @@ def read_log(path: str) -> RunLog:
     if not is_training_log(path):
         raise UserError(f"{path} is not a training CSV log: its header needs the columns {', '.join(REQUIRED)}")
     by_epoch: dict[int, dict] = {}
+    resumes, relogged = [], set()
     with open(path, newline="") as f:
         for i, row in enumerate(csv.DictReader(f)):
             epoch = _number(row.get("epoch"))
-            by_epoch[int(epoch) if epoch is not None else i] = row
+            epoch = int(epoch) if epoch is not None else i
+            if epoch in by_epoch:
+                relogged.add(epoch)
+            by_epoch[epoch] = row
+            step = _number(row.get("resumed_at_step"))  # absent in logs older than the column
+            if step is not None:
+                resumes.append((epoch, int(step)))
     if not by_epoch:
         raise UserError(f"{path} has a header but no epochs yet: run the report after the first epoch ends")
     epochs = sorted(by_epoch)
     names = {s.column for _, series in PANELS for s in series}
     columns = {n: [_number(by_epoch[e].get(n)) for e in epochs] for n in names}
-    return RunLog(os.path.basename(path), epochs, columns)
+    return RunLog(os.path.basename(path), epochs, columns, tuple(resumes), tuple(sorted(relogged)))
 
 
 def best_val_top1(log: RunLog) -> tuple[float, int] | None:
@@ -132,13 +144,33 @@ def best_val_top1(log: RunLog) -> tuple[float, int] | None:
 
 
 def title_of(log: RunLog) -> str:
-    """The figure's title: the CSV name and the best val top-1 with its epoch."""
+    """The figure's title: the CSV name, the best val top-1 with its epoch over the epochs drawn, their count, and
+    the history a resumed run leaves in its log: where it was resumed (a step after 0: that epoch's train figures
+    cover only the steps from there on) and which epochs it logged again (the last row of each is drawn)."""
     best = best_val_top1(log)
     found = f"best val top-1 {best[0]:.2f}% at epoch {best[1]}" if best else "no val top-1 recorded"
-    return f"{log.name}: {found} ({len(log.epochs)} epoch{'s' if len(log.epochs) != 1 else ''})"
+    notes = [f"{len(log.epochs)} epoch{'s' if len(log.epochs) != 1 else ''}"]
+    if log.resumes:
+        notes.append("resumed at " + _listed([f"epoch {e}" + (f" step {s}" if s else "") for e, s in log.resumes]))
+    if log.relogged:
+        notes.append(f"re-run: epoch{'s' if len(log.relogged) > 1 else ''} {_listed([str(e) for e in log.relogged])}"
+                     ", last kept")
+    return f"{log.name}: {found} ({'; '.join(notes)})"
+
+
+def _listed(items: list[str], most: int = 3) -> str:
+    """``a, b, c`` or, beyond ``most`` items, the first ones and how many more: a title stays one line."""
+    shown = ", ".join(items[:most])
+    return shown if len(items) <= most else f"{shown} and {len(items) - most} more"
 
 
 # ---------------------------------------------------------------------------------------------------- the figure
+
+def resume_marks(log: RunLog) -> list[float]:
+    """Where the chart marks each resume: between two epochs for a resume at an epoch's start, on the epoch itself
+    for one mid-epoch (that epoch's train figures cover the steps after it)."""
+    return sorted({epoch - 0.5 if step == 0 else float(epoch) for epoch, step in log.resumes})
+
 
 def value_range(values: list[float]) -> tuple[float, float]:
     """The data's range padded by 5% so curves do not run along the frame; a flat or single value gets room too.
@@ -203,7 +235,11 @@ def figure(log: RunLog) -> Figure:
 
     fig.subplots_adjust(**MARGINS)
     axes = fig.subplots(len(PANELS), 1, sharex=True)
+    marks = resume_marks(log)
     for ax, (name, series) in zip(axes, PANELS):
+        for x in marks:  # before the curves, which draw_panel puts over it; the top legend names it once
+            ax.axvline(x, color="#{:02x}{:02x}{:02x}".format(*RESUME_COLOR), linestyle=":", linewidth=1.5,
+                       label="resumed" if ax is axes[0] and x == marks[0] else None)
         draw_panel(ax, name, series, log)
     axes[-1].set_xlim(epoch_range(log.epochs))
     axes[-1].xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))

@@ -216,7 +216,7 @@ def fit(args: argparse.Namespace, ctx: DistContext, wrap: Wrap, log_name: str) -
     path = resume_path(args.resume, args.output_dir)
     start = restore(path, run, args.arch) if path else ResumePoint()
     if args.start_epoch is not None:
-        start = ResumePoint(args.start_epoch, 0, start.best_acc1)
+        start = ResumePoint(args.start_epoch, 0, start.best_acc1, start.resumed)
     if ctx.is_main:
         print(header(args, ctx, run), flush=True)
     if args.profile_input:

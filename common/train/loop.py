@@ -115,11 +115,13 @@ class StepControl:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a run continues: epoch, step within it (0 = its start), best top-1 so far (None: no epoch yet)."""
+    """Where a run continues: epoch, step within it (0 = its start), best top-1 so far (None: no epoch yet), and
+    whether it continues a stopped run from its checkpoint (``resumed``: the CSV row of ``epoch`` says so)."""
 
     epoch: int = 0
     step: int = 0
     best_acc1: float | None = None
+    resumed: bool = False
 
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -357,9 +359,10 @@ def validate(run: Run, trainee: Trainee, ctx: DistContext, print_freq: int) -> t
 
 
 def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
-                seen: set[str]) -> EpochStats:
+                seen: set[str], resumed: bool = False) -> EpochStats:
     """One epoch of train + validate + log + checkpoint; a signal stops it after the step in hand, with a checkpoint
-    of that step (``faults.Interrupted``). Returns the validation stats."""
+    of that step (``faults.Interrupted``). ``resumed``: the epoch's first step (``first_step``) continues a stopped
+    run, which its CSV row records. Returns the validation stats."""
     run, ctx, cfg = loop.run, loop.ctx, loop.cfg
     lr, started = run.optimizer.param_groups[0]["lr"], time.time()
     control = step_hook(loop, epoch, first_step, record.best_acc1)
@@ -372,7 +375,8 @@ def train_epoch(loop: Loop, record: EpochRecorder, epoch: int, first_step: int,
         print(bound, flush=True)
     val, val_ema = validate(run, loop.trainee, ctx, cfg.print_freq)
     bad = count_bad_images(run.bad_log, ctx, seen)  # with network.py's feature cache: met while caching
-    record.end_epoch(run, ctx, epoch, epoch_row(epoch, started, lr, train, val, bad, val_ema), val, val_ema)
+    row = epoch_row(epoch, started, lr, train, val, bad, val_ema, first_step if resumed else None)
+    record.end_epoch(run, ctx, epoch, row, val, val_ema)
     return val
 
 
@@ -396,7 +400,8 @@ def train_loop(run: Run, ctx: DistContext, cfg: LoopConfig, start: ResumePoint, 
             signum = stop.agreed(ctx)
             if signum:
                 raise stopped_message(ctx, signum, epoch, cfg.output_dir)
-            val = train_epoch(loop, record, epoch, start.step if epoch == start.epoch else 0, seen)
+            first = epoch == start.epoch
+            val = train_epoch(loop, record, epoch, start.step if first else 0, seen, first and start.resumed)
     finally:
         if own_stop:
             stop.uninstall()

@@ -37,7 +37,7 @@ def restore(path: str, run: Run, arch: str) -> ResumePoint:
     restore_state(run.scheduler, ckpt.get("scheduler"), path, "scheduler")
     if run.ema is not None and "state_dict_ema" in ckpt:
         run.ema.load(ckpt["state_dict_ema"], int(ckpt.get("ema_updates", 0)))
-    point = ResumePoint(int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0)), ckpt.get("best_acc1"))
+    point = ResumePoint(int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0)), ckpt.get("best_acc1"), resumed=True)
     where = f"epoch {point.epoch}" + (f", step {point.step}" if point.step else "")
     print(f"=> resumed from {path} ({where}, best Acc@1 {point.best_acc1 or 0.0:.3f})", flush=True)
     return point

@@ -9,7 +9,7 @@ import time
 
 CSV_FIELDS = ("epoch", "start_time", "epoch_seconds", "images_per_s", "data_seconds", "lr",
               "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "val_images",
-              "bad_images", "val_loss_ema", "val_top1_ema", "val_top5_ema")
+              "bad_images", "val_loss_ema", "val_top1_ema", "val_top5_ema", "resumed_at_step")
 
 
 class CsvLog:
@@ -33,11 +33,14 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int = 0, val_ema=None) -> dict:
+def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int = 0, val_ema=None,
+              resumed_at_step: int | None = None) -> dict:
     """The CSV_FIELDS row of one epoch; ``train``, ``val`` (and the EMA weights' ``val_ema``) are
     engine.EpochStats, ``started`` a time.time().
 
     ``bad_images`` counts the unreadable files met (and skipped) during the epoch, over all ranks.
+    ``resumed_at_step`` is set on the first epoch of a resumed run: the step within the epoch at which it continued
+    (0: at the epoch's start; more: the row's train figures and time cover only the steps from there on).
     """
     ema = {} if val_ema is None else {"val_loss_ema": val_ema.loss, "val_top1_ema": val_ema.top1,
                                       "val_top5_ema": val_ema.top5}
@@ -45,7 +48,7 @@ def epoch_row(epoch: int, started: float, lr: float, train, val, bad_images: int
             "epoch_seconds": time.time() - started, "images_per_s": train.images_per_s,
             "data_seconds": train.data_seconds, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
             "train_top5": train.top5, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-            "val_images": val.images, "bad_images": bad_images}
+            "val_images": val.images, "bad_images": bad_images, "resumed_at_step": resumed_at_step}
 
 
 STEP_FIELDS = ("epoch", "step", "iteration", "lr", "loss")
