@@ -2,8 +2,8 @@
 sort images without labels by the model's prediction: DIR_OUT/<predicted class>/.
 
     python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data /data/flowers --out runs/sorted
-    python classify_test_data.py --ckpt model_best.pth.tar --data /data/flowers/val --out sorted --mode symlink
-    torchrun --nproc_per_node 4 classify_test_data.py --ckpt model_best.pth.tar --data /imagenet --out sorted
+    python classify_test_data.py --ckpt model_best.pth.tar --data /data/flowers/val --out runs/sorted --mode symlink
+    torchrun --nproc_per_node 4 classify_test_data.py --ckpt model_best.pth.tar --data /imagenet --out runs/sorted
     python classify_test_data.py --model model.onnx --data /data/flowers --out runs/sorted    # export.py, onnxruntime
 
 DIR is a dataset root (its val/ is used) or a folder of class folders. A wrong image keeps its name with the
@@ -19,7 +19,7 @@ predicted class) and uncertain.png (the least confident images; with --min-confi
 are written, with the same rerun and --overwrite behaviour:
 
     python classify_test_data.py --ckpt runs/probe/model_best.pth.tar --data my_photos --out runs/my_photos_sorted
-    python classify_test_data.py --ckpt model_best.pth.tar --data my_photos --out sorted --min-confidence 0.6
+    python classify_test_data.py --ckpt model_best.pth.tar --data my_photos --out runs/sorted --min-confidence 0.6
 
 Images are placed batch by batch as the model judges them. Ctrl+C or SIGTERM stops after the batch in hand (exit
 status 130 or 143): manifest.csv then lists what was placed, and the same command run again sorts the rest.

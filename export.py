@@ -6,11 +6,11 @@ them as the better ones, as test.py does; --ema / --no-ema choose), a state_dict
 --pretrained -a ARCH. The model is exported in eval mode with its BatchNorms folded into the convolutions, for the
 checkpoint's eval crop (--val-crop-size to change it), with a dynamic batch dimension:
 
-    python export.py --ckpt runs/probe/model_best.pth.tar --output model.onnx
-    python export.py --ckpt runs/probe/model_best.pth.tar --output model_uint8.onnx --with-preprocess
-    python export.py --ckpt runs/probe/model_best.pth.tar --output model.pt2        # --format torch-export
-    python export.py --ckpt state_dict.pth -a resnet18 --classes classes.txt --output model.onnx
-    python export.py --pretrained -a ghostnet --output ghostnet.onnx --data /data/imagenet/val -b 32
+    python export.py --ckpt runs/probe/model_best.pth.tar --output runs/export/model.onnx
+    python export.py --ckpt runs/probe/model_best.pth.tar --output runs/export/model_uint8.onnx --with-preprocess
+    python export.py --ckpt runs/probe/model_best.pth.tar --output runs/export/model.pt2        # --format torch-export
+    python export.py --ckpt state_dict.pth -a resnet18 --classes classes.txt --output runs/export/model.onnx
+    python export.py --pretrained -a ghostnet --output runs/export/ghostnet.onnx --data /data/imagenet/val -b 32
 
 Then ``python test.py --model model.onnx --data DIR`` evaluates the ONNX file with onnxruntime, and
 ``torch.export.load("model.pt2").module()`` runs the program without this project's code.
@@ -40,7 +40,7 @@ same name and layout; timm builds the model from it and must give the same logit
 (default: --data's training split) through the checkpoint's eval transform; with --data it measures fp32 and int8
 top-1 and writes nothing above --max-drop points (docs/deploy.md#int8):
 
-    python export.py --ckpt runs/probe/model_best.pth.tar --data /data/imagenet --int8 --output model_int8.onnx
+    python export.py --ckpt runs/probe/model_best.pth.tar --data /imagenet --int8 --output runs/export/model_int8.onnx
 """
 from common.errors import UserError, exit_on_user_error, first_line, quiet_ctrl_c, sigterm_raises
 

@@ -69,8 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[options.speed_parser(pipeline=False)])
     parser.add_argument("--models", nargs="+", default=None, metavar="ARCH",
                         help="-a names to compare; ghostnet:W for GhostNet at width W, ghostnetv2:W and "
-                             "ghostnetv3:W likewise (default: 20 lightweight networks, listed in the README, and "
-                             "resnet18/resnet50 as references)")
+                             f"ghostnetv3:W likewise (default: {len(DEFAULT_MODELS) - 2} lightweight networks, "
+                             "listed in docs/comparing.md, and resnet18/resnet50 as references)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     parser.add_argument("--input-size", type=options.PIXELS, default=None, metavar="PX",
                         help="square input size for MACs and every speed figure (default: 224)")
