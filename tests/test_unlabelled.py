@@ -210,6 +210,10 @@ def test_refusals_name_the_flag(model, photos, tmp_path, capsys):
     line = one_line_exit(capsys, 2, lambda: call_main("test.py", "--ckpt", model, "--data", photos["flat"],
                                                       "--output-dir", os.path.join(photos["flat"], "out")))
     assert "is inside --data" in line
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    line = one_line_exit(capsys, 2, lambda: call_main("test.py", "--ckpt", model, "--data", str(tmp_path / "empty"),
+                                                      "--unlabelled"))
+    assert "holds no image files (.jpg, " in line and ".webp" in line
 
 
 def test_a_failed_placement_leaves_a_true_manifest_and_a_rerun_finishes(model, photos, monkeypatch, tmp_path,

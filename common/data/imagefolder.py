@@ -53,8 +53,11 @@ class ImageFolderWithPaths(datasets.ImageFolder):
         return load_or_skip(self, index, lambda i, path: self.loader(path))
 
 
+IMAGE_EXTENSIONS = IMG_EXTENSIONS  # what a folder read without labels counts as an image: torchvision ImageFolder's
+
+
 def _is_image_name(name: str) -> bool:
-    return not _is_hidden(name) and has_file_allowed_extension(name, IMG_EXTENSIONS)
+    return not _is_hidden(name) and has_file_allowed_extension(name, IMAGE_EXTENSIONS)
 
 
 def loose_images(folder: str) -> list[str]:

@@ -327,8 +327,8 @@ def unlabelled_images(data: str, forced: bool) -> tuple[str, list[str]] | None:
             raise UserError(refused)
     found = imagefolder.loose_images(folder)
     if not found:
-        raise UserError(f"{folder!r} holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif); "
-                        "check the path.")
+        raise UserError(f"{folder!r} holds no image files ({', '.join(imagefolder.IMAGE_EXTENSIONS)}); check the "
+                        "path.")
     return folder, found
 
 
