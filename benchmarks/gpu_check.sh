@@ -55,11 +55,11 @@ for arch in ghostnet ghostnetv3; do
 done
 step 150 "3. comparison on CUDA, default set" \
     "$PY" evaluation/compare.py --device cuda --repeats 100 --output-dir "$OUT/compare"
-step 45 "4. the sorter" "$PY" benchmarks/bench_classify.py --images 2048
+step 45 "4. the sorter" "$PY" benchmarks/bench_classify.py --images 2048 --out "$OUT/classify.csv"
 if "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
         2>/dev/null; then
     step 60 "5. ONNX export on onnxruntime's CUDA execution provider" \
-        "$PY" benchmarks/bench_export.py --archs ghostnet ghostnetv3 --images 512
+        "$PY" benchmarks/bench_export.py --archs ghostnet ghostnetv3 --images 512 --out "$OUT/export.csv"
 else
     echo
     echo "== 5. ONNX on CUDA: skipped, onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
