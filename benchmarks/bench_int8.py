@@ -4,9 +4,11 @@ PyTorch, model alone, at batch 1 and batch 16; and what int8 changes in the pred
 Each model is a checkpoint with random weights (1000 classes; no pretrained weights can be downloaded here), exported
 by export.py in this process to fp32 ONNX and to int8 (calibrated on generated photo-like JPEGs, evaluated on a
 second generated set: top-1 of random weights means nothing, so the agreement of int8 with fp32 is what is
-reported). Latency is the fastest of --repeats timed runs of the same batch (on a CPU shared with other work the
-fastest run is the least disturbed one), one runtime after the other (interleaved, onnxruntime's spin-waiting
-threads would slow the next one); PyTorch runs with the project's CPU
+reported). Latency is the fastest of --repeats timed repeats of the same batch (on a CPU shared with other work the
+fastest is the least disturbed one), one runtime after the other (interleaved, onnxruntime's spin-waiting
+threads would slow the next one). A repeat runs the batch as often as fills --min-repeat-ms (at least once) and
+counts the mean: a single run of a few milliseconds varies by tens of percent, which would fail the steadiness
+check on an idle machine. PyTorch runs with the project's CPU
 defaults (channels_last, BatchNorm folded, bf16 autocast where it pays), onnxruntime with its default graph
 optimisations and threads (the cores).
 
@@ -20,6 +22,7 @@ Prints one table (ms per batch and the int8 / fp32 ratios) and writes runs/bench
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 import tempfile
@@ -50,6 +53,7 @@ from common.report.steadiness import LoadMeter
 
 ARCHS = ("ghostnet", "mobilenet_v3_large", "resnet50")
 BATCHES = (1, 16)
+MIN_REPEAT_MS = 250
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,7 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), metavar="ARCH",
                         help=f"models to compare (default: {' '.join(ARCHS)})")
     parser.add_argument("--repeats", type=options.POSITIVE_INT, default=7, metavar="N",
-                        help="timed runs per runtime and batch; the fastest is reported (default: 7)")
+                        help="timed repeats per runtime and batch; the fastest is reported (default: 7)")
+    parser.add_argument("--min-repeat-ms", type=options.POSITIVE_INT, default=MIN_REPEAT_MS, metavar="MS",
+                        help="each timed repeat runs the batch as often as fills this many milliseconds and counts "
+                             f"the mean (default: {MIN_REPEAT_MS})")
     parser.add_argument("--calib-images", type=options.POSITIVE_INT, default=32, metavar="N",
                         help="generated calibration images (default: 32)")
     parser.add_argument("--methods", nargs="+", choices=options.CALIB_METHODS, default=[options.CALIB_METHODS[0]],
@@ -66,8 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--types", nargs="+", choices=options.INT8_TYPES, default=list(options.INT8_TYPES),
                         help="activation/weight types timed (default: both)")
     parser.add_argument("--quick", action="store_true",
-                        help="the first --archs model (GhostNet by default) at 64 px with 2 repeats, to check that the "
-                             "benchmark runs (no CSV is written)")
+                        help="the first --archs model (GhostNet by default) at 64 px with 2 repeats of one run, to "
+                             "check that the benchmark runs (no CSV is written)")
     add_out_flag(parser, "bench_int8_cpu.csv")
     return parser
 
@@ -88,17 +95,27 @@ def exported(arch: str, work: str, data: str, crop: int, extra: list[str]) -> tu
         return f.read(), result
 
 
-def time_each(runners: dict, repeats: int) -> dict[str, list[float]]:
-    """The seconds of ``repeats`` runs of each runner after one untimed run, one runner after the other:
-    interleaved, onnxruntime's threads (which spin-wait a while after each run) would slow the next runner."""
+def runs_per_repeat(run, min_seconds: float) -> int:
+    """How many calls of ``run`` fill ``min_seconds``, judged from one timed call (at least 1)."""
+    t0 = time.perf_counter()
+    run()
+    return max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+
+
+def time_each(runners: dict, repeats: int, min_seconds: float) -> dict[str, list[float]]:
+    """The seconds per call of ``repeats`` timed repeats of each runner, one runner after the other (interleaved,
+    onnxruntime's threads, which spin-wait a while after each run, would slow the next runner). A repeat is the mean
+    of as many calls as fill ``min_seconds``; one untimed call first, which also sets that count."""
     times: dict[str, list[float]] = {}
     for name, run in runners.items():
         run()
+        calls = runs_per_repeat(run, min_seconds)
         laps = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run()
-            laps.append(time.perf_counter() - t0)
+            for _ in range(calls):
+                run()
+            laps.append((time.perf_counter() - t0) / calls)
         times[name] = laps
     return times
 
@@ -141,8 +158,8 @@ def measure(arch: str, args: argparse.Namespace, work: str, data: str, crop: int
         runners = {"pytorch": pytorch_runner(arch, x),
                    **{name: (lambda s=s, feed=feed: quantize.run(s, feed)) for name, s in sessions.items()}}
         repeats = 2 if args.quick else args.repeats
-        laps = time_each(runners, repeats)
-        ms = {name: 1000 * min(s) for name, s in laps.items()}  # the fastest run: the least disturbed
+        laps = time_each(runners, repeats, 0 if args.quick else args.min_repeat_ms / 1000)
+        ms = {name: 1000 * min(s) for name, s in laps.items()}  # the fastest repeat: the least disturbed
         row = {"arch": arch, "batch": batch, "crop": crop, **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
                "repeats": repeats, **spread_fields(laps)}
         for t in int8:
