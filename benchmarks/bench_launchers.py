@@ -3,7 +3,9 @@
 Each launcher trains the same epochs on the same images (a generated ImageFolder of 500x375 JPEG photos-like
 images, or your folder), and the row holds what its CSV log says about the last epoch (images/s, epoch seconds,
 seconds waiting for data) plus the peak resident memory of its largest process. DDP launchers use --nprocs
-processes (CPU: gloo); on GPUs, one per GPU.
+processes (CPU: gloo); on GPUs, one per GPU. The four launchers run in --repeats rounds, one after the other in each
+round so that a change in the machine's load reaches all of them; each row is the launcher's fastest round, with
+the spread of its images/s over the rounds.
 
     python benchmarks/bench_launchers.py                                   # CPU, 2 processes for DDP, GhostNet 64 px
     python benchmarks/bench_launchers.py /imagenet-subset -a resnet50 --crop 224 --epochs 2 --nprocs 4
@@ -29,7 +31,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.benchlib import add_out_flag, announce_machine, out_path, steady_rows, write_csv
+from benchmarks.benchlib import add_out_flag, announce_machine, out_path, spread_fields, steady_rows, write_csv
+from common.cli import options
 from common.report.steadiness import LoadMeter
 
 LAUNCHERS = ("train_main.py", "train_dataparallel.py", "train_multiprocessing.py", "train_distributed.py")
@@ -50,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nprocs", type=int, default=2, help="DDP processes on the CPU (default: 2)")
     parser.add_argument("-j", "--workers", type=int, default=1, help="loader workers per process (default: 1)")
     parser.add_argument("--images", type=int, default=400, help="generated train images (default: 400)")
+    parser.add_argument("--repeats", type=options.POSITIVE_INT, default=3, metavar="N",
+                        help="rounds of the four launchers; each row is the fastest round (default: 3)")
     add_out_flag(parser, "bench_launchers_<arch>_<device>.csv")
     return parser
 
@@ -89,15 +94,23 @@ def run_launcher(script: str, args: argparse.Namespace, data: str, out: str, acc
             "peak_rss_mb": peak_kb / 1024, "val_top1": float(last["val_top1"])}
 
 
+def fastest(runs: tuple[dict, ...]) -> dict:
+    """The row of the run with the most images/s, with the number of runs and their images/s spread."""
+    best = max(runs, key=lambda r: r["images_per_s"])
+    return {**best, "repeats": len(runs), **spread_fields({"images_per_s": [r["images_per_s"] for r in runs]})}
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     accel = torch.cuda.is_available()
     device = f"cuda{torch.cuda.device_count()}" if accel else "cpu"
     machine = announce_machine([torch.device("cuda", i) for i in range(torch.cuda.device_count())])
     with tempfile.TemporaryDirectory() as tmp, LoadMeter() as meter:
         data = args.data or make_photos(os.path.join(tmp, "photos"), args.images)
-        rows = [run_launcher(s, args, data, os.path.join(tmp, s), accel) for s in LAUNCHERS]
+        rounds = [[run_launcher(s, args, data, os.path.join(tmp, f"{s}_{r}"), accel) for s in LAUNCHERS]
+                  for r in range(args.repeats)]
+        rows = [fastest(runs) for runs in zip(*rounds)]
     print(f"{args.arch}, {args.crop} px, global batch {args.batch_size}, -j {args.workers}, {device}; last of "
-          f"{args.epochs} epochs")
+          f"{args.epochs} epochs, fastest of {args.repeats} round(s)")
     print(f"{'launcher':<26}{'procs':>6}{'images/s':>10}{'epoch s':>9}{'data s':>8}{'peak MB':>9}{'val top-1':>10}")
     for r in rows:
         print(f"{r['launcher']:<26}{r['processes']:>6}{r['images_per_s']:>10.1f}{r['epoch_seconds']:>9.2f}"
