@@ -183,7 +183,7 @@ def report(rows: list[dict], path: str | None, machine: Machine, types: list[str
               f"{r['fp32_mib']:>7.1f}/{r[f'int8_{types[0]}_mib']:<6.1f}  {agree}")
     if path:
         write_csv(rows, path, machine)
-    print("=> ms per batch, fastest of the timed runs" + (f"; written to {path}" if path else " (--quick: not "
+    print("=> ms per batch, the fastest timed repeat" + (f"; written to {path}" if path else " (--quick: not "
                                                                                               "written)"))
 
 
