@@ -10,7 +10,7 @@ file in ONNX Runtime, each the fastest of --repeats passes. Each pass reads ever
 (hard links), so that it lasts seconds: a pass over 150 small images is over in half a second, and its start-up
 alone moves it by 10-25%, which would fail the steadiness check on an idle machine. Top-1 is unchanged by the copies.
 
-    python benchmarks/bench_int8_trained.py                          # 3 models x 2 data sets, about 16 min on 2 cores
+    python benchmarks/bench_int8_trained.py                          # 3 models x 2 data sets, about 13 min on 2 cores
     python benchmarks/bench_int8_trained.py --archs ghostnet --epochs 4 --repeats 1 --speed-copies 1
 
 Prints one table (top-1 fp32 and int8, the drop in points, the agreement, test.py images/s of the three runtimes)
