@@ -5,9 +5,12 @@ own eval transform (the checkpoint's resize, crop, interpolation, mean and std: 
 costs accuracy). ``quantize`` runs ONNX Runtime's pre-processing (``quant_pre_process``: shape inference and graph
 optimisation) and ``quantize_static`` with per-channel int8 weights, in QDQ format with uint8 activations unless
 told otherwise: measured on this project's CPU (docs/deploy.md), signed activations (S8S8) ran 2-3x slower than
-ONNX Runtime fp32, uint8 ones (U8S8) 1.7-2.3x faster. ``evaluate`` measures fp32 and int8 top-1 and their agreement
-on a labelled set; ``sensitive_layers`` ranks the layers by the signal-to-quantisation-noise ratio of their outputs
-(ONNX Runtime's ``qdq_loss_debug``), which is what a refusal names for ``--keep-fp32``.
+ONNX Runtime fp32, uint8 ones (U8S8) 1.7-2.3x faster. The outputs of fully connected layers (Gemm: the classifier)
+are left in float: quantised to 256 levels over the calibrated range, the logits of a model whose classes score
+close together tie, and a tie's top-1 is decided by which index an argmax takes first. ``evaluate`` measures fp32
+and int8 top-1 and their agreement on a labelled set; ``sensitive_layers`` ranks the layers by the
+signal-to-quantisation-noise ratio of their outputs (ONNX Runtime's ``qdq_loss_debug``), which is what a refusal
+names for ``--keep-fp32``.
 """
 from __future__ import annotations
 
@@ -288,7 +291,8 @@ def quantize(fp32: bytes, calib: Calibration, feed: Feed, settings: Int8Settings
         proto = onnx.load(pre)
         kept = kept_nodes(proto, settings.keep_fp32)
         input_name = proto.graph.input[0].name
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True,
+                 "OpTypesToExcludeOutputQuantization": ["Gemm"]}
         try:
             quantize_static(pre, out, _reader(calib.batches, feed, input_name), quant_format=fmt, per_channel=True,
                             activation_type=acts, weight_type=weights, calibrate_method=method,
