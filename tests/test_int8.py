@@ -227,3 +227,25 @@ def test_compare_int8_times_fp32_and_int8_onnx_side_by_side(tmp_path):
     assert "ONNX Runtime fp32 against int8" in table and "| resnet18 | " in table.split("against int8")[1]
     header = (tmp_path / "compare.csv").read_text().splitlines()[0].split(",")
     assert {"ort_int8_latency_ms", "onnx_int8_mib"} <= set(header)
+
+
+def test_tied_logits_give_export_py_and_test_py_the_same_top1(tmp_path):
+    """A classifier whose logits all tie (zero weights and bias): export.py's measured top-1 must be the one test.py
+    reports on the written file, so both must break the tie alike. The val classes have different sizes (class0 2
+    images, the others 5), so the class a tie goes to changes the top-1."""
+    data = make_image_folder(str(tmp_path / "data"), 4, 5, ext="jpg")
+    for name in ("img2.jpg", "img3.jpg", "img4.jpg"):
+        os.remove(os.path.join(data, "val", "class0", name))
+    state = torch.load(random_state_dict("resnet18", str(tmp_path / "r18.pth"), 4), weights_only=True)
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    torch.save(state, tmp_path / "r18.pth")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    result = call_main("export.py", "--ckpt", str(tmp_path / "r18.pth"), "-a", "resnet18", "--classes", str(classes),
+                       *SIZE, "--data", data, "--output", str(tmp_path / "tied.onnx"), *CALIB)[0]
+    evaluated = call_main("test.py", "--model", str(tmp_path / "tied.onnx"), "--data", data, "-j", "0",
+                          "--output-dir", str(tmp_path / "eval"))[0]
+    assert evaluated["images"] == result["images"] == 17
+    assert evaluated["top1"] == pytest.approx(result["int8_top1"], abs=1e-6) == pytest.approx(result["fp32_top1"])
+    assert result["agreement"] == 100.0

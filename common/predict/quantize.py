@@ -7,7 +7,8 @@ optimisation) and ``quantize_static`` with per-channel int8 weights, in QDQ form
 told otherwise: measured on this project's CPU (docs/deploy.md), signed activations (S8S8) ran 2-3x slower than
 ONNX Runtime fp32, uint8 ones (U8S8) 1.7-2.3x faster. The outputs of fully connected layers (Gemm: the classifier)
 are left in float: quantised to 256 levels over the calibrated range, the logits of a model whose classes score
-close together tie, and a tie's top-1 is decided by which index an argmax takes first. ``evaluate`` measures fp32
+close together tie, and a tie's top-1 is decided by which index an argmax takes first (``top1`` takes the one
+test.py takes). ``evaluate`` measures fp32
 and int8 top-1 and their agreement on a labelled set; ``sensitive_layers`` ranks the layers by the
 signal-to-quantisation-noise ratio of their outputs (ONNX Runtime's ``qdq_loss_debug``), which is what a refusal
 names for ``--keep-fp32``.
@@ -342,6 +343,12 @@ def run(sess, batch: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
 
 
+def top1(logits: np.ndarray) -> np.ndarray:
+    """The predicted class of each row, taken as test.py takes it (``torch.topk``): where logits tie, the same index
+    wins in both, so the top-1 measured here is the one test.py reports on the written file."""
+    return torch.from_numpy(np.ascontiguousarray(logits)).topk(1, dim=1).indices[:, 0].numpy()
+
+
 def evaluate(root: str, loaded: LoadedModel, prep: preprocess.EvalPreprocess, blobs: tuple[bytes, bytes],
              feed: Feed, workers: int | None) -> dict[str, float]:
     """fp32 and int8 top-1 (percent) on the labelled set ``root`` (the images test.py reads, matched to the
@@ -357,7 +364,7 @@ def evaluate(root: str, loaded: LoadedModel, prep: preprocess.EvalPreprocess, bl
         if not ok.any():
             continue
         x, y = feed(images[ok]), targets[ok].numpy()
-        top = [run(s, x).argmax(axis=1) for s in sessions]
+        top = [top1(run(s, x)) for s in sessions]
         right = [r + int((t == y).sum()) for r, t in zip(right, top)]
         agree, n = agree + int((top[0] == top[1]).sum()), n + len(y)
     if n == 0:
@@ -369,7 +376,7 @@ def evaluate(root: str, loaded: LoadedModel, prep: preprocess.EvalPreprocess, bl
 def agreement(blobs: tuple[bytes, bytes], pixels: torch.Tensor, feed: Feed) -> float:
     """Share (percent) of ``pixels`` on which the fp32 and the int8 model predict the same class."""
     x = feed(pixels)
-    top = [run(session(b), x).argmax(axis=1) for b in blobs]
+    top = [top1(run(session(b), x)) for b in blobs]
     return 100.0 * float((top[0] == top[1]).mean())
 
 
