@@ -105,16 +105,14 @@ def run(args: argparse.Namespace, root: str) -> list[dict]:
         for _batch in loader:  # warm-up: workers started (and their pids known), files in the page cache
             pass
         loaders.append((kind, pipeline, loader, pids))
-    best = [(float("inf"), float("inf"))] * len(loaders)
-    walls: list[list[float]] = [[] for _ in loaders]
+    timings: list[list[tuple[float, float]]] = [[] for _ in loaders]  # (wall, cpu) seconds of each repeat
     for _ in range(args.repeats):
         for i, (_kind, pipeline, loader, pids) in enumerate(loaders):
-            wall, cpu = timed_epoch(loader, pids, pipeline == "project")
-            best[i] = (min(best[i][0], wall), min(best[i][1], cpu))
-            walls[i].append(wall)
+            timings[i].append(timed_epoch(loader, pids, pipeline == "project"))
     rows = []
-    for (kind, pipeline, loader, _pids), (wall, cpu), laps in zip(loaders, best, walls):
-        count = len(loader.dataset)
+    for (kind, pipeline, loader, _pids), times in zip(loaders, timings):
+        laps = [wall for wall, _ in times]
+        wall, cpu, count = min(laps), min(c for _, c in times), len(loader.dataset)  # the best: least disturbed
         rows.append({"transform": kind, "pipeline": pipeline, "workers": args.workers, "batch": args.batch_size,
                      "images": count, "seconds": round(wall, 3), "images_per_s": round(count / wall, 1),
                      "per_worker": round(count / wall / args.workers, 1),

@@ -8,10 +8,9 @@ told otherwise: measured on this project's CPU (docs/deploy.md), signed activati
 ONNX Runtime fp32, uint8 ones (U8S8) 1.7-2.3x faster. The outputs of fully connected layers (Gemm: the classifier)
 are left in float: quantised to 256 levels over the calibrated range, the logits of a model whose classes score
 close together tie, and a tie's top-1 is decided by which index an argmax takes first (``top1`` takes the one
-test.py takes). ``evaluate`` measures fp32
-and int8 top-1 and their agreement on a labelled set; ``sensitive_layers`` ranks the layers by the
-signal-to-quantisation-noise ratio of their outputs (ONNX Runtime's ``qdq_loss_debug``), which is what a refusal
-names for ``--keep-fp32``.
+test.py takes). ``evaluate`` measures fp32 and int8 top-1 and their agreement on a labelled set;
+``sensitive_layers`` ranks the layers by the signal-to-quantisation-noise ratio of their outputs (ONNX Runtime's
+``qdq_loss_debug``), which is what a refusal names for ``--keep-fp32``.
 """
 from __future__ import annotations
 
